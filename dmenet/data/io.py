@@ -1,0 +1,156 @@
+"""Image and label file reading, written once: 16-bit safe, with errors that name the file.
+
+PIL silently truncates 16-bit RGB PNGs to 8 bits, so everything here reads with OpenCV
+(``cv2.IMREAD_UNCHANGED``) and converts explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from dmenet.errors import DataError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+)
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """Read an image file unchanged (any bit depth, channels in OpenCV's BGR(A) order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    # np.fromfile + imdecode also handles non-ASCII paths
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise DataError(f"{path}: the file is empty")
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise DataError(f"{path}: not a readable image (unknown format, truncated or corrupt)")
+    return array
+
+
+def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if array.dtype in (np.float32, np.float64):
+        return np.clip(array.astype(np.float32), 0.0, 1.0)
+    raise DataError(f"{path}: unsupported pixel type {array.dtype}")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a photo as float32 RGB ``(H, W, 3)`` in ``[0, 1]``.
+
+    Grey images are repeated to 3 channels, the alpha channel of RGBA is dropped (photos
+    carry no meaningful alpha), 16-bit images keep their precision.
+    """
+    path = Path(path)
+    array = read_raw(path)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+    elif array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    else:
+        raise DataError(f"{path}: unsupported image shape {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise DataError(f"{path}: the image has no pixels")
+    return _to_unit_float(array, path)
+
+
+def read_image_tensor(path: str | Path) -> torch.Tensor:
+    """:func:`read_image` as a float32 tensor ``(3, H, W)`` in ``[0, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(read_image(path).transpose(2, 0, 1)))
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Read a single-channel map (mask or label) as its raw integer/float values ``(H, W)``.
+
+    Multi-channel files must hold equal channels (as SYNDOF's 3-channel label PNGs do);
+    the first channel is returned. No scaling is applied: 16-bit values stay as they are.
+    """
+    path = Path(path)
+    array = read_raw(path)
+    if array.ndim == 3:
+        if array.shape[2] == 4:
+            array = array[:, :, :3]
+        array = array[:, :, 0] if array.shape[2] >= 1 else array
+    return array
+
+
+def read_mask(path: str | Path, threshold: float = 0.5) -> np.ndarray:
+    """Read a binary mask as ``bool (H, W)``: values above ``threshold`` of the type's max."""
+    path = Path(path)
+    array = read_gray(path)
+    if array.dtype == np.uint8:
+        top = 255.0
+    elif array.dtype == np.uint16:
+        top = 65535.0
+    else:
+        top = float(np.nanmax(array)) if array.size else 1.0
+        top = top if top > 1.0 else 1.0
+    return array.astype(np.float32) > threshold * top
+
+
+def write_png16(path: str | Path, array: np.ndarray, channels: int = 1) -> None:
+    """Write a non-negative array as a 16-bit PNG (values rounded and clipped to 0..65535)."""
+    values = np.clip(np.rint(np.asarray(array, dtype=np.float64)), 0, 65535).astype(np.uint16)
+    if channels == 3:
+        values = np.repeat(values[:, :, None], 3, axis=2)
+    _imwrite(path, values)
+
+
+def write_image(path: str | Path, rgb: np.ndarray) -> None:
+    """Write float RGB ``(H, W, 3)`` in ``[0, 1]`` (or uint8) as an 8-bit image."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8:
+        rgb = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    if rgb.ndim == 3:
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    _imwrite(path, rgb)
+
+
+def _imwrite(path: str | Path, array: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buffer = cv2.imencode(path.suffix or ".png", array)
+    if not ok:
+        raise DataError(f"{path}: could not encode the image as {path.suffix or '.png'}")
+    buffer.tofile(str(path))
+
+
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-empty output folder unless ``overwrite``; create it otherwise."""
+    from dmenet.errors import OutputExistsError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out}: the folder is not empty; pass --overwrite to write into it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_output_file(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output file unless ``overwrite``."""
+    from dmenet.errors import OutputExistsError
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,99 @@
+"""The label convention, written once.
+
+dmenet's networks predict ``y = sigma_px / SIGMA_MAX_PX`` in ``[0, 1]``, where ``sigma_px`` is
+the standard deviation (in pixels) of the local Gaussian defocus blur, and
+``SIGMA_MAX_PX = C_MAX_PX / 4`` with the paper's largest circle of confusion ``C_MAX_PX = 28``.
+
+Other label spaces met in the wild (SPEC section 2 and 5):
+
+* ``"released"``: the SYNDOF dataset released with DMENet stores ``10 * x`` in 16-bit PNGs,
+  where ``x`` is a CoC-like value with maximum 15; DMENet reads ``y = x / 15``. The public
+  DMENet_BDCS checkpoint outputs ``y`` in this space and its sigma is
+  ``max(0, (15 * y - 1) / 2)``.
+* ``"generator"``: the current SYNDOF generator stores ``10 * sigma`` with
+  ``sigma = (c - 1) / 4`` and ``c_max = 29``, read as ``y = sigma / 7``.
+* ``"ours"``: ``y = sigma / SIGMA_MAX_PX`` (7 px by default).
+
+Every conversion between spaces goes through :func:`to_sigma_px` / :func:`from_sigma_px`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+C_MAX_PX: float = 28.0
+"""Largest circle-of-confusion diameter in pixels (paper)."""
+
+SIGMA_MAX_PX: float = C_MAX_PX / 4.0
+"""Largest Gaussian sigma in pixels; the network's ``y = 1``."""
+
+BINARY_COC_THRESHOLD_PX: float = 1.0
+"""A pixel counts as blurred in the binary map when its CoC exceeds this (reference: c > 1)."""
+
+PNG_LABEL_SCALE: float = 10.0
+"""Released SYNDOF ``blur_map/*.png`` store ``round(10 * value)`` as 16-bit integers."""
+
+LabelSpace = Literal["ours", "released", "generator"]
+LABEL_SPACES: tuple[str, ...] = ("ours", "released", "generator")
+
+# largest value of each space's stored quantity, so that y = value / max
+_RELEASED_X_MAX = 15.0
+_GENERATOR_SIGMA_MAX = 7.0
+
+
+def sigma_to_y(sigma_px: torch.Tensor, sigma_max_px: float = SIGMA_MAX_PX) -> torch.Tensor:
+    """Normalise a sigma map (pixels) into the network's label ``y = sigma / sigma_max``."""
+    return sigma_px / sigma_max_px
+
+
+def y_to_sigma(y: torch.Tensor, sigma_max_px: float = SIGMA_MAX_PX) -> torch.Tensor:
+    """Inverse of :func:`sigma_to_y`: network output ``y`` -> sigma in pixels."""
+    return y * sigma_max_px
+
+
+def _check_space(space: str) -> None:
+    if space not in LABEL_SPACES:
+        raise ValueError(f"unknown label space {space!r}; choose one of {', '.join(LABEL_SPACES)}")
+
+
+def to_sigma_px(y, space: str = "ours", sigma_max_px: float = SIGMA_MAX_PX):
+    """Convert a normalised output/label ``y`` of label space ``space`` into sigma in pixels.
+
+    Works on tensors and numpy arrays.
+    """
+    _check_space(space)
+    if space == "ours":
+        return y * sigma_max_px
+    if space == "released":
+        # public DMENet_BDCS checkpoint: sigma = max(0, (15 y - 1) / 2)
+        s = (_RELEASED_X_MAX * y - 1.0) / 2.0
+        return s.clip(min=0) if hasattr(s, "clip") else max(0.0, s)
+    return y * _GENERATOR_SIGMA_MAX
+
+
+def from_sigma_px(sigma_px, space: str = "ours", sigma_max_px: float = SIGMA_MAX_PX):
+    """Convert sigma in pixels into the normalised ``y`` of label space ``space``."""
+    _check_space(space)
+    if space == "ours":
+        return sigma_px / sigma_max_px
+    if space == "released":
+        return (2.0 * sigma_px + 1.0) / _RELEASED_X_MAX
+    return sigma_px / _GENERATOR_SIGMA_MAX
+
+
+def stored_png_to_y(value, space: str):
+    """A released-SYNDOF ``blur_map`` PNG value (``10 * x``) -> normalised ``y`` of that space."""
+    _check_space(space)
+    x = value / PNG_LABEL_SCALE
+    if space == "released":
+        return x / _RELEASED_X_MAX
+    if space == "generator":
+        return x / _GENERATOR_SIGMA_MAX
+    return x / SIGMA_MAX_PX  # "ours": our exporter stores 10 * sigma_px
+
+
+def stored_png_to_sigma_px(value, space: str):
+    """A ``blur_map`` PNG value -> sigma in pixels, through the space's own convention."""
+    return to_sigma_px(stored_png_to_y(value, space), space)

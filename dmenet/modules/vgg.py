@@ -1,0 +1,78 @@
+"""VGG19: the ImageNet normalisation and the weight loading, written once.
+
+B's encoder and C's perceptual network both come from here. Weights:
+
+* ``"imagenet"``: torchvision's ``VGG19_Weights.IMAGENET1K_V1`` (downloaded once into the
+  torch hub cache on a user's machine, the normal torchvision way);
+* a path to a local file: a torchvision VGG19 ``state_dict`` (``.pth``), loaded with
+  ``weights_only=True`` (keys with or without the ``features.`` prefix);
+* ``None``: random initialisation (tests, or training from scratch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dmenet.errors import DMENetError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# torchvision's vgg19().features indices of the layers SPEC section 3 names
+VGG19_LAYER_INDEX: dict[str, int] = {
+    "conv1_2": 2, "relu1_2": 3, "pool1": 4,
+    "conv2_2": 7, "relu2_2": 8, "pool2": 9,
+    "conv3_4": 16, "relu3_4": 17, "pool3": 18,
+    "conv4_4": 25, "relu4_4": 26, "pool4": 27,
+    "conv5_4": 34, "relu5_4": 35, "pool5": 36,
+}
+
+
+class ImageNetNormalize(nn.Module):
+    """``(x - mean) / std`` with the ImageNet statistics; input ``(N, 3, H, W)`` in ``[0, 1]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Functional form of :class:`ImageNetNormalize`."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def vgg19_features(weights: str | Path | None = "imagenet") -> nn.Sequential:
+    """torchvision's ``vgg19().features`` (37 layers) with the requested weights."""
+    from torchvision.models import VGG19_Weights, vgg19
+
+    if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random", "")):
+        return vgg19(weights=None).features
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        return vgg19(weights=VGG19_Weights.IMAGENET1K_V1).features
+    path = Path(weights)
+    if not path.is_file():
+        raise DMENetError(
+            f"{path}: VGG19 weights file not found (use 'imagenet', a torchvision VGG19 "
+            "state_dict file, or null for random initialisation)"
+        )
+    features = vgg19(weights=None).features
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise DMENetError(f"{path}: not a loadable PyTorch state_dict ({exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+    missing, unexpected = features.load_state_dict(state, strict=False)
+    if missing:
+        raise DMENetError(f"{path}: VGG19 weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+    return features
