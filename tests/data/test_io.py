@@ -1,0 +1,59 @@
+import cv2
+import numpy as np
+import pytest
+
+from dmenet.data import io
+from dmenet.errors import DataError, OutputExistsError
+
+
+def test_16bit_rgb_png_keeps_precision(tmp_path):
+    rgb16 = np.zeros((4, 5, 3), np.uint16)
+    rgb16[..., 0] = 1000  # a value an 8-bit reader would lose
+    rgb16[..., 2] = 65535
+    cv2.imwrite(str(tmp_path / "a.png"), rgb16[..., ::-1])  # OpenCV writes BGR
+    image = io.read_image(tmp_path / "a.png")
+    assert image.shape == (4, 5, 3) and image.dtype == np.float32
+    assert image[0, 0, 0] == pytest.approx(1000 / 65535)
+    assert image[0, 0, 2] == pytest.approx(1.0)
+    # the raw label reader keeps the integer values
+    assert io.read_gray(tmp_path / "a.png").dtype == np.uint16
+
+
+def test_grey_and_rgba_become_rgb(tmp_path):
+    cv2.imwrite(str(tmp_path / "g.png"), np.full((3, 3), 128, np.uint8))
+    cv2.imwrite(str(tmp_path / "a.png"), np.dstack([np.full((3, 3), v, np.uint8) for v in (10, 20, 30, 255)]))
+    grey = io.read_image(tmp_path / "g.png")
+    assert grey.shape == (3, 3, 3) and np.allclose(grey, 128 / 255)
+    rgba = io.read_image(tmp_path / "a.png")
+    assert rgba.shape == (3, 3, 3)
+    assert np.allclose(rgba[0, 0], np.array([30, 20, 10]) / 255)  # BGRA file -> RGB
+
+
+def test_bad_files_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        io.read_image(tmp_path / "missing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.png: the file is empty"):
+        io.read_image(tmp_path / "empty.png")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match="junk.jpg: not a readable image"):
+        io.read_image(tmp_path / "junk.jpg")
+
+
+def test_write_png16_roundtrip(tmp_path):
+    values = np.array([[0.0, 10.4], [70.6, 65535.0]])
+    io.write_png16(tmp_path / "l.png", values, channels=3)
+    raw = io.read_raw(tmp_path / "l.png")
+    assert raw.dtype == np.uint16 and raw.shape == (2, 2, 3)
+    assert io.read_gray(tmp_path / "l.png").tolist() == [[0, 10], [71, 65535]]
+
+
+def test_outputs_are_not_overwritten(tmp_path):
+    out = tmp_path / "out"
+    io.check_output_dir(out, overwrite=False)  # creates it
+    (out / "x").write_text("work")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        io.check_output_dir(out, overwrite=False)
+    assert io.check_output_dir(out, overwrite=True) == out
+    with pytest.raises(OutputExistsError):
+        io.check_output_file(out / "x", overwrite=False)

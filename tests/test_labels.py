@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+import torch
+
+from dmenet import labels
+
+
+def test_ours_roundtrip():
+    sigma = torch.tensor([0.0, 1.0, 3.5, 7.0])
+    y = labels.from_sigma_px(sigma)
+    assert torch.allclose(y, sigma / 7.0)
+    assert torch.allclose(labels.to_sigma_px(y), sigma)
+    assert labels.SIGMA_MAX_PX == labels.C_MAX_PX / 4 == 7.0
+
+
+def test_released_space_matches_the_official_checkpoint():
+    y = np.array([0.0, 1 / 15, 0.5, 1.0])
+    sigma = labels.to_sigma_px(y, "released")
+    np.testing.assert_allclose(sigma, np.maximum(0, (15 * y - 1) / 2))
+    # round trip above the clipping point
+    np.testing.assert_allclose(labels.from_sigma_px(sigma[1:], "released"), y[1:])
+
+
+def test_png_values():
+    # released dataset: 10 * x with x max 15 -> y = x / 15
+    assert labels.stored_png_to_y(150.0, "released") == pytest.approx(1.0)
+    # generator: 10 * sigma, y = sigma / 7
+    assert labels.stored_png_to_y(70.0, "generator") == pytest.approx(1.0)
+    assert labels.stored_png_to_sigma_px(35.0, "ours") == pytest.approx(3.5)
+    assert labels.stored_png_to_sigma_px(31.0, "released") == pytest.approx(1.05)
+
+
+def test_unknown_space():
+    with pytest.raises(ValueError, match="released"):
+        labels.to_sigma_px(0.5, "nope")

@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from dmenet.registry import ALL_REGISTRIES, Registry, list_parts
+
+
+def test_register_list_create():
+    reg = Registry("widget")
+
+    @reg.register("lin")
+    class Lin(torch.nn.Linear):
+        pass
+
+    assert reg.names() == ["lin"] and "lin" in reg and len(reg) == 1
+    part = reg.create("lin", in_features=2, out_features=3)
+    assert isinstance(part, Lin) and part.out_features == 3
+    assert reg.class_path("lin").endswith("Lin")
+
+
+def test_typo_lists_known_names():
+    reg = Registry("widget")
+    reg.register("alpha")(dict)
+    reg.register("beta")(list)
+    with pytest.raises(KeyError) as info:
+        reg.get("alpah")
+    message = str(info.value)
+    assert "alpha" in message and "beta" in message and "Did you mean 'alpha'" in message
+
+
+def test_duplicate_registration_is_refused():
+    reg = Registry("widget")
+    reg.register("a")(dict)
+    with pytest.raises(KeyError, match="already registered"):
+        reg.register("a")(list)
+
+
+def test_every_registry_is_filled():
+    parts = list_parts()
+    assert set(parts) == set(ALL_REGISTRIES)
+    for kind, names in parts.items():
+        assert names, f"no {kind} registered"
