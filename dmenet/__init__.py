@@ -3,7 +3,7 @@
 Heavy submodules (Lightning, Kornia) are imported lazily, so ``import dmenet`` stays quick.
 """
 
-from dmenet.errors import DMENetError, DataError
+from dmenet.errors import DataError, DMENetError
 
 __version__ = "0.1.0"
 
