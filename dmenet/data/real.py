@@ -1,0 +1,523 @@
+"""Readers of the real-domain datasets and of the released SYNDOF files (SPEC sections 1, 2, 5).
+
+Every reader is a ``torch.utils.data.Dataset`` of dicts following the evaluation-batch contract
+of ``docs/ARCHITECTURE.md`` (before batching): ``"image"`` float32 ``(3, H, W)`` in ``[0, 1]``,
+``"name"`` (file stem), ``"set"`` (dataset name), and when the dataset knows them
+``"sharp_mask"`` ``(1, H, W)`` (1 = sharp), ``"label"`` ``(1, H, W)`` (our ``y``) and
+``"sigma_px"`` ``(1, H, W)``.
+
+* :class:`CUHKBlurDetection`: ``image/out_of_focusNNNN.jpg`` + ``gt/out_of_focusNNNN.png``
+  (motion-blur images skipped); mask polarity detected from the image or set explicitly.
+* :class:`ImageFolder`: Flickr-style unlabelled folders (recursive; non-images skipped with one
+  warning).
+* :class:`RTF`: ``image/{0,1,1.6}/`` + ``gt/`` as ``.mat`` (``blurMap``, disc radius) or ``.npy``
+  (Gaussian sigma in px).
+* :class:`ReleasedSyndof`: released SYNDOF training (``image/`` + ``blur_map/``) or test
+  (``image/`` + ``gt/``) files, read in an explicitly chosen label space and converted to ours.
+
+Bad input (missing root, wrong layout, unreadable image, image/mask size mismatch) raises
+:class:`dmenet.errors.DataError` naming the file and the expected layout.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dmenet.data.io import IMAGE_EXTENSIONS, is_image_file, read_gray, read_image, read_mask
+from dmenet.errors import DataError
+from dmenet.labels import LABEL_SPACES, sigma_to_y, stored_png_to_sigma_px
+
+__all__ = [
+    "CUHK_LAYOUT",
+    "CUHK_SPLITS",
+    "CUHKBlurDetection",
+    "FLICKR_LAYOUT",
+    "ImageFolder",
+    "RTF",
+    "RTF_DISC_TO_GAUSS",
+    "RTF_LAYOUT",
+    "RTF_NOISE_LEVELS",
+    "ReleasedSyndof",
+    "SYNDOF_TEST_LAYOUT",
+    "SYNDOF_TRAIN_LAYOUT",
+    "cuhk_split_names",
+    "detect_mask_polarity",
+    "disc_radius_to_sigma_px",
+    "list_images",
+]
+
+CUHK_LAYOUT = "<root>/image/out_of_focusNNNN.jpg and <root>/gt/out_of_focusNNNN.png"
+FLICKR_LAYOUT = "<root>/**/*.jpg|png|... (any folder tree of photos)"
+RTF_LAYOUT = "<root>/image/{0,1,1.6}/NAME.png and <root>/gt/NAME.mat (blurMap) or NAME.npy (sigma)"
+SYNDOF_TRAIN_LAYOUT = "<root>/image/NAME.png and <root>/blur_map/NAME.png (16-bit, 10 * value)"
+SYNDOF_TEST_LAYOUT = "<root>/image/NAME.png and <root>/gt/NAME.png (16-bit, 10 * value)"
+
+CUHK_SPLITS: tuple[str, ...] = (
+    "all", "dmenet_train", "dmenet_test", "common_train", "common_test",
+)
+"""Named CUHK splits over the defocus images sorted by name: DMENet's 504/200 and the 604/100
+of other works (the test part is the *last* images of the sorted list)."""
+
+_CUHK_SPLIT_TEST_SIZE = {"dmenet": 200, "common": 100}
+
+RTF_NOISE_LEVELS: tuple[str, ...] = ("0", "1", "1.6")
+
+RTF_DISC_TO_GAUSS: tuple[tuple[float, float], ...] = (
+    (0.3, 0.5), (0.5, 0.75), (0.65, 1.0), (0.775, 1.25), (0.875, 1.5), (0.975, 1.75),
+    (1.125, 2.0), (1.275, 2.25), (1.375, 2.5), (1.525, 2.75), (1.65, 3.0), (1.8, 3.25),
+    (1.925, 3.5), (2.05, 3.75), (2.2, 4.0), (2.325, 4.25), (2.45, 4.5), (2.6, 4.75),
+    (2.725, 5.0), (2.875, 5.25), (3.0, 5.5), (3.15, 5.75), (3.275, 6.0),
+)
+"""RTF's ``(gaussian_sigma_px, disc_blur_radius_px)`` pairs (the reference's conversion table);
+a disc radius maps to the sigma of its nearest tabulated radius (SPEC section 5)."""
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _require_dir(path: Path, what: str, layout: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{path}: {what} does not exist; expected layout: {layout}")
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} is not a folder; expected layout: {layout}")
+    return path
+
+
+def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """Image files (by extension) and the other files of ``folder``, both sorted."""
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if is_image_file(p)]
+    others = [p for p in files if not is_image_file(p)]
+    return images, others
+
+
+def _warn_skipped(folder: Path, skipped: Sequence[Path]) -> None:
+    if skipped:
+        names = ", ".join(str(p.relative_to(folder)) for p in skipped[:20])
+        more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        warnings.warn(
+            f"{folder}: skipped {len(skipped)} non-image file(s): {names}{more}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _chw(array: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` -> ``(3, H, W)``; ``(H, W)`` -> ``(1, H, W)``; float32."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        return torch.from_numpy(array)[None]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: Path, other_path: Path):
+    if image.shape[:2] != other.shape[:2]:
+        raise DataError(
+            f"{other_path}: size {other.shape[1]}x{other.shape[0]} (WxH) differs from its image "
+            f"{image_path} ({image.shape[1]}x{image.shape[0]})"
+        )
+
+
+def _find_partner(folder: Path, stem: str, extensions: Sequence[str]) -> Path | None:
+    for ext in extensions:
+        for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+# ------------------------------------------------------------------------------------- CUHK
+
+
+def detect_mask_polarity(image: np.ndarray, white: np.ndarray) -> str | None:
+    """Which side of a binary blur mask is sharp, judged from the photo itself.
+
+    The in-focus region holds more high-frequency energy than the defocused one: compare the
+    mean absolute Laplacian of the grey image inside the mask's white and black parts.
+
+    Args:
+        image: float RGB ``(H, W, 3)`` in ``[0, 1]``.
+        white: bool ``(H, W)``, the mask's white (nonzero) pixels.
+
+    Returns:
+        ``"white_is_sharp"``, ``"white_is_blurred"`` or ``None`` when one side is (nearly) empty.
+    """
+    import cv2
+
+    grey = image.mean(axis=2).astype(np.float32)
+    energy = np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=3))
+    n_white, n_black = int(white.sum()), int((~white).sum())
+    if min(n_white, n_black) < max(16, white.size // 200):
+        return None
+    return "white_is_sharp" if energy[white].mean() > energy[~white].mean() else "white_is_blurred"
+
+
+def cuhk_split_names(stems: Sequence[str], split: str) -> list[str]:
+    """The stems of a named CUHK split (see :data:`CUHK_SPLITS`) from all defocus stems."""
+    stems = sorted(stems)
+    if split == "all":
+        return stems
+    family, _, part = split.partition("_")
+    test_size = _CUHK_SPLIT_TEST_SIZE[family]
+    if len(stems) <= test_size:
+        raise DataError(
+            f"CUHK split {split!r} needs more than {test_size} defocus images, found {len(stems)}; "
+            "use split='all' or a list file"
+        )
+    return stems[:-test_size] if part == "train" else stems[-test_size:]
+
+
+class CUHKBlurDetection(Dataset):
+    """CUHK blur detection (Shi et al. 2014): defocus photos with binary blur masks (I_b).
+
+    Layout: ``<root>/image/out_of_focusNNNN.jpg`` and ``<root>/gt/out_of_focusNNNN.png``.
+    Images whose name starts with ``motion`` (the 296 motion-blur images) are skipped.
+
+    Args:
+        root: dataset folder.
+        split: a name from :data:`CUHK_SPLITS` (``dmenet_train`` 504 / ``dmenet_test`` 200,
+            ``common_train`` 604 / ``common_test`` 100; test = the last names in sorted order),
+            a path to a text file with one image name (stem or file name) per line, or a list
+            of names.
+        mask_polarity: ``"auto"`` (detected from the first images with
+            :func:`detect_mask_polarity`: the side with more fine detail is sharp),
+            ``"white_is_sharp"`` (the public CUHK masks) or ``"white_is_blurred"``.
+
+    Items: ``{"image" (3,H,W), "sharp_mask" (1,H,W) float 1 = sharp (the reference's target),
+    "name", "set": "cuhk"}``. The resolved polarity is ``self.mask_polarity``.
+    """
+
+    POLARITIES = ("auto", "white_is_sharp", "white_is_blurred")
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | Sequence[str] = "all",
+        mask_polarity: str = "auto",
+        polarity_probe_images: int = 5,
+    ) -> None:
+        self.root = Path(root)
+        if mask_polarity not in self.POLARITIES:
+            raise DataError(
+                f"CUHK mask_polarity {mask_polarity!r}: choose one of {', '.join(self.POLARITIES)}"
+            )
+        _require_dir(self.root, "the CUHK root", CUHK_LAYOUT)
+        image_dir = _require_dir(self.root / "image", "the CUHK image folder", CUHK_LAYOUT)
+        gt_dir = _require_dir(self.root / "gt", "the CUHK mask folder", CUHK_LAYOUT)
+        images, _ = list_images(image_dir)
+        defocus = {p.stem: p for p in images if not p.stem.lower().startswith("motion")}
+        if not defocus:
+            raise DataError(f"{image_dir}: no defocus images found; expected layout: {CUHK_LAYOUT}")
+        names = self._resolve_split(split, defocus)
+        self.samples: list[tuple[str, Path, Path]] = []
+        for name in names:
+            mask_path = _find_partner(gt_dir, name, (".png", ".bmp", ".jpg", ".tif"))
+            if mask_path is None:
+                raise DataError(
+                    f"{defocus[name]}: no mask {gt_dir / (name + '.png')}; "
+                    f"expected layout: {CUHK_LAYOUT}"
+                )
+            self.samples.append((name, defocus[name], mask_path))
+        self.mask_polarity = (
+            self._detect(polarity_probe_images) if mask_polarity == "auto" else mask_polarity
+        )
+
+    def _resolve_split(self, split: str | Sequence[str], defocus: dict[str, Path]) -> list[str]:
+        if isinstance(split, str) and split in CUHK_SPLITS:
+            return cuhk_split_names(list(defocus), split)
+        if isinstance(split, str):
+            list_path = Path(split)
+            if not list_path.is_file():
+                raise DataError(
+                    f"CUHK split {split!r}: neither a split name ({', '.join(CUHK_SPLITS)}) "
+                    "nor an existing list file"
+                )
+            entries = [
+                line.strip() for line in list_path.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+            where = str(list_path)
+        else:
+            entries, where = list(split), "the split list"
+        names = []
+        for entry in entries:
+            stem = Path(entry).stem if Path(entry).suffix.lower() in IMAGE_EXTENSIONS else entry
+            stem = Path(stem).name
+            if stem not in defocus:
+                raise DataError(f"{where}: {entry!r} is not a defocus image in {self.root / 'image'}")
+            names.append(stem)
+        if not names:
+            raise DataError(f"{where}: the split lists no images")
+        return names
+
+    def _detect(self, probes: int) -> str:
+        votes = []
+        for _, image_path, mask_path in self.samples[: max(1, probes)]:
+            image, white = self._read_pair(image_path, mask_path)
+            vote = detect_mask_polarity(image, white)
+            if vote is not None:
+                votes.append(vote)
+        if not votes:
+            warnings.warn(
+                f"{self.root}: could not detect the CUHK mask polarity (masks nearly uniform); "
+                "assuming white_is_sharp (the public CUHK masks). Set mask_polarity to be sure.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return "white_is_sharp"
+        return max(set(votes), key=votes.count)
+
+    @staticmethod
+    def _read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        image = read_image(image_path)
+        white = read_mask(mask_path)
+        _check_same_size(image, white, image_path, mask_path)
+        return image, white
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        name, image_path, mask_path = self.samples[index]
+        image, white = self._read_pair(image_path, mask_path)
+        sharp = white if self.mask_polarity == "white_is_sharp" else ~white
+        return {
+            "image": _chw(image),
+            "sharp_mask": _chw(sharp.astype(np.float32)),
+            "name": name,
+            "set": "cuhk",
+        }
+
+
+# ------------------------------------------------------------------------- unlabelled folders
+
+
+class ImageFolder(Dataset):
+    """Unlabelled photos (Flickr-style I_r): every image file under ``root``.
+
+    Args:
+        root: a folder; searched recursively unless ``recursive=False``.
+        set_name: the ``"set"`` entry of each item.
+
+    Non-image files are skipped with one warning that lists them; an unreadable image raises
+    :class:`DataError` naming it when it is read. Items: ``{"image" (3,H,W), "name", "set"}``.
+    """
+
+    def __init__(self, root: str | Path, recursive: bool = True, set_name: str = "flickr") -> None:
+        self.root = Path(root)
+        _require_dir(self.root, "the image folder", FLICKR_LAYOUT)
+        self.paths, skipped = list_images(self.root, recursive=recursive)
+        _warn_skipped(self.root, skipped)
+        if not self.paths:
+            raise DataError(
+                f"{self.root}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+                f"expected layout: {FLICKR_LAYOUT}"
+            )
+        self.set_name = set_name
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        name = str(path.relative_to(self.root).with_suffix("")).replace("\\", "/")
+        return {"image": _chw(read_image(path)), "name": name, "set": self.set_name}
+
+
+# ---------------------------------------------------------------------------------------- RTF
+
+
+def disc_radius_to_sigma_px(disc_radius_px: np.ndarray) -> np.ndarray:
+    """RTF disc blur radius -> Gaussian sigma (px) by nearest lookup in :data:`RTF_DISC_TO_GAUSS`.
+
+    Radii at or below zero (in focus) map to sigma 0.
+    """
+    table = np.asarray(RTF_DISC_TO_GAUSS, dtype=np.float32)
+    sigma, disc = table[:, 0], table[:, 1]
+    radius = np.asarray(disc_radius_px, dtype=np.float32)
+    nearest = np.abs(radius[..., None] - disc).argmin(axis=-1)
+    return np.where(radius > 0, sigma[nearest], 0.0).astype(np.float32)
+
+
+def _read_rtf_gt(path: Path) -> np.ndarray:
+    """An RTF ground truth as Gaussian sigma in px ``(H, W)``."""
+    if path.suffix.lower() == ".npy":
+        try:
+            sigma = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        if sigma.ndim == 3 and sigma.shape[-1] == 1:
+            sigma = sigma[..., 0]
+        if sigma.ndim != 2:
+            raise DataError(f"{path}: expected a 2-D sigma map (H, W), got shape {sigma.shape}")
+        return sigma.astype(np.float32)
+    from scipy.io import loadmat
+
+    try:
+        content = loadmat(str(path))
+    except NotImplementedError:
+        raise DataError(
+            f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save with -v7 or as .npy"
+        ) from None
+    except Exception as exc:  # scipy raises several types for corrupt files
+        raise DataError(f"{path}: not a readable .mat file ({exc})") from None
+    if "blurMap" not in content:
+        keys = ", ".join(k for k in content if not k.startswith("__"))
+        raise DataError(f"{path}: no variable 'blurMap' (found: {keys or 'none'})")
+    radius = np.asarray(content["blurMap"], dtype=np.float32)
+    if radius.ndim != 2:
+        raise DataError(f"{path}: 'blurMap' must be 2-D, got shape {radius.shape}")
+    return disc_radius_to_sigma_px(radius)
+
+
+class RTF(Dataset):
+    """RTF (D'Andres et al. 2016): photos at noise levels 0, 1, 1.6 with dense defocus GT.
+
+    Layout: ``<root>/image/{0,1,1.6}/NAME.png`` and ``<root>/gt/NAME.mat`` (variable ``blurMap``:
+    disc blur radius in px, mapped to Gaussian sigma by :func:`disc_radius_to_sigma_px`) or
+    ``<root>/gt/NAME.npy`` (Gaussian sigma in px). A per-noise ``gt/<noise>/`` folder is used
+    when present.
+
+    Items: ``{"image" (3,H,W), "sigma_px" (1,H,W), "label" (1,H,W) y = sigma / SIGMA_MAX_PX
+    (clipped to 1), "name", "set": "rtf"}``. The image and its GT may differ in size (the
+    protocol crops both to the common top-left size); they are returned as they are.
+    """
+
+    def __init__(self, root: str | Path, noise: str | float = "0") -> None:
+        self.root = Path(root)
+        self.noise = self._noise_name(noise)
+        _require_dir(self.root, "the RTF root", RTF_LAYOUT)
+        image_dir = _require_dir(
+            self.root / "image" / self.noise, f"the RTF noise-{self.noise} image folder", RTF_LAYOUT
+        )
+        gt_dir = _require_dir(self.root / "gt", "the RTF ground-truth folder", RTF_LAYOUT)
+        if (gt_dir / self.noise).is_dir():
+            gt_dir = gt_dir / self.noise
+        images, _ = list_images(image_dir)
+        if not images:
+            raise DataError(f"{image_dir}: no images; expected layout: {RTF_LAYOUT}")
+        self.samples: list[tuple[str, Path, Path]] = []
+        for path in images:
+            gt = _find_partner(gt_dir, path.stem, (".mat", ".npy"))
+            if gt is None:
+                raise DataError(
+                    f"{path}: no ground truth {gt_dir / path.stem}.mat or .npy; "
+                    f"expected layout: {RTF_LAYOUT}"
+                )
+            self.samples.append((path.stem, path, gt))
+
+    @staticmethod
+    def _noise_name(noise: str | float) -> str:
+        for name in RTF_NOISE_LEVELS:
+            try:
+                if float(noise) == float(name):
+                    return name
+            except (TypeError, ValueError):
+                break
+        raise DataError(f"RTF noise level {noise!r}: choose one of {', '.join(RTF_NOISE_LEVELS)}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        name, image_path, gt_path = self.samples[index]
+        sigma_px = np.clip(_read_rtf_gt(gt_path), 0.0, None)
+        sigma = _chw(sigma_px)
+        return {
+            "image": _chw(read_image(image_path)),
+            "sigma_px": sigma,
+            "label": sigma_to_y(sigma).clamp(0.0, 1.0),
+            "name": name,
+            "set": "rtf",
+        }
+
+
+# ------------------------------------------------------------------------- released SYNDOF
+
+
+class ReleasedSyndof(Dataset):
+    """Released SYNDOF files: the training set (``image/`` + ``blur_map/``) or the test set
+    (``image/`` + ``gt/``), converted to our label space.
+
+    Args:
+        root: the folder holding ``image/`` (e.g. ``.../train/SYNDOF`` or ``.../test/SYNDOF``).
+        label_space: how the stored 16-bit values (``10 * value``) are to be read, required:
+            ``"released"`` (the dataset released with DMENet, ``y = x / 15``), ``"generator"``
+            (the current SYNDOF generator, ``y = sigma / 7``) or ``"ours"`` (``dmenet syndof
+            export``). See :mod:`dmenet.labels`.
+        label_dir: ``"blur_map"`` (training layout), ``"gt"`` (test layout) or ``None`` to pick
+            whichever exists.
+        set_name: the ``"set"`` entry of each item.
+
+    Items: ``{"image" (3,H,W), "sigma_px" (1,H,W), "label" (1,H,W) y (clipped to [0, 1]),
+    "name", "set"}``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        label_space: str,
+        label_dir: str | None = None,
+        set_name: str = "syndof",
+    ) -> None:
+        self.root = Path(root)
+        if label_space not in LABEL_SPACES:
+            raise DataError(
+                f"SYNDOF label_space {label_space!r}: choose one of {', '.join(LABEL_SPACES)} "
+                "('released' for the dataset released with DMENet, 'generator' for files of the "
+                "current SYNDOF generator)"
+            )
+        self.label_space = label_space
+        layout = f"{SYNDOF_TRAIN_LAYOUT}, or {SYNDOF_TEST_LAYOUT}"
+        _require_dir(self.root, "the SYNDOF root", layout)
+        image_dir = _require_dir(self.root / "image", "the SYNDOF image folder", layout)
+        if label_dir is None:
+            label_dir = next(
+                (d for d in ("blur_map", "gt") if (self.root / d).is_dir()), "blur_map"
+            )
+        labels = _require_dir(self.root / label_dir, "the SYNDOF label folder", layout)
+        images, _ = list_images(image_dir)
+        if not images:
+            raise DataError(f"{image_dir}: no images; expected layout: {layout}")
+        self.samples: list[tuple[str, Path, Path]] = []
+        for path in images:
+            label_path = _find_partner(labels, path.stem, (".png", ".tif", ".tiff"))
+            if label_path is None:
+                raise DataError(
+                    f"{path}: no label {labels / path.stem}.png; expected layout: {layout}"
+                )
+            self.samples.append((path.stem, path, label_path))
+        self.set_name = set_name
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        name, image_path, label_path = self.samples[index]
+        image = read_image(image_path)
+        stored = read_gray(label_path)
+        _check_same_size(image, stored, image_path, label_path)
+        if stored.dtype == np.uint8:
+            warnings.warn(
+                f"{label_path}: an 8-bit label file; SYNDOF labels are 16-bit (10 * value), "
+                "values above 25.5 were lost when it was saved",
+                UserWarning,
+                stacklevel=2,
+            )
+        sigma_px = stored_png_to_sigma_px(stored.astype(np.float32), self.label_space)
+        sigma = _chw(np.asarray(sigma_px, dtype=np.float32))
+        return {
+            "image": _chw(image),
+            "sigma_px": sigma,
+            "label": sigma_to_y(sigma).clamp(0.0, 1.0),
+            "name": name,
+            "set": self.set_name,
+        }
+
