@@ -240,7 +240,7 @@ class TestRTF:
             RTF(tmp_path / "y")
 
 
-def make_syndof(root: Path, label_dir: str = "blur_map", n: int = 3, value: float = 35.0) -> Path:
+def make_syndof(root: Path, label_dir: str = "blur_map", n: int = 3, value: float = 3.5) -> Path:
     """Released-SYNDOF-like files: 8-bit images, 16-bit 3-channel labels storing 10 * value."""
     rng = np.random.default_rng(0)
     for i in range(n):
