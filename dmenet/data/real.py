@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from dmenet.data.io import IMAGE_EXTENSIONS, is_image_file, read_gray, read_image, read_mask
 from dmenet.errors import DataError
+from dmenet.evaluation.metrics import rtf_disc_to_gauss
 from dmenet.labels import LABEL_SPACES, sigma_to_y, stored_png_to_sigma_px
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "FLICKR_LAYOUT",
     "ImageFolder",
     "RTF",
-    "RTF_DISC_TO_GAUSS",
     "RTF_LAYOUT",
     "RTF_NOISE_LEVELS",
     "ReleasedSyndof",
@@ -48,7 +48,6 @@ __all__ = [
     "SYNDOF_TRAIN_LAYOUT",
     "cuhk_split_names",
     "detect_mask_polarity",
-    "disc_radius_to_sigma_px",
     "list_images",
 ]
 
@@ -67,15 +66,6 @@ of other works (the test part is the *last* images of the sorted list)."""
 _CUHK_SPLIT_TEST_SIZE = {"dmenet": 200, "common": 100}
 
 RTF_NOISE_LEVELS: tuple[str, ...] = ("0", "1", "1.6")
-
-RTF_DISC_TO_GAUSS: tuple[tuple[float, float], ...] = (
-    (0.3, 0.5), (0.5, 0.75), (0.65, 1.0), (0.775, 1.25), (0.875, 1.5), (0.975, 1.75),
-    (1.125, 2.0), (1.275, 2.25), (1.375, 2.5), (1.525, 2.75), (1.65, 3.0), (1.8, 3.25),
-    (1.925, 3.5), (2.05, 3.75), (2.2, 4.0), (2.325, 4.25), (2.45, 4.5), (2.6, 4.75),
-    (2.725, 5.0), (2.875, 5.25), (3.0, 5.5), (3.15, 5.75), (3.275, 6.0),
-)
-"""RTF's ``(gaussian_sigma_px, disc_blur_radius_px)`` pairs (the reference's conversion table);
-a disc radius maps to the sigma of its nearest tabulated radius (SPEC section 5)."""
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -334,18 +324,6 @@ class ImageFolder(Dataset):
 # ---------------------------------------------------------------------------------------- RTF
 
 
-def disc_radius_to_sigma_px(disc_radius_px: np.ndarray) -> np.ndarray:
-    """RTF disc blur radius -> Gaussian sigma (px) by nearest lookup in :data:`RTF_DISC_TO_GAUSS`.
-
-    Radii at or below zero (in focus) map to sigma 0.
-    """
-    table = np.asarray(RTF_DISC_TO_GAUSS, dtype=np.float32)
-    sigma, disc = table[:, 0], table[:, 1]
-    radius = np.asarray(disc_radius_px, dtype=np.float32)
-    nearest = np.abs(radius[..., None] - disc).argmin(axis=-1)
-    return np.where(radius > 0, sigma[nearest], 0.0).astype(np.float32)
-
-
 def _read_rtf_gt(path: Path) -> np.ndarray:
     """An RTF ground truth as Gaussian sigma in px ``(H, W)``."""
     if path.suffix.lower() == ".npy":
@@ -374,14 +352,15 @@ def _read_rtf_gt(path: Path) -> np.ndarray:
     radius = np.asarray(content["blurMap"], dtype=np.float32)
     if radius.ndim != 2:
         raise DataError(f"{path}: 'blurMap' must be 2-D, got shape {radius.shape}")
-    return disc_radius_to_sigma_px(radius)
+    return np.asarray(rtf_disc_to_gauss(radius), dtype=np.float32)
 
 
 class RTF(Dataset):
     """RTF (D'Andres et al. 2016): photos at noise levels 0, 1, 1.6 with dense defocus GT.
 
     Layout: ``<root>/image/{0,1,1.6}/NAME.png`` and ``<root>/gt/NAME.mat`` (variable ``blurMap``:
-    disc blur radius in px, mapped to Gaussian sigma by :func:`disc_radius_to_sigma_px`) or
+    disc blur radius in px, mapped to Gaussian sigma by the evaluation protocol's
+    :func:`dmenet.evaluation.metrics.rtf_disc_to_gauss`) or
     ``<root>/gt/NAME.npy`` (Gaussian sigma in px). A per-noise ``gt/<noise>/`` folder is used
     when present.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path
 
@@ -15,15 +14,14 @@ from scipy.io import savemat
 from dmenet.data.io import write_png16
 from dmenet.data.real import (
     RTF,
-    RTF_DISC_TO_GAUSS,
     CUHKBlurDetection,
     ImageFolder,
     ReleasedSyndof,
     cuhk_split_names,
     detect_mask_polarity,
-    disc_radius_to_sigma_px,
 )
 from dmenet.errors import DataError
+from dmenet.evaluation.metrics import rtf_disc_to_gauss
 from dmenet.labels import SIGMA_MAX_PX, to_sigma_px
 
 H, W = 24, 32
@@ -190,7 +188,7 @@ def make_rtf(root: Path, gt_format: str = "mat", n: int = 2) -> Path:
         if gt_format == "mat":
             savemat(str(root / "gt" / f"{name}.mat"), {"blurMap": radius.astype(np.float64)})
         else:
-            np.save(root / "gt" / f"{name}.npy", disc_radius_to_sigma_px(radius))
+            np.save(root / "gt" / f"{name}.npy", rtf_disc_to_gauss(radius).astype(np.float32))
     return root
 
 
@@ -202,23 +200,11 @@ class TestRTF:
         item = ds[0]
         assert item["image"].shape == (3, H, W)
         assert item["sigma_px"].shape == (1, H, W)
-        # disc radius 3.0 -> sigma 1.65 (RTF table), in focus -> 0
+        # disc radius 3.0 -> sigma 1.65 (RTF table), in focus (0) -> the nearest entry, 0.3
         assert item["sigma_px"][0, 0, -1].item() == pytest.approx(1.65)
-        assert item["sigma_px"][0, 0, 0].item() == 0.0
+        assert item["sigma_px"][0, 0, 0].item() == pytest.approx(0.3)
         assert torch.allclose(item["label"], item["sigma_px"] / SIGMA_MAX_PX)
         assert item["set"] == "rtf"
-
-    def test_disc_to_gauss_nearest(self):
-        sigma = disc_radius_to_sigma_px(np.array([0.0, 0.5, 0.6, 0.7, 6.0, 9.0]))
-        np.testing.assert_allclose(sigma, [0.0, 0.3, 0.3, 0.5, 3.275, 3.275])
-
-    def test_table_matches_shared_csv(self, shared_data):
-        path = shared_data / "rtf_disc_to_gauss.csv"
-        if not path.is_file():
-            pytest.skip("no rtf_disc_to_gauss.csv")
-        with path.open() as handle:
-            rows = [(float(a), float(b)) for a, b in list(csv.reader(handle))[1:]]
-        np.testing.assert_allclose(rows, RTF_DISC_TO_GAUSS)
 
     def test_bad_input(self, tmp_path):
         root = make_rtf(tmp_path)
