@@ -1,0 +1,484 @@
+"""DMENetDataModule: the three training streams of SPEC section 1 and the evaluation sets.
+
+Training streams (each with its own batch size, 0 switches it off), combined with Lightning's
+``CombinedLoader(mode="max_size_cycle")`` into the batch dict of ``docs/ARCHITECTURE.md``:
+
+* ``"synthetic"`` (I_s): raw RGB-D crops ``{"image", "depth_mm"}`` from an RGB-D source (the
+  embedded procedural scenes by default, ``rgbd_source="kind:path"`` otherwise), rendered by
+  :class:`~dmenet.data.syndof.SyndofRenderer` in :meth:`on_after_batch_transfer` on the batch's
+  device (seeded per step and rank); and/or released SYNDOF files (``syndof_root``, with
+  ``syndof_label_space`` chosen explicitly) that already hold ``{"image", "label", "binary"}``.
+* ``"real"`` (I_r): unlabelled photos under ``flickr_root``; unset -> the proxy real domain.
+* ``"blur"`` (I_b): CUHK photos with masks (``cuhk_root``); unset -> the proxy real domain
+  with binary masks from its true blur.
+
+Every training crop is augmented as SPEC section 4 says (:mod:`dmenet.data.augment`).
+
+Evaluation sets (batch size 1, image sizes differ), chosen by name: ``"embedded"`` (held-out
+SYNDOF-rendered embedded scenes: dense labels and binary sharp masks), ``"proxy"`` (held-out
+proxy real domain, also fully labelled), ``"syndof"`` (``syndof_test_root``), ``"cuhk"``
+(``cuhk_root``, split ``cuhk_test_split``), ``"rtf"`` (``rtf_root`` at ``rtf_noise``).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+
+from dmenet.data.augment import PAPER_SHORT_SIDE_RANGE, TrainingCrops
+from dmenet.errors import DataError
+
+__all__ = ["DMENetDataModule", "EVAL_SETS", "RenderedEvalSet"]
+
+EVAL_SETS: tuple[str, ...] = ("embedded", "proxy", "syndof", "cuhk", "rtf")
+
+# Seeds of the embedded splits: training, validation and test scenes never coincide.
+_EMBEDDED_SEEDS = {"train": 0, "val": 10_007, "test": 20_011}
+_PROXY_SEEDS = {"real": 30_013, "blur": 40_009, "val": 50_021, "test": 60_013}
+
+
+class _ReleasedTrainingView(Dataset):
+    """Released SYNDOF items as the synthetic contract: ``{"image", "label", "binary"}``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        from dmenet.data.thin_lens import binary_from_coc
+
+        item = self.dataset[index]
+        # binary map from the label: blurred where the CoC (4 sigma, paper rule) exceeds 1 px
+        binary = binary_from_coc(4.0 * item["sigma_px"])
+        return {"image": item["image"], "label": item["label"], "binary": binary}
+
+
+class _RGBDView(Dataset):
+    """An RGB-D source's items reduced to ``{"image", "depth_mm"}`` (depth cleaned later)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        return {"image": item["image"], "depth_mm": item["depth_mm"]}
+
+
+class RenderedEvalSet(Dataset):
+    """A fixed, fully labelled evaluation set rendered once with SYNDOF from an RGB-D source.
+
+    Items: ``{"image" (3,H,W), "label" (1,H,W) y, "sigma_px" (1,H,W), "sharp_mask" (1,H,W)
+    1 = sharp, "name", "set"}``. Rendering is seeded, so the set is the same on every run.
+    """
+
+    def __init__(self, source: Dataset, set_name: str, seed: int, renderer_kwargs: dict) -> None:
+        from dmenet.data.syndof import SyndofRenderer
+
+        renderer = SyndofRenderer(**renderer_kwargs)
+        generator = torch.Generator().manual_seed(seed)
+        self.items: list[dict] = []
+        with torch.no_grad():
+            for index in range(len(source)):
+                item = source[index]
+                out = renderer(item["image"][None], item["depth_mm"][None], generator=generator)
+                self.items.append({
+                    "image": out.image[0].clamp(0, 1).contiguous(),
+                    "label": out.label[0].contiguous(),
+                    "sigma_px": out.sigma_px[0].contiguous(),
+                    "sharp_mask": (1.0 - out.binary[0]).contiguous(),
+                    "name": str(item.get("name", f"{set_name}_{index:03d}")),
+                    "set": set_name,
+                })
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+class DMENetDataModule(pl.LightningDataModule):
+    """The three training streams (I_s, I_r, I_b) and the evaluation sets of DMENet.
+
+    Args:
+        rgbd_source: RGB-D source of on-the-fly SYNDOF synthesis: ``"embedded"`` (default;
+            procedural scenes shipped with the package) or ``"kind:path"`` with kind ``sintel``,
+            ``synthia``, ``middlebury`` or ``folder`` (:func:`dmenet.data.rgbd.make_rgbd_source`);
+            ``None``: no synthesis (then ``syndof_root`` must be set).
+        syndof_root: released SYNDOF training files (``image/`` + ``blur_map/``).
+        syndof_label_space: how ``syndof_root``'s labels are read, required with it:
+            ``"released"`` (dataset released with DMENet) or ``"generator"`` (current SYNDOF
+            generator) or ``"ours"`` (``dmenet syndof export``).
+        syndof_test_root: released SYNDOF test files (``image/`` + ``gt/``) for the
+            ``"syndof"`` evaluation set.
+        flickr_root: I_r photos (any folder tree); unset -> the proxy real domain.
+        cuhk_root: CUHK blur detection (``image/``, ``gt/``): I_b training and the ``"cuhk"``
+            evaluation set; unset -> the proxy real domain for I_b.
+        cuhk_train_split, cuhk_test_split: CUHK split names
+            (:data:`dmenet.data.real.CUHK_SPLITS`) or list files.
+        cuhk_mask_polarity: ``"auto"``, ``"white_is_sharp"`` or ``"white_is_blurred"``.
+        rtf_root, rtf_noise: RTF (``image/{0,1,1.6}/``, ``gt/``) and its noise level.
+        batch_size_synthetic, batch_size_real, batch_size_blur: per-stream batch sizes
+            (paper 3 / 3 / 3); 0 turns a stream off.
+        crop_size: training crop side in px (paper 240).
+        short_side_range: ``[low, high]`` the short side is resized into before cropping
+            (paper ``[241, 801]``); ``None`` keeps each image's size.
+        samples_per_epoch: crops per stream per epoch (default: each stream's image count;
+            the longest stream sets the epoch under ``max_size_cycle``).
+        val_sets: evaluation sets for validation (names from :data:`EVAL_SETS`).
+        test_set: the evaluation set for ``dmenet test``.
+        embedded_size: side (px) of the embedded scenes.
+        embedded_train_scenes, embedded_eval_scenes: number of embedded scenes for training and
+            for each held-out evaluation split (validation and test use different scenes).
+        proxy_images: images of each proxy real-domain stream.
+        renderer: keyword arguments of :class:`~dmenet.data.syndof.SyndofRenderer`.
+        proxy: keyword arguments of :class:`~dmenet.data.proxy.ProxyRealDomain`.
+        synthesis_seed: base seed of on-device synthesis (mixed with step and rank).
+        num_workers, pin_memory, persistent_workers: DataLoader settings of every stream.
+        predict_paths: files, folders or globs for ``dmenet predict`` (batch size 1).
+    """
+
+    def __init__(
+        self,
+        rgbd_source: str | None = "embedded",
+        syndof_root: str | None = None,
+        syndof_label_space: str | None = None,
+        syndof_test_root: str | None = None,
+        flickr_root: str | None = None,
+        cuhk_root: str | None = None,
+        cuhk_train_split: str = "dmenet_train",
+        cuhk_test_split: str = "dmenet_test",
+        cuhk_mask_polarity: str = "auto",
+        rtf_root: str | None = None,
+        rtf_noise: str = "0",
+        batch_size_synthetic: int = 3,
+        batch_size_real: int = 3,
+        batch_size_blur: int = 3,
+        crop_size: int = 240,
+        short_side_range: list[int] | None = None,
+        samples_per_epoch: int | None = None,
+        val_sets: list[str] | None = None,
+        test_set: str = "embedded",
+        embedded_size: int = 256,
+        embedded_train_scenes: int = 32,
+        embedded_eval_scenes: int = 8,
+        proxy_images: int = 32,
+        renderer: dict[str, Any] | None = None,
+        proxy: dict[str, Any] | None = None,
+        synthesis_seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        predict_paths: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.rgbd_source = rgbd_source
+        self.syndof_root = syndof_root
+        self.syndof_label_space = syndof_label_space
+        self.syndof_test_root = syndof_test_root
+        self.flickr_root = flickr_root
+        self.cuhk_root = cuhk_root
+        self.cuhk_train_split = cuhk_train_split
+        self.cuhk_test_split = cuhk_test_split
+        self.cuhk_mask_polarity = cuhk_mask_polarity
+        self.rtf_root = rtf_root
+        self.rtf_noise = str(rtf_noise)
+        self.batch_sizes = {
+            "synthetic": int(batch_size_synthetic),
+            "real": int(batch_size_real),
+            "blur": int(batch_size_blur),
+        }
+        self.crop_size = int(crop_size)
+        self.short_side_range = (
+            list(PAPER_SHORT_SIDE_RANGE) if short_side_range is None else short_side_range
+        )
+        # an explicit empty list means "keep each image's size"
+        if isinstance(self.short_side_range, Sequence) and len(self.short_side_range) == 0:
+            self.short_side_range = None
+        self.samples_per_epoch = samples_per_epoch
+        self.val_sets = list(val_sets) if val_sets is not None else ["embedded"]
+        self.test_set = test_set
+        self.embedded_size = int(embedded_size)
+        self.embedded_train_scenes = int(embedded_train_scenes)
+        self.embedded_eval_scenes = int(embedded_eval_scenes)
+        self.proxy_images = int(proxy_images)
+        self.renderer_kwargs = dict(renderer or {})
+        self.proxy_kwargs = dict(proxy or {})
+        self.synthesis_seed = int(synthesis_seed)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.predict_paths = predict_paths
+        self._check_arguments()
+        self._train_streams: dict[str, Dataset] | None = None
+        self._eval_cache: dict[str, Dataset] = {}
+        self._renderer = None
+        self._render_calls = 0
+
+    # ------------------------------------------------------------------ argument checks
+
+    def _check_arguments(self) -> None:
+        for name, size in self.batch_sizes.items():
+            if size < 0:
+                raise DataError(f"--data.batch_size_{name} must be >= 0, got {size}")
+        if self.batch_sizes["synthetic"] > 0 and self.rgbd_source is None and not self.syndof_root:
+            raise DataError(
+                "the synthetic stream has no source: set --data.rgbd_source (e.g. embedded) "
+                "and/or --data.syndof_root, or --data.batch_size_synthetic 0"
+            )
+        if (self.syndof_root or self.syndof_test_root) and self.syndof_label_space is None:
+            raise DataError(
+                "--data.syndof_label_space is required with SYNDOF files: 'released' for the "
+                "dataset released with DMENet (y = x / 15), 'generator' for files of the current "
+                "SYNDOF generator (y = sigma / 7), 'ours' for dmenet syndof export"
+            )
+        if self.crop_size < 16:
+            raise DataError(f"--data.crop_size must be at least 16 px, got {self.crop_size}")
+        if self.short_side_range is not None and (
+            len(self.short_side_range) != 2 or self.short_side_range[0] > self.short_side_range[1]
+        ):
+            raise DataError(
+                f"--data.short_side_range must be [low, high], got {self.short_side_range}"
+            )
+        for name in [*self.val_sets, self.test_set]:
+            if name not in EVAL_SETS:
+                raise DataError(
+                    f"unknown evaluation set {name!r}; choose from {', '.join(EVAL_SETS)}"
+                )
+
+    # --------------------------------------------------------------------- data sources
+
+    def _embedded(self, split: str, count: int):
+        from dmenet.data.rgbd import EmbeddedRGBD
+
+        return EmbeddedRGBD(
+            num_scenes=count,
+            size=self.embedded_size,
+            seed=_EMBEDDED_SEEDS[split],
+            include_motorcycle=(split == "train"),
+        )
+
+    def _rgbd_training_source(self) -> Dataset:
+        if self.rgbd_source in (None, "", "embedded"):
+            return self._embedded("train", self.embedded_train_scenes)
+        from dmenet.data.rgbd import make_rgbd_source
+
+        return make_rgbd_source(self.rgbd_source)
+
+    def _proxy(self, role: str, count: int) -> Dataset:
+        from dmenet.data.proxy import ProxyRealDomain
+
+        kwargs = {"size": self.embedded_size, **self.proxy_kwargs}
+        return ProxyRealDomain(num_images=count, seed=_PROXY_SEEDS[role], **kwargs)
+
+    def _crops(self, dataset: Dataset, keys: Sequence[str]) -> TrainingCrops:
+        return TrainingCrops(
+            dataset,
+            self.crop_size,
+            keys=keys,
+            short_side_range=self.short_side_range,
+            length=self.samples_per_epoch,
+        )
+
+    def build_training_streams(self) -> dict[str, Dataset]:
+        """The training datasets by stream name (streams with batch size 0 are absent)."""
+        from dmenet.data.real import CUHKBlurDetection, ImageFolder, ReleasedSyndof
+
+        streams: dict[str, Dataset] = {}
+        if self.batch_sizes["synthetic"] > 0:
+            if self.rgbd_source is not None:
+                streams["synthetic"] = self._crops(
+                    _RGBDView(self._rgbd_training_source()), ("image", "depth_mm")
+                )
+            if self.syndof_root:
+                files = ReleasedSyndof(self.syndof_root, self.syndof_label_space)
+                key = "synthetic_files" if "synthetic" in streams else "synthetic"
+                streams[key] = self._crops(
+                    _ReleasedTrainingView(files), ("image", "label", "binary")
+                )
+        if self.batch_sizes["real"] > 0:
+            if self.flickr_root:
+                streams["real"] = self._crops(ImageFolder(self.flickr_root), ("image",))
+            else:
+                streams["real"] = self._crops(self._proxy("real", self.proxy_images), ("image",))
+        if self.batch_sizes["blur"] > 0:
+            if self.cuhk_root:
+                source = CUHKBlurDetection(
+                    self.cuhk_root, self.cuhk_train_split, self.cuhk_mask_polarity
+                )
+            else:
+                source = self._proxy("blur", self.proxy_images)
+            streams["blur"] = self._crops(source, ("image", "sharp_mask"))
+        if not streams:
+            raise DataError("every training stream is switched off (all batch sizes are 0)")
+        return streams
+
+    def eval_dataset(self, name: str, split: str = "val") -> Dataset:
+        """An evaluation set by name (see :data:`EVAL_SETS`); ``split`` picks the held-out
+        embedded / proxy scenes (``"val"`` or ``"test"``)."""
+        from dmenet.data.real import RTF, CUHKBlurDetection, ReleasedSyndof
+
+        key = f"{name}:{split}"
+        if key in self._eval_cache:
+            return self._eval_cache[key]
+        if name == "embedded":
+            source = _RGBDView(self._embedded(split, self.embedded_eval_scenes))
+            dataset: Dataset = RenderedEvalSet(
+                source, f"embedded_{split}", _EMBEDDED_SEEDS[split], self.renderer_kwargs
+            )
+        elif name == "proxy":
+            dataset = self._proxy(split, self.embedded_eval_scenes)
+        elif name == "syndof":
+            if not self.syndof_test_root:
+                raise DataError("the 'syndof' evaluation set needs --data.syndof_test_root")
+            dataset = ReleasedSyndof(self.syndof_test_root, self.syndof_label_space, "gt")
+        elif name == "cuhk":
+            if not self.cuhk_root:
+                raise DataError("the 'cuhk' evaluation set needs --data.cuhk_root")
+            dataset = CUHKBlurDetection(
+                self.cuhk_root, self.cuhk_test_split, self.cuhk_mask_polarity
+            )
+        elif name == "rtf":
+            if not self.rtf_root:
+                raise DataError("the 'rtf' evaluation set needs --data.rtf_root")
+            dataset = RTF(self.rtf_root, self.rtf_noise)
+        else:
+            raise DataError(f"unknown evaluation set {name!r}; choose from {', '.join(EVAL_SETS)}")
+        self._eval_cache[key] = dataset
+        return dataset
+
+    # ------------------------------------------------------------------------ hooks
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self._train_streams is None:
+            self._train_streams = self.build_training_streams()
+        if stage in (None, "fit", "validate"):
+            for name in self.val_sets:
+                self.eval_dataset(name, "val")
+        if stage in (None, "test"):
+            self.eval_dataset(self.test_set, "test")
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=shuffle,
+        )
+
+    def _stream_batch_size(self, name: str) -> int:
+        if name.startswith("synthetic") and self._train_streams is not None and {
+            "synthetic", "synthetic_files"
+        } <= set(self._train_streams):
+            # both synthetic sources: split the synthetic batch between them
+            total = self.batch_sizes["synthetic"]
+            return max(1, math.ceil(total / 2) if name == "synthetic" else total // 2)
+        return self.batch_sizes[name.removesuffix("_files")]
+
+    def train_dataloader(self) -> CombinedLoader:
+        if self._train_streams is None:
+            self._train_streams = self.build_training_streams()
+        loaders = {}
+        for name, dataset in self._train_streams.items():
+            batch_size = self._stream_batch_size(name)
+            if len(dataset) < batch_size:
+                raise DataError(
+                    f"the {name} stream has {len(dataset)} samples per epoch, fewer than its "
+                    f"batch size {batch_size}; add images or raise --data.samples_per_epoch"
+                )
+            loaders[name] = self._loader(dataset, batch_size, shuffle=True)
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _eval_loaders(self, names: Sequence[str], split: str):
+        loaders = [
+            DataLoader(
+                self.eval_dataset(name, split),
+                batch_size=1,
+                shuffle=False,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+            )
+            for name in names
+        ]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def val_dataloader(self):
+        return self._eval_loaders(self.val_sets, "val")
+
+    def test_dataloader(self):
+        return self._eval_loaders([self.test_set], "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        if not self.predict_paths:
+            raise DataError("dmenet predict needs --data.predict_paths (files, folders or globs)")
+        from dmenet.inference.data import ImagePathsDataset
+
+        return DataLoader(
+            ImagePathsDataset(list(self.predict_paths)),
+            batch_size=1,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    # --------------------------------------------------------------- on-device synthesis
+
+    @property
+    def renderer(self):
+        if self._renderer is None:
+            from dmenet.data.syndof import SyndofRenderer
+
+            self._renderer = SyndofRenderer(**self.renderer_kwargs)
+        return self._renderer
+
+    def _synthesis_generator(self, device: torch.device) -> torch.Generator:
+        trainer = self._trainer if hasattr(self, "_trainer") else None
+        step = int(trainer.global_step) if trainer is not None else 0
+        rank = int(trainer.global_rank) if trainer is not None else 0
+        self._render_calls += 1
+        # step alone repeats under manual optimisation restarts; the call count keeps draws fresh
+        key = f"{self.synthesis_seed}:{rank}:{step}:{self._render_calls}".encode()
+        return torch.Generator(device="cpu").manual_seed(zlib.crc32(key))
+
+    def render_synthetic(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw RGB-D crops ``{"image" (N,3,H,W), "depth_mm" (N,1,H,W)}`` -> the synthetic
+        contract ``{"image", "label" y, "binary" 1 = blurred}``, on the crops' device."""
+        image, depth_mm = raw["image"], raw["depth_mm"]
+        renderer = self.renderer.to(image.device)
+        with torch.no_grad():
+            out = renderer(image, depth_mm, generator=self._synthesis_generator(image.device))
+        return {
+            "image": out.image.clamp(0.0, 1.0),
+            "label": out.label,
+            "binary": out.binary,
+        }
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, dict) or "synthetic" not in batch:
+            return batch
+        synthetic = batch["synthetic"]
+        if isinstance(synthetic, dict) and "depth_mm" in synthetic:
+            batch["synthetic"] = self.render_synthetic(synthetic)
+        files = batch.pop("synthetic_files", None)
+        if files is not None:
+            batch["synthetic"] = {
+                key: torch.cat([batch["synthetic"][key], files[key].to(batch["synthetic"][key])])
+                for key in ("image", "label", "binary")
+            }
+        return batch

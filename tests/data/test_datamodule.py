@@ -1,0 +1,218 @@
+"""SPEC section 4 augmentation and the three-stream DMENetDataModule on tiny data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dmenet.data.augment import TrainingCrops, random_crop_flip_rot, resize_sample
+from dmenet.data.datamodule import DMENetDataModule
+from dmenet.errors import DataError
+from tests.data.test_real import _write, make_cuhk, make_rtf, make_syndof
+
+# tiny embedded default: small scenes, few images, small crops
+TINY = dict(
+    embedded_size=48,
+    embedded_train_scenes=2,
+    embedded_eval_scenes=1,
+    proxy_images=2,
+    crop_size=32,
+    short_side_range=[33, 40],
+    batch_size_synthetic=2,
+    batch_size_real=2,
+    batch_size_blur=2,
+    samples_per_epoch=4,
+)
+
+
+class TestAugment:
+    def test_same_transform_on_every_map(self):
+        torch.manual_seed(3)
+        image = torch.rand(3, 50, 70)
+        mask = (image[:1] > 0.5).float()
+        for _ in range(10):
+            out = random_crop_flip_rot(
+                {"image": image, "sharp_mask": mask, "name": "x"}, 32, short_side_range=None
+            )
+            assert out["image"].shape == (3, 32, 32) and out["name"] == "x"
+            # the mask stays the thresholded first channel: same crop, flip and rotation
+            assert torch.equal(out["sharp_mask"], (out["image"][:1] > 0.5).float())
+
+    def test_resize_short_side_into_range(self):
+        image = torch.rand(3, 30, 60)
+        label = torch.full((1, 30, 60), 0.2)
+        sigma = torch.full((1, 30, 60), 1.4)
+        seen = set()
+        for seed in range(20):
+            g = torch.Generator().manual_seed(seed)
+            out = random_crop_flip_rot(
+                {"image": image, "label": label, "sigma_px": sigma}, 24,
+                short_side_range=(45, 60), generator=g,
+            )
+            scale = out["sigma_px"][0, 0, 0].item() / 1.4
+            assert 1.5 - 1e-6 <= scale <= 2.0 + 1e-6  # 30 px -> 45..60 px
+            assert out["label"][0, 0, 0].item() == pytest.approx(0.2 * scale, rel=1e-5)
+            seen.add(round(scale, 3))
+        assert len(seen) > 3
+
+    def test_small_image_enlarged_and_label_clipped(self):
+        out = resize_sample({"image": torch.rand(3, 10, 10), "label": torch.full((1, 10, 10), 0.8)},
+                            (20, 20))
+        assert out["image"].shape == (3, 20, 20) and out["label"].max() == 1.0
+        crop = random_crop_flip_rot({"image": torch.rand(3, 10, 12)}, 16, short_side_range=None)
+        assert crop["image"].shape == (3, 16, 16)
+
+    def test_mismatched_maps(self):
+        with pytest.raises(DataError, match="'sharp_mask' is"):
+            random_crop_flip_rot({"image": torch.rand(3, 20, 20),
+                                  "sharp_mask": torch.ones(1, 21, 20)}, 16)
+
+    def test_training_crops_length_and_keys(self):
+        data = [{"image": torch.rand(3, 20, 20), "sharp_mask": torch.ones(1, 20, 20),
+                 "name": "a"}]
+        crops = TrainingCrops(data, 16, keys=("image", "sharp_mask"), short_side_range=None,
+                              length=5)
+        assert len(crops) == 5 and set(crops[4]) == {"image", "sharp_mask"}
+        with pytest.raises(DataError, match="has no label"):
+            TrainingCrops(data, 16, keys=("image", "label"), short_side_range=None)[0]
+
+
+def _check_training_batch(batch: dict, n: dict[str, int], crop: int) -> None:
+    syn = batch["synthetic"]
+    assert set(syn) == {"image", "label", "binary"}
+    assert syn["image"].shape == (n["synthetic"], 3, crop, crop)
+    assert syn["label"].shape == syn["binary"].shape == (n["synthetic"], 1, crop, crop)
+    assert 0 <= syn["label"].min() and syn["label"].max() <= 1
+    assert set(syn["binary"].unique().tolist()) <= {0.0, 1.0}
+    assert batch["real"]["image"].shape == (n["real"], 3, crop, crop)
+    assert set(batch["blur"]) == {"image", "sharp_mask"}
+    assert batch["blur"]["sharp_mask"].shape == (n["blur"], 1, crop, crop)
+    for stream in batch.values():
+        for value in stream.values():
+            assert value.dtype == torch.float32 and torch.isfinite(value).all()
+
+
+@pytest.fixture(scope="module")
+def embedded_dm() -> DMENetDataModule:
+    dm = DMENetDataModule(**TINY, val_sets=["embedded", "proxy"])
+    dm.setup("fit")
+    return dm
+
+
+class TestEmbeddedDefault:
+    def test_training_batch_contract(self, embedded_dm):
+        loader = embedded_dm.train_dataloader()
+        iter(loader)
+        assert len(loader) == 2  # 4 crops per epoch / batch 2
+        batch, _, _ = next(iter(loader))
+        assert set(batch["synthetic"]) == {"image", "depth_mm"}  # raw until transfer
+        batch = embedded_dm.on_after_batch_transfer(batch, 0)
+        _check_training_batch(batch, {"synthetic": 2, "real": 2, "blur": 2}, 32)
+        # the rendered images are blurred versions, not the raw crops
+        assert "depth_mm" not in batch["synthetic"]
+
+    def test_synthesis_draws_fresh_cameras(self, embedded_dm):
+        raw = {"image": torch.rand(2, 3, 32, 32), "depth_mm": 1000 + 4000 * torch.rand(2, 1, 32, 32)}
+        a = embedded_dm.render_synthetic(raw)["label"]
+        b = embedded_dm.render_synthetic(raw)["label"]
+        assert not torch.equal(a, b)
+
+    def test_eval_sets_are_held_out_and_fully_labelled(self, embedded_dm):
+        loaders = embedded_dm.val_dataloader()
+        assert isinstance(loaders, list) and len(loaders) == 2
+        for loader, name in zip(loaders, ["embedded_val", "proxy"]):
+            item = next(iter(loader))
+            assert item["image"].shape == (1, 3, 48, 48)
+            for key in ("label", "sigma_px", "sharp_mask"):
+                assert item[key].shape == (1, 1, 48, 48)
+            assert item["set"] == [name]
+        val = embedded_dm.eval_dataset("embedded", "val")[0]
+        test = embedded_dm.eval_dataset("embedded", "test")[0]
+        train_scene = embedded_dm.build_training_streams()["synthetic"].dataset[0]["image"]
+        assert not torch.equal(val["image"], test["image"])
+        assert val["image"].shape != train_scene.shape or not torch.equal(val["image"], train_scene)
+        # deterministic across DataModules (seeded rendering)
+        again = DMENetDataModule(**TINY).eval_dataset("embedded", "val")[0]
+        assert torch.equal(again["image"], val["image"])
+
+    def test_streams_switch_off(self):
+        dm = DMENetDataModule(**{**TINY, "batch_size_real": 0, "batch_size_blur": 0})
+        assert set(dm.build_training_streams()) == {"synthetic"}
+
+
+class TestRealRoots:
+    def test_all_roots(self, tmp_path):
+        cuhk = make_cuhk(tmp_path / "cuhk", n=4)
+        flickr = tmp_path / "flickr"
+        rng = np.random.default_rng(0)
+        for i in range(3):
+            _write(flickr / "a" / f"{i}.jpg", rng.integers(0, 256, (40, 30, 3), np.uint8))
+        syndof = make_syndof(tmp_path / "syndof", n=2)
+        syndof_test = make_syndof(tmp_path / "syndof_test", label_dir="gt", n=1)
+        rtf = make_rtf(tmp_path / "rtf", n=1)
+        split = tmp_path / "train.txt"
+        split.write_text("out_of_focus0001\nout_of_focus0002\n")
+        dm = DMENetDataModule(
+            **{**TINY, "batch_size_synthetic": 2},
+            syndof_root=str(syndof), syndof_label_space="generator",
+            syndof_test_root=str(syndof_test), flickr_root=str(flickr), cuhk_root=str(cuhk),
+            cuhk_train_split=str(split), cuhk_test_split="all", rtf_root=str(rtf),
+            rtf_noise="1", val_sets=["cuhk", "rtf", "syndof"], test_set="rtf",
+        )
+        dm.setup("fit")
+        streams = dm._train_streams
+        assert set(streams) == {"synthetic", "synthetic_files", "real", "blur"}
+        assert len(streams["blur"].dataset) == 2 and len(streams["real"].dataset) == 3
+        batch, _, _ = next(iter(dm.train_dataloader()))
+        batch = dm.on_after_batch_transfer(batch, 0)
+        # synthetic batch split between on-the-fly synthesis (1) and the files (1)
+        _check_training_batch(batch, {"synthetic": 2, "real": 2, "blur": 2}, 32)
+        sets = [next(iter(loader))["set"][0] for loader in dm.val_dataloader()]
+        assert sets == ["cuhk", "rtf", "syndof"]
+        dm.setup("test")
+        item = next(iter(dm.test_dataloader()))
+        assert item["set"] == ["rtf"] and item["sigma_px"].shape[:2] == (1, 1)
+
+    def test_files_only_synthetic_stream(self, tmp_path):
+        dm = DMENetDataModule(**TINY, rgbd_source=None, syndof_root=str(make_syndof(tmp_path)),
+                              syndof_label_space="released", batch_size_real=0, batch_size_blur=0)
+        batch, _, _ = next(iter(dm.train_dataloader()))
+        batch = dm.on_after_batch_transfer(batch, 0)
+        assert batch["synthetic"]["label"].shape == (2, 1, 32, 32)
+
+    def test_predict_paths(self, tmp_path):
+        _write(tmp_path / "p.png", np.zeros((20, 30, 3), np.uint8))
+        dm = DMENetDataModule(**TINY, predict_paths=[str(tmp_path)])
+        item = next(iter(dm.predict_dataloader()))
+        assert item["image"].shape == (1, 3, 20, 30) and item["set"] == ["predict"]
+
+
+class TestBadInput:
+    def test_argument_errors(self, tmp_path):
+        with pytest.raises(DataError, match="syndof_label_space is required"):
+            DMENetDataModule(syndof_root=str(tmp_path))
+        with pytest.raises(DataError, match="unknown evaluation set 'nope'"):
+            DMENetDataModule(val_sets=["nope"])
+        with pytest.raises(DataError, match="no source"):
+            DMENetDataModule(rgbd_source=None)
+        with pytest.raises(DataError, match="short_side_range"):
+            DMENetDataModule(short_side_range=[500, 300])
+        with pytest.raises(DataError, match="needs --data.cuhk_root"):
+            DMENetDataModule(**TINY, val_sets=["cuhk"]).setup("validate")
+        with pytest.raises(DataError, match="predict_paths"):
+            DMENetDataModule().predict_dataloader()
+
+    def test_missing_and_empty_roots(self, tmp_path):
+        with pytest.raises(DataError, match="CUHK root does not exist"):
+            DMENetDataModule(**TINY, cuhk_root=str(tmp_path / "nope")).setup("fit")
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(DataError, match="empty: no images found"):
+            DMENetDataModule(**TINY, flickr_root=str(tmp_path / "empty")).setup("fit")
+
+    def test_too_few_samples_for_batch(self, tmp_path):
+        flickr = tmp_path / "f"
+        _write(flickr / "a.png", np.zeros((40, 40, 3), np.uint8))
+        dm = DMENetDataModule(**{**TINY, "samples_per_epoch": None}, flickr_root=str(flickr))
+        with pytest.raises(DataError, match="real stream has 1 samples per epoch"):
+            dm.train_dataloader()
