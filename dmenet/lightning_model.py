@@ -1,0 +1,368 @@
+"""DMENet: the adversarial LightningModule of SPEC section 4.
+
+Per training batch (manual optimisation, one D step then one G step on the same batch)::
+
+    L_d = lambda_D * L_D                                          (updates D)
+    L_g = L_B + lambda_aux * sum_k L_aux,k + lambda_C * L_C
+              + lambda_S * L_S + lambda_adv * L_adv               (updates B and S)
+
+Subnetworks are constructor arguments (anomalib style): ``True`` builds the paper's part,
+``False`` removes it (no parameters, no optimiser, no loss term), an ``nn.Module`` replaces it.
+Ablations are therefore configs (configs/ablation/*.yaml), not code branches.
+
+Step counting: ``trainer.global_step`` counts optimiser steps, i.e. two per batch while D is on
+(one per batch without D or during B-only pre-training). ``max_steps`` and
+``ModelCheckpoint(every_n_train_steps)`` count the same way; see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from dmenet.errors import DMENetError
+from dmenet.labels import LABEL_SPACES, to_sigma_px
+from dmenet.losses import (
+    REFERENCE_LD_SCALE,
+    adversarial_loss,
+    auxiliary_loss,
+    blur_loss,
+    discriminator_loss,
+    sharpness_loss,
+)
+from dmenet.modules._parts import init_args_of
+from dmenet.modules.blur_estimator import BlurEstimate, BlurEstimator
+from dmenet.modules.content_loss import ContentLoss
+from dmenet.modules.domain_discriminator import DomainDiscriminator
+from dmenet.modules.sharpness_calibrator import SharpnessCalibrator
+
+__all__ = ["DMENet", "PART_NAMES", "part_spec", "build_part"]
+
+PART_NAMES: tuple[str, ...] = (
+    "blur_estimator", "domain_discriminator", "content_loss", "sharpness_calibrator",
+)
+
+# names of the logged loss terms (unweighted values; "train/L_g" and "train/L_d" are weighted sums)
+_TERM_NAMES = {"blur": "L_B", "aux": "L_aux", "content": "L_C", "sharpness": "L_S", "adv": "L_adv"}
+
+
+def part_spec(module: nn.Module) -> dict[str, Any]:
+    """Plain-data description of a part: ``{"class_path", "init_args"}``, for checkpoints.
+
+    Weights arguments are stored as ``None``: the checkpoint's state_dict holds the trained
+    weights, so loading it never downloads ImageNet weights again.
+    """
+    cls = type(module)
+    init_args = init_args_of(module)
+    if "weights" in init_args:
+        init_args["weights"] = None
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def build_part(spec: dict[str, Any], role: str) -> nn.Module:
+    """Instantiate a part from :func:`part_spec`'s plain data (checkpoint loading)."""
+    class_path = spec.get("class_path")
+    if not isinstance(class_path, str) or "." not in class_path:
+        raise DMENetError(f"{role}: expected {{'class_path': ..., 'init_args': ...}}, got {spec!r}")
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise DMENetError(f"{role}: cannot import {class_path} ({exc})") from exc
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise DMENetError(f"{role}: {class_path} is not a torch.nn.Module")
+    return cls(**dict(spec.get("init_args") or {}))
+
+
+def _resolve_part(value: Any, role: str, default: Any) -> nn.Module | None:
+    """``True`` -> default(), ``False``/``None`` -> None, module -> itself, dict spec -> built."""
+    if isinstance(value, nn.Module):
+        return value
+    if isinstance(value, dict):
+        return build_part(value, role)
+    if value is True:
+        return default()
+    if value is False or value is None:
+        return None
+    raise DMENetError(f"{role}: expected an nn.Module, true or false, got {value!r}")
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class DMENet(L.LightningModule):
+    """DMENet (CVPR 2019): B trained with D, C and S. See the module docstring for the losses.
+
+    Args:
+        blur_estimator: B; ``None`` builds the paper's VGG19 U-Net with ``vgg_weights``.
+        domain_discriminator, content_loss, sharpness_calibrator: D, C, S
+            (``True`` = paper's part, ``False`` = off, or an ``nn.Module``).
+        vgg_weights: ``"imagenet"``, a local torchvision VGG19 state_dict path, or ``None``; used
+            for the default B and C. Stored as ``None`` in checkpoints (the weights are in them).
+        lambda_adv, lambda_d, lambda_c, lambda_s, lambda_aux: loss weights (paper defaults).
+        reference_ld_scaling: multiply L_D by a further 1e-3 as the reference code does.
+        lr, beta1, beta2: Adam, the same for the G (B + S) and D optimisers.
+        lr_decay_factor, lr_decay_every_epochs: step decay, applied at epoch ends by hand.
+        gradient_clip_norm: clip each optimiser's gradient norm (after AMP unscaling); None = off.
+        pretrain_b_steps: the first N batches train B alone on L_B (+ L_aux): no D, C, S.
+        results_dir: ``test`` writes ``<results_dir>/<set>/`` (metrics, tables, PR plots).
+        log_images_every_n_steps: write an image | label | prediction PNG every N batches (0: off).
+        label_space: the label space of ``y`` (``"ours"``); inference code reads it.
+        overwrite_results: let ``test`` replace an existing ``<results_dir>/<set>/`` report.
+    """
+
+    def __init__(
+        self,
+        blur_estimator: nn.Module | None = None,
+        domain_discriminator: nn.Module | bool = True,
+        content_loss: nn.Module | bool = True,
+        sharpness_calibrator: nn.Module | bool = True,
+        vgg_weights: str | None = "imagenet",
+        lambda_adv: float = 1e-3,
+        lambda_d: float = 1.0,
+        lambda_c: float = 1e-4,
+        lambda_s: float = 2e-2,
+        lambda_aux: float = 1.0,
+        reference_ld_scaling: bool = False,
+        lr: float = 1e-4,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        lr_decay_factor: float = 0.8,
+        lr_decay_every_epochs: int = 20,
+        gradient_clip_norm: float | None = None,
+        pretrain_b_steps: int = 0,
+        results_dir: str = "results",
+        log_images_every_n_steps: int = 100,
+        label_space: str = "ours",
+        overwrite_results: bool = False,
+    ) -> None:
+        super().__init__()
+        if label_space not in LABEL_SPACES:
+            raise DMENetError(f"label_space must be one of {LABEL_SPACES}, got {label_space!r}")
+        self.automatic_optimization = False
+        self.save_hyperparameters(ignore=list(PART_NAMES))
+
+        self.blur_estimator = _resolve_part(
+            True if blur_estimator is None else blur_estimator, "blur_estimator",
+            lambda: BlurEstimator(weights=vgg_weights, aux_heads=lambda_aux > 0),
+        )
+        self.domain_discriminator = _resolve_part(
+            domain_discriminator, "domain_discriminator", DomainDiscriminator
+        )
+        self.content_loss = _resolve_part(
+            content_loss, "content_loss", lambda: ContentLoss(weights=vgg_weights)
+        )
+        self.sharpness_calibrator = _resolve_part(
+            sharpness_calibrator, "sharpness_calibrator", SharpnessCalibrator
+        )
+        # checkpoints rebuild the parts from plain data (no pickled modules, no weight download)
+        for name in PART_NAMES:
+            part = getattr(self, name)
+            self.hparams[name] = part_spec(part) if part is not None else False
+        self.hparams["vgg_weights"] = None
+        # batches trained so far (drives pretrain_b_steps and image logging; saved and resumed)
+        self.register_buffer("train_iteration", torch.zeros((), dtype=torch.long))
+        self._evaluators: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- inference
+    def forward(self, image: torch.Tensor) -> BlurEstimate:
+        """``image (N, 3, H, W)`` in ``[0, 1]`` -> :class:`BlurEstimate` (``y`` = sigma / sigma_max)."""
+        return self.blur_estimator(image)
+
+    # ---------------------------------------------------------------- optimisers
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """theta_B and theta_S: what L_g updates."""
+        params = list(self.blur_estimator.parameters())
+        if self.sharpness_calibrator is not None:
+            params += list(self.sharpness_calibrator.parameters())
+        return [p for p in params if p.requires_grad]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        betas = (hp.beta1, hp.beta2)
+        optimizers = [torch.optim.Adam(self.generator_parameters(), lr=hp.lr, betas=betas)]
+        if self.domain_discriminator is not None:
+            optimizers.append(
+                torch.optim.Adam(self.domain_discriminator.parameters(), lr=hp.lr, betas=betas)
+            )
+        schedulers = [
+            torch.optim.lr_scheduler.StepLR(
+                opt, step_size=hp.lr_decay_every_epochs, gamma=hp.lr_decay_factor
+            )
+            for opt in optimizers
+        ]
+        return optimizers, schedulers
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # called by the precision plugin after AMP unscaling, so the norm is the true one
+        if self.hparams.gradient_clip_norm:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.hparams.gradient_clip_norm,
+                gradient_clip_algorithm="norm",
+            )
+
+    def on_train_epoch_end(self) -> None:
+        # manual optimisation: Lightning steps no scheduler, we do it once per epoch
+        for scheduler in _as_list(self.lr_schedulers()):
+            scheduler.step()
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> None:
+        hp = self.hparams
+        if "synthetic" not in batch:
+            raise DMENetError("training batch has no 'synthetic' stream (needed for L_B)")
+        optimizers = _as_list(self.optimizers())
+        opt_g = optimizers[0]
+        opt_d = optimizers[1] if len(optimizers) > 1 else None
+        pretraining = int(self.train_iteration) < hp.pretrain_b_steps
+        adversarial = self.domain_discriminator is not None and not pretraining
+        calibrating = (
+            self.sharpness_calibrator is not None and not pretraining and "blur" in batch
+        )
+
+        syn = batch["synthetic"]
+        n = syn["image"].shape[0]
+        out_syn = self.blur_estimator(syn["image"])
+        # real streams seen by D: I_b ("blur") and I_r ("real"), each through B on its own
+        real_outs: dict[str, BlurEstimate] = {}
+        for stream in ("blur", "real"):
+            if stream in batch and (adversarial or (stream == "blur" and calibrating)):
+                real_outs[stream] = self.blur_estimator(batch[stream]["image"])
+        adv_streams = [s for s in ("blur", "real") if s in real_outs] if adversarial else []
+        logs: dict[str, torch.Tensor] = {}
+
+        # ---- D step: L_d = lambda_D * L_D on detached features
+        if adversarial and adv_streams:
+            with self.toggled_optimizer(opt_d):
+                logits_syn = self.domain_discriminator(out_syn.feature.detach())
+                logits_real = [self.domain_discriminator(real_outs[s].feature.detach()) for s in adv_streams]
+                l_D = discriminator_loss(logits_syn, logits_real)
+                scale = hp.lambda_d * (REFERENCE_LD_SCALE if hp.reference_ld_scaling else 1.0)
+                l_d = scale * l_D
+                opt_d.zero_grad()
+                self.manual_backward(l_d)
+                opt_d.step()
+            logs["train/L_D"] = l_D.detach()
+            logs["train/L_d"] = l_d.detach()
+            # D accuracy on this batch: how well the domains are told apart (for monitoring)
+            with torch.no_grad():
+                correct = [(logits_syn > 0).float().mean()] + [(z < 0).float().mean() for z in logits_real]
+                logs["train/D_accuracy"] = torch.stack(correct).mean()
+
+        # ---- G step: L_g updates B and S
+        with self.toggled_optimizer(opt_g):
+            terms: dict[str, torch.Tensor] = {}
+            weights: dict[str, float] = {}
+            terms["blur"], weights["blur"] = blur_loss(out_syn.y, syn["label"]), 1.0
+            if hp.lambda_aux > 0 and out_syn.aux:
+                terms["aux"], weights["aux"] = auxiliary_loss(out_syn.aux, syn["label"]), hp.lambda_aux
+            if self.content_loss is not None and not pretraining:
+                terms["content"] = self.content_loss(out_syn.y, syn["label"])
+                weights["content"] = hp.lambda_c
+            if calibrating:
+                logits_s = self.sharpness_calibrator(real_outs["blur"].y)
+                terms["sharpness"] = sharpness_loss(logits_s, batch["blur"]["sharp_mask"])
+                weights["sharpness"] = hp.lambda_s
+            if adv_streams:
+                logits_adv = [self.domain_discriminator(real_outs[s].feature) for s in adv_streams]
+                terms["adv"], weights["adv"] = adversarial_loss(logits_adv), hp.lambda_adv
+            l_g = sum(weights[k] * terms[k] for k in terms)
+            opt_g.zero_grad()
+            self.manual_backward(l_g)
+            opt_g.step()
+        for key, value in terms.items():
+            logs[f"train/{_TERM_NAMES[key]}"] = value.detach()
+        logs["train/L_g"] = l_g.detach()
+
+        self.log_dict(logs, batch_size=n, prog_bar=False)
+        self.log("loss", l_g.detach(), batch_size=n, prog_bar=True, logger=False)
+        self.train_iteration += 1
+        every = hp.log_images_every_n_steps
+        if every and int(self.train_iteration) % every == 0:
+            self._write_training_picture(syn, out_syn)
+
+    def _write_training_picture(self, syn: dict[str, torch.Tensor], out: BlurEstimate) -> None:
+        """image | label | prediction of the first synthetic sample, as a PNG (and to TensorBoard)."""
+        from torchvision.utils import save_image
+
+        with torch.no_grad():
+            image = syn["image"][:1].float().clamp(0, 1)
+            label = syn["label"][:1].float().clamp(0, 1).repeat(1, 3, 1, 1)
+            pred = out.y[:1].float().clamp(0, 1).repeat(1, 3, 1, 1)
+            grid = torch.cat([image, label, pred], dim=-1)
+        base = Path(self.trainer.log_dir or self.hparams.results_dir) if self._trainer else Path(self.hparams.results_dir)
+        out_dir = base / "train_images"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_image(grid, out_dir / f"iter_{int(self.train_iteration):07d}.png")
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "add_image"):
+            experiment.add_image("train/image_label_prediction", grid[0], int(self.train_iteration))
+
+    # ---------------------------------------------------------------- evaluation
+    def _make_evaluator(self, set_name: str, out_dir: Path | None):
+        from dmenet.evaluation.evaluator import Evaluator
+
+        if out_dir is None:  # validation: metrics are logged, no report is written
+            return Evaluator(set_name, None, label_space=self.hparams.label_space, overwrite=True)
+        return Evaluator(
+            set_name, out_dir, label_space=self.hparams.label_space,
+            overwrite=self.hparams.overwrite_results,
+        )
+
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, float]:
+        set_name = batch["set"][0] if "set" in batch else stage
+        if set_name not in self._evaluators:
+            out_dir = Path(self.hparams.results_dir) / set_name if stage == "test" else None
+            self._evaluators[set_name] = self._make_evaluator(set_name, out_dir)
+        y = self(batch["image"]).y
+        return self._evaluators[set_name].update(y, batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._evaluators = {}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        return self._evaluate(batch, "val")
+
+    def _log_evaluators(self) -> dict[str, dict[str, float]]:
+        results = {name: ev.compute() for name, ev in self._evaluators.items()}
+        for index, (set_name, metrics) in enumerate(results.items()):
+            for key, value in metrics.items():
+                if index == 0:  # the first set is what checkpoints monitor ("val/mse")
+                    self.log(f"val/{key}", float(value), add_dataloader_idx=False)
+                self.log(f"val/{set_name}/{key}", float(value), add_dataloader_idx=False)
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluators()
+        self._evaluators = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._evaluators = {}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        return self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        results = {name: ev.compute() for name, ev in self._evaluators.items()}
+        for set_name, metrics in results.items():
+            for key, value in metrics.items():
+                self.log(f"test/{set_name}/{key}", float(value), add_dataloader_idx=False)
+            self._evaluators[set_name].write(Path(self.hparams.results_dir) / set_name, self.logger)
+        self._evaluators = {}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        y = self(batch["image"]).y
+        return {
+            "y": y,
+            "sigma_px": to_sigma_px(y, self.hparams.label_space),
+            "name": batch.get("name"),
+        }
