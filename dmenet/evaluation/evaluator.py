@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from dmenet.data.thin_lens import sigma_from_coc
 from dmenet.errors import OutputExistsError
 from dmenet.evaluation import metrics as M
 from dmenet.evaluation import report
@@ -29,9 +30,9 @@ from dmenet.labels import BINARY_COC_THRESHOLD_PX, LABEL_SPACES, from_sigma_px, 
 
 __all__ = ["DERIVED_BLUR_SIGMA_PX", "Evaluator", "evaluate_estimator", "is_rtf_set"]
 
-# the paper's sigma = c / 4 applied to the binary map's CoC threshold (c > 1 px)
-DERIVED_BLUR_SIGMA_PX: float = BINARY_COC_THRESHOLD_PX / 4.0
-"""A dense label marks a pixel blurred when its sigma exceeds this (px)."""
+DERIVED_BLUR_SIGMA_PX: float = float(sigma_from_coc(torch.tensor(BINARY_COC_THRESHOLD_PX), "paper"))
+"""A dense label marks a pixel blurred when its sigma exceeds this (px): the binary map's CoC
+threshold (c > 1 px) under the paper's sigma = c / 4, i.e. 0.25 px."""
 
 REPORT_FILES = ("metrics.json", "table.md", "per_image.csv", "pr_curve.png", "pr_curve.csv")
 

@@ -121,12 +121,13 @@ def plot_pr_curves(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.0, 4.5), dpi=100)
-    for label, curve in curves.items():
+    for n, (label, curve) in enumerate(curves.items()):
         recall, precision = np.asarray(curve["recall"]), np.asarray(curve["precision"])
         (line,) = ax.plot(recall, precision, label=f"{label} (AP {curve['ap']:.3f})")
         if mark_threshold is not None and len(curve["thresholds"]):
             i = int(np.argmin(np.abs(np.asarray(curve["thresholds"]) - mark_threshold)))
-            ax.plot(recall[i], precision[i], "o", color=line.get_color())
+            marker_label = f"t = {mark_threshold:g} (accuracy threshold)" if n == 0 else None
+            ax.plot(recall[i], precision[i], "o", color=line.get_color(), label=marker_label)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0.0, 1.0)

@@ -176,7 +176,8 @@ class ZhuoSimEstimator(nn.Module):
         max_side_px: int = 200,
     ) -> None:
         super().__init__()
-        self.kwargs = {
+        # the part convention (dmenet.modules._parts.init_args_of): checkpoints rebuild from it
+        self.init_args = {
             "sigma0_px": sigma0_px, "gradient_sigma_px": gradient_sigma_px, "lam": lam,
             "max_side_px": max_side_px,
         }
@@ -189,7 +190,7 @@ class ZhuoSimEstimator(nn.Module):
             raise ValueError(f"expected an image batch (N, 3, H, W), got {tuple(image.shape)}")
         maps = []
         for one in image.detach().float().cpu():
-            sigma = estimate_sigma_px(one.permute(1, 2, 0).clamp(0, 1).numpy(), **self.kwargs)
+            sigma = estimate_sigma_px(one.permute(1, 2, 0).clamp(0, 1).numpy(), **self.init_args)
             maps.append(torch.from_numpy(sigma))
         sigma_px = torch.stack(maps)[:, None].to(image.device)
         y = from_sigma_px(sigma_px, "ours").clamp(0.0, 1.0)
