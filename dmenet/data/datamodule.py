@@ -337,7 +337,7 @@ class DMENetDataModule(pl.LightningDataModule):
         if name == "embedded":
             source = _RGBDView(self._embedded(split, self.embedded_eval_scenes))
             dataset: Dataset = RenderedEvalSet(
-                source, f"embedded_{split}", _EMBEDDED_SEEDS[split], self.renderer_kwargs
+                source, "embedded", _EMBEDDED_SEEDS[split], self.renderer_kwargs
             )
         elif name == "proxy":
             dataset = self._proxy(split, self.embedded_eval_scenes)

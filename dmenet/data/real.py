@@ -365,7 +365,8 @@ class RTF(Dataset):
     when present.
 
     Items: ``{"image" (3,H,W), "sigma_px" (1,H,W), "label" (1,H,W) y = sigma / SIGMA_MAX_PX
-    (clipped to 1), "name", "set": "rtf"}``. The image and its GT may differ in size (the
+    (clipped to 1), "name", "set": "rtf_<noise>"}`` (the evaluator applies the RTF protocol to
+    sets named ``rtf*``; the noise level keeps the reports of the three levels apart). The image and its GT may differ in size (the
     protocol crops both to the common top-left size); they are returned as they are.
     """
 
@@ -414,7 +415,7 @@ class RTF(Dataset):
             "sigma_px": sigma,
             "label": sigma_to_y(sigma).clamp(0.0, 1.0),
             "name": name,
-            "set": "rtf",
+            "set": f"rtf_{self.noise}",
         }
 
 

@@ -121,7 +121,7 @@ class TestEmbeddedDefault:
     def test_eval_sets_are_held_out_and_fully_labelled(self, embedded_dm):
         loaders = embedded_dm.val_dataloader()
         assert isinstance(loaders, list) and len(loaders) == 2
-        for loader, name in zip(loaders, ["embedded_val", "proxy"]):
+        for loader, name in zip(loaders, ["embedded", "proxy"]):
             item = next(iter(loader))
             assert item["image"].shape == (1, 3, 48, 48)
             for key in ("label", "sigma_px", "sharp_mask"):
@@ -169,14 +169,15 @@ class TestRealRoots:
         # synthetic batch split between on-the-fly synthesis (1) and the files (1)
         _check_training_batch(batch, {"synthetic": 2, "real": 2, "blur": 2}, 32)
         sets = [next(iter(loader))["set"][0] for loader in dm.val_dataloader()]
-        assert sets == ["cuhk", "rtf", "syndof"]
+        assert sets == ["cuhk", "rtf_1", "syndof"]
         dm.setup("test")
         item = next(iter(dm.test_dataloader()))
-        assert item["set"] == ["rtf"] and item["sigma_px"].shape[:2] == (1, 1)
+        assert item["set"] == ["rtf_1"] and item["sigma_px"].shape[:2] == (1, 1)
 
     def test_files_only_synthetic_stream(self, tmp_path):
-        dm = DMENetDataModule(**TINY, rgbd_source=None, syndof_root=str(make_syndof(tmp_path)),
-                              syndof_label_space="released", batch_size_real=0, batch_size_blur=0)
+        dm = DMENetDataModule(**{**TINY, "batch_size_real": 0, "batch_size_blur": 0},
+                              rgbd_source=None, syndof_root=str(make_syndof(tmp_path)),
+                              syndof_label_space="released")
         batch, _, _ = next(iter(dm.train_dataloader()))
         batch = dm.on_after_batch_transfer(batch, 0)
         assert batch["synthetic"]["label"].shape == (2, 1, 32, 32)

@@ -204,7 +204,7 @@ class TestRTF:
         assert item["sigma_px"][0, 0, -1].item() == pytest.approx(1.65)
         assert item["sigma_px"][0, 0, 0].item() == pytest.approx(0.3)
         assert torch.allclose(item["label"], item["sigma_px"] / SIGMA_MAX_PX)
-        assert item["set"] == "rtf"
+        assert item["set"] == "rtf_1.6"
 
     def test_bad_input(self, tmp_path):
         root = make_rtf(tmp_path)
