@@ -205,8 +205,18 @@ class Camera:
         return out
 
 
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def _uniform(n: int, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, generator=generator, dtype=torch.float64).float()
+    """``(n,)`` U[0, 1) on the CPU, drawn on the generator's device (CPU or CUDA generator)."""
+    return torch.rand(n, generator=generator, dtype=torch.float64,
+                      device=_gen_device(generator)).float().cpu()
+
+
+def _choice(weights: torch.Tensor, generator: torch.Generator | None) -> int:
+    return int(torch.multinomial(weights.to(_gen_device(generator)), 1, generator=generator))
 
 
 class CameraSampler:
@@ -279,11 +289,11 @@ class CameraSampler:
         values = depth.flatten()
         best: tuple[int, Camera] | None = None
         for _ in range(max(1, self.max_redraws)):
-            focal = _REFERENCE_FOCALS_MM[int(torch.multinomial(weights, 1, generator=generator))]
+            focal = _REFERENCE_FOCALS_MM[_choice(weights, generator)]
             offset = max(0.0, 5.0 * focal - float(values.min()))
             shifted = values + offset
             # S1 from the depth values, favouring near ones (weight 1/x)
-            idx = int(torch.multinomial((1.0 / shifted).double(), 1, generator=generator))
+            idx = _choice((1.0 / shifted).double(), generator)
             focus = float(shifted[idx])
             ratio = float(max_defocus_ratio(depth + offset, torch.tensor([focus]))[0])
             alpha = self.c_max_px / ratio if ratio > 1e-9 else 0.0

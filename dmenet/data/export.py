@@ -1,0 +1,152 @@
+"""``dmenet syndof export``: write a SYNDOF dataset from an RGB-D source.
+
+Layout (the released SYNDOF's, at the source's size), for each sample ``NAME``:
+
+* ``image/NAME.png``            the defocused photo, 8-bit RGB;
+* ``blur_map/NAME.png``         16-bit, 3 equal channels, ``round(10 * sigma_px)``
+  (label space ``"ours"``: ``y = value / 10 / SIGMA_MAX_PX``, see :mod:`dmenet.labels`);
+* ``blur_map_binary/NAME.png``  8-bit, 255 = blurred (CoC > 1 px);
+* ``blur_map_norm/NAME.png``    8-bit min-max normalised sigma (for looking at only);
+* ``depth_decomposed/NAME.png`` 8-bit layer map (far = dark, near = bright);
+* ``camera/NAME.json``          the camera and rendering parameters of the sample.
+
+Example::
+
+    dmenet syndof export --source embedded:8 --out syndof_out --num 16 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from dmenet.data.io import check_output_dir, write_image, write_png16
+from dmenet.errors import DataError
+from dmenet.labels import C_MAX_PX, PNG_LABEL_SCALE
+
+SUBFOLDERS = ("image", "blur_map", "blur_map_binary", "blur_map_norm", "depth_decomposed",
+              "camera")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmenet syndof",
+        description="SYNDOF synthesis tools (thin-lens layered defocus from RGB-D images).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser(
+        "export", prog="dmenet syndof export",
+        help="write a SYNDOF dataset (image/, blur_map/, ... , camera/) from an RGB-D source",
+        description="Render defocused images and their defocus maps from an RGB-D source and "
+                    "write them in the released SYNDOF layout (blur_map = round(10 * sigma_px)).",
+    )
+    ex.add_argument("--source", required=True, metavar="KIND:PATH",
+                    help="sintel:PATH, synthia:PATH, middlebury:PATH, folder:PATH, or embedded "
+                         "(embedded:N for N procedural scenes)")
+    ex.add_argument("--out", required=True, help="output folder (refused if not empty)")
+    ex.add_argument("--num", type=int, default=None,
+                    help="number of samples (default: one per source image; cycles the source "
+                         "with new cameras when larger)")
+    ex.add_argument("--seed", type=int, default=0, help="random seed (cameras)")
+    ex.add_argument("--max-coc", type=float, default=C_MAX_PX,
+                    help=f"largest circle of confusion c_max in px (default {C_MAX_PX:g})")
+    ex.add_argument("--focus-mm", type=float, default=None,
+                    help="fix the focus distance S1 (mm); without --coc-scale the largest CoC "
+                         "in each image is exactly c_max")
+    ex.add_argument("--coc-scale", type=float, default=None,
+                    help="fix the CoC scale alpha (px): c = alpha * |x - S1| / x")
+    ex.add_argument("--mode", choices=("paper", "reference"), default="paper",
+                    help="camera sampling: paper (default) or reference generator")
+    ex.add_argument("--sigma-rule", choices=("paper", "reference"), default="paper",
+                    help="sigma = c / 4 (paper) or (c - 1) / 4 where c > 1 (reference)")
+    ex.add_argument("--depth-scale", type=float, default=1.0,
+                    help="folder source: multiply the depth files by this to get mm")
+    ex.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"),
+                    help="embedded source: size of the procedural scenes")
+    ex.add_argument("--device", default="cpu", help="cpu or cuda")
+    ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    return parser
+
+
+def _sampler_settings(args: argparse.Namespace) -> dict:
+    if args.focus_mm is not None:
+        return {"mode": "fixed", "focus_mm": args.focus_mm, "alpha_px": args.coc_scale}
+    return {"mode": args.mode, "alpha_px": args.coc_scale}
+
+
+def export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dmenet.data.rgbd import make_rgbd_source
+    from dmenet.data.syndof import SyndofRenderer
+    from dmenet.labels import SIGMA_MAX_PX
+
+    if args.num is not None and args.num < 1:
+        raise DataError(f"--num must be >= 1, got {args.num}")
+    if not args.max_coc > 0:
+        raise DataError(f"--max-coc must be > 0 px, got {args.max_coc}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: no CUDA device is available")
+    source = make_rgbd_source(args.source, depth_scale_to_mm=args.depth_scale,
+                              size=tuple(args.size), seed=args.seed)
+    settings = _sampler_settings(args)
+    renderer = SyndofRenderer(c_max_px=args.max_coc, sigma_rule=args.sigma_rule, **settings)
+    out = check_output_dir(args.out, args.overwrite)
+    for folder in SUBFOLDERS:
+        (out / folder).mkdir(exist_ok=True)
+    num = len(source) if args.num is None else args.num
+    for i in tqdm(range(num), desc="syndof export", unit="image"):
+        item = source[i % len(source)]
+        name = f"{i:05d}_{item['name']}"
+        # one generator per sample: sample i is the same whatever --num or device
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + i)
+        image = item["image"][None].to(device)
+        depth = item["depth_mm"][None].to(device)
+        try:
+            result = renderer(image, depth, generator=generator)
+        except DataError as exc:
+            raise DataError(f"{args.source} item {item['name']!r}: {exc}") from exc
+        rgb = result.image[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        sigma = result.sigma_px[0, 0].cpu().numpy()
+        write_image(out / "image" / f"{name}.png", rgb)
+        write_png16(out / "blur_map" / f"{name}.png", PNG_LABEL_SCALE * sigma, channels=3)
+        write_image(out / "blur_map_binary" / f"{name}.png",
+                    (result.binary[0, 0].cpu().numpy() * 255).astype(np.uint8))
+        lo, hi = float(sigma.min()), float(sigma.max())
+        norm = (sigma - lo) / (hi - lo) if hi > lo else np.zeros_like(sigma)
+        write_image(out / "blur_map_norm" / f"{name}.png", (norm * 255).round().astype(np.uint8))
+        layers = result.layer_id[0, 0].cpu().numpy().astype(np.float32)
+        n = int(result.num_layers[0])
+        near_bright = (n - 1 - layers) / max(n - 1, 1)
+        write_image(out / "depth_decomposed" / f"{name}.png",
+                    (near_bright * 255).round().astype(np.uint8))
+        meta = {
+            "name": name, "source": args.source, "source_item": item["name"],
+            "height": int(sigma.shape[0]), "width": int(sigma.shape[1]),
+            "camera_mode": settings["mode"], "sigma_rule": args.sigma_rule,
+            **result.camera.sample(0),
+            "c_max_px": args.max_coc, "sigma_max_px": SIGMA_MAX_PX,
+            "num_layers": n, "sigma_px_max_in_image": hi,
+            "blur_map": {"label_space": "ours", "png_value": "round(10 * sigma_px)",
+                         "scale": PNG_LABEL_SCALE},
+            "seed": args.seed,
+        }
+        (out / "camera" / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {num} samples to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "export":
+        return export(args)
+    return 2  # pragma: no cover - argparse requires a subcommand
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
