@@ -139,7 +139,6 @@ class ProxyRealDomain(Dataset):
 
     def _render_all(self, render_batch: int) -> list[dict]:
         from dmenet.data.rgbd import EmbeddedRGBD
-
         from dmenet.data.syndof import render_from_sigma
         from dmenet.data.thin_lens import (
             CameraSampler,
@@ -150,7 +149,8 @@ class ProxyRealDomain(Dataset):
         from dmenet.labels import C_MAX_PX, sigma_to_y
 
         scenes = EmbeddedRGBD(
-            num_scenes=self.num_images, size=self.size, seed=self.seed, include_motorcycle=False
+            num_scenes=self.num_images, size=(self.size, self.size), seed=self.seed,
+            include_motorcycle=False,
         )
         generator = torch.Generator().manual_seed(self.seed)
         sampler = CameraSampler("paper", c_max_px=self.c_max_px or C_MAX_PX)
