@@ -1,0 +1,203 @@
+"""``dmenet infer``: defocus maps (sigma in pixels) for photos of any size, without ground truth.
+
+    dmenet infer photos/ more/*.jpg one.png --ckpt model.ckpt --out maps/
+
+Per photo it writes ``NAME_sigma_px.npy`` (float32 sigma in pixels), ``NAME_sigma_px_x1000.png``
+(16-bit, ``value / 1000`` = sigma in pixels), ``NAME_sigma_color.png`` and ``NAME_defocus.json``
+(see :mod:`dmenet.inference.writer`). Big photos are processed in overlapping tiles
+(:mod:`dmenet.inference.tiling`) so memory stays bounded. A photo that cannot be read or
+processed is reported by name, the others are still processed, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dmenet.errors import DMENetError
+from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
+
+__all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmenet infer",
+        description="Estimate defocus maps (Gaussian blur sigma in pixels) for photos of any size.",
+        epilog="Outputs per photo NAME: NAME_sigma_px.npy (float32 sigma in px), "
+        "NAME_sigma_px_x1000.png (16-bit, value/1000 = sigma in px), NAME_sigma_color.png, "
+        "NAME_defocus.json. Example: dmenet infer photos/ --ckpt model.ckpt --out maps/",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="photo files, folders or glob patterns (jpg, png, tiff, webp; 8 or 16 bit)")
+    add_model_arguments(parser)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--recursive", action="store_true", help="also read subfolders of folders")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, estimator_choice: bool = True) -> None:
+    """The options every tool that runs B shares (infer, magnify, depth)."""
+    parser.add_argument("--ckpt", help="checkpoint: a dmenet training checkpoint (.ckpt) or the "
+                        "output of 'dmenet convert-official'")
+    if estimator_choice:
+        parser.add_argument("--estimator", choices=("b", "zhuo_sim"), default="b",
+                            help="b: the checkpoint's network (default); zhuo_sim: the classical "
+                            "Zhuo & Sim estimator (no checkpoint, CPU, slow on big photos)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--half", action="store_true", help="float16 on a GPU (faster, ~1e-3 less exact)")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE_PX,
+                        help=f"tile side in px for big photos; 0 = never tile (default {DEFAULT_TILE_PX}); "
+                        "memory grows with its square")
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP_PX,
+                        help=f"tile overlap in px (default {DEFAULT_OVERLAP_PX}; smaller is faster, "
+                        "less exact)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow loading a checkpoint that holds Python objects (runs code from "
+                        "the file; only for files you trust)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; anything else must be a usable torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise DMENetError(f"--device {name!r}: not a device name ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DMENetError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+class SigmaEstimator:
+    """One photo ``(3, H, W)`` in ``[0, 1]`` -> sigma in pixels ``(H, W)`` float32 numpy.
+
+    ``describe`` holds what the outputs record about it (checkpoint, label space ...).
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], np.ndarray], describe: dict) -> None:
+        self.fn = fn
+        self.describe = describe
+        self.predictor = None
+
+    def __call__(self, image: torch.Tensor) -> np.ndarray:
+        return self.fn(image)
+
+
+def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> SigmaEstimator:
+    """Build the estimator the options ask for (B from ``--ckpt`` or Zhuo & Sim)."""
+    if getattr(args, "estimator", "b") == "zhuo_sim":
+        from dmenet.evaluation.zhuo_sim import estimate_sigma_px
+
+        def zhuo(image: torch.Tensor) -> np.ndarray:
+            rgb = image.permute(1, 2, 0).cpu().numpy().astype(np.float64)
+            return np.asarray(estimate_sigma_px(rgb), dtype=np.float32)
+
+        return SigmaEstimator(zhuo, {"estimator": "zhuo_sim", "label_space": None})
+
+    if not args.ckpt:
+        raise DMENetError("--ckpt is required (or use --estimator zhuo_sim)")
+    from dmenet.inference.checkpoint import load_predictor
+    from dmenet.inference.tiling import predict_image
+
+    device = resolve_device(args.device)
+    if args.half and device.type != "cuda":
+        raise DMENetError("--half needs a GPU (--device cuda); on the CPU float32 is used")
+    if args.tile < 0 or args.overlap < 0 or (args.tile > 0 and args.overlap >= args.tile):
+        raise DMENetError(f"--tile {args.tile} / --overlap {args.overlap}: need 0 <= overlap < tile")
+    predictor = load_predictor(args.ckpt, device=device, trust=args.trust_checkpoint)
+    dtype = torch.float16 if args.half else torch.float32
+    predictor = predictor.to(dtype)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return predictor(batch.to(device=device, dtype=dtype)).float()
+
+    def b(image: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            y = predict_image(run, image, tile=args.tile, overlap=args.overlap, device=device,
+                              progress=progress_tiles)
+            sigma = predictor.sigma_px(y.float())
+        return sigma[0, 0].cpu().numpy().astype(np.float32)
+
+    ckpt = getattr(predictor, "checkpoint", None)
+    describe = {
+        "estimator": "b",
+        "checkpoint": str(Path(args.ckpt).resolve()),
+        "label_space": predictor.label_space,
+        "device": str(device),
+        "dtype": "float16" if args.half else "float32",
+        "tile_px": args.tile,
+        "overlap_px": args.overlap,
+    }
+    if ckpt is not None and ckpt.record.get("source"):
+        describe["converted_from"] = ckpt.record["source"]
+    estimator = SigmaEstimator(b, describe)
+    estimator.predictor = predictor
+    return estimator
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tqdm.auto import tqdm
+
+    from dmenet.data.io import read_image_tensor
+    from dmenet.inference.data import expand_paths
+    from dmenet.inference.writer import check_outputs_free, write_defocus_outputs
+
+    failures: list[tuple[str, str]] = []
+    items = []
+    for entry in args.paths:
+        try:
+            items += expand_paths([entry], recursive=args.recursive)
+        except DMENetError as exc:
+            failures.append((entry, str(exc)))
+    items = _unique_names(items)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DMENetError(f"{out_dir}: exists and is not a folder")
+    check_outputs_free(out_dir, [name for _, name in items], args.overwrite)
+    estimator = make_estimator(args, progress_tiles=len(items) == 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    written = 0
+    bar = tqdm(items, desc="dmenet infer", unit="photo", disable=None)
+    for path, name in bar:
+        bar.set_postfix_str(path.name, refresh=False)
+        try:
+            image = read_image_tensor(path)
+            start = time.perf_counter()
+            sigma = estimator(image)
+            meta = dict(estimator.describe)
+            meta.update({"source": str(path), "seconds": round(time.perf_counter() - start, 3)})
+            write_defocus_outputs(out_dir, name, sigma, overwrite=args.overwrite, meta=meta)
+            written += 1
+        except DMENetError as exc:
+            failures.append((str(path), str(exc)))
+        except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory on one photo
+            failures.append((str(path), f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
+    bar.close()
+    print(f"dmenet infer: wrote defocus maps of {written} photo(s) to {out_dir}", file=sys.stderr)
+    if failures:
+        print(f"dmenet infer: {len(failures)} input(s) failed:", file=sys.stderr)
+        for where, why in failures:
+            print(f"  {why}" if why.startswith(where) else f"  {where}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _unique_names(items: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    from dmenet.inference.data import deduplicate_names
+
+    return deduplicate_names(items)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

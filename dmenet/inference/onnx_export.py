@@ -1,0 +1,101 @@
+"""``dmenet export``: B to ONNX with dynamic batch, height and width.
+
+    dmenet export --ckpt model.ckpt --out dmenet.onnx
+
+The ONNX model has one input ``image`` ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` (any ``H``,
+``W``) and two outputs: ``y`` ``(N, 1, H, W)`` (the network's normalised output) and
+``sigma_px`` ``(N, 1, H, W)``, the defocus sigma in pixels, already converted from the
+checkpoint's label space. It is B as ``dmenet infer`` runs it (auxiliary heads dropped,
+BatchNorm folded) without tiling: tile big photos yourself (see ``dmenet.inference.tiling``).
+
+Export uses ``torch.export`` (the dynamo-based ONNX exporter) with symbolic height and width.
+B pads its input to a multiple of 16 with a data-dependent branch, which an exported graph
+cannot keep; :class:`ExportWrapper` therefore does that padding in a shape-generic way (pad by
+15 pixels, then keep ``ceil(H / 16) * 16`` rows) before calling B, and crops the output back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmenet.errors import DMENetError
+
+__all__ = ["ExportWrapper", "export_onnx", "main"]
+
+
+class ExportWrapper(nn.Module):
+    """``image (N, 3, H, W)`` -> ``(y, sigma_px)``, both ``(N, 1, H, W)``, for any H, W.
+
+    Pads at the bottom/right by edge replication, as B itself does
+    (``dmenet.modules._parts.pad_to_multiple``), so the result equals B's.
+    """
+
+    def __init__(self, predictor: nn.Module, multiple: int = 16) -> None:
+        super().__init__()
+        self.predictor = predictor
+        self.multiple = multiple
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.multiple
+        height, width = image.shape[2], image.shape[3]
+        padded_h = (height + m - 1) // m * m
+        padded_w = (width + m - 1) // m * m
+        x = F.pad(image, (0, m - 1, 0, m - 1), mode="replicate")[:, :, :padded_h, :padded_w]
+        y = self.predictor(x)[:, :, :height, :width]
+        return y, self.predictor.sigma_px(y)
+
+
+def export_onnx(predictor: nn.Module, out: str | Path, example_hw: tuple[int, int] = (64, 96)) -> Path:
+    """Export ``predictor`` (a :class:`~dmenet.inference.checkpoint.DefocusPredictor`) to ``out``."""
+    from torch.export import Dim
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportWrapper(predictor.float().eval().cpu()).eval()
+    # batch 2: an example batch of 1 would make torch.export specialise N to 1
+    example = torch.rand(2, 3, *example_hw)
+    dynamic = {"image": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
+    with torch.no_grad():
+        program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic, strict=False)
+        onnx_program = torch.onnx.export(
+            program, (example,), dynamo=True, input_names=["image"],
+            output_names=["y", "sigma_px"], external_data=False, optimize=True, verbose=False,
+        )
+    if onnx_program is None:
+        raise DMENetError("the ONNX exporter returned nothing")
+    onnx_program.save(str(out), external_data=False)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dmenet export",
+        description="Export B from a checkpoint to ONNX (input 'image' (N,3,H,W) RGB in [0,1], "
+        "dynamic N, H, W; outputs 'y' and 'sigma_px' (sigma in pixels)).",
+    )
+    parser.add_argument("--ckpt", required=True, help="a dmenet checkpoint (or convert-official output)")
+    parser.add_argument("--out", required=True, metavar="model.onnx", help="the ONNX file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow a checkpoint that holds Python objects (runs code from it)")
+    args = parser.parse_args(argv)
+    from dmenet.data.io import check_output_file
+    from dmenet.inference.checkpoint import load_predictor
+
+    out = check_output_file(args.out, args.overwrite)
+    predictor = load_predictor(args.ckpt, device="cpu", trust=args.trust_checkpoint)
+    export_onnx(predictor, out)
+    print(f"dmenet export: wrote {out} (label space {predictor.label_space!r}; outputs y and "
+          "sigma_px in pixels)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Tiled inference: photos of any size in bounded memory, equal to untiled inference.
+
+B is fully convolutional, so a big photo can be cut into overlapping tiles. Two things keep the
+stitched result equal to running B on the whole photo (within 1e-3, tested):
+
+* Tiles start on multiples of ``align`` (B's total stride, 16) and the last tile of a row or
+  column ends on the photo's edge. B's pooling grid therefore sits where it would for the whole
+  photo, and the last tile needs exactly the bottom/right padding the whole photo gets.
+* A tile's output is trusted only away from its cut edges (where B sees padding instead of the
+  neighbouring pixels): the blending weight is 0 within ``margin`` pixels of a cut edge and
+  rises smoothly (raised cosine) over the next ``blend`` pixels, with
+  ``blend = min(64, overlap // 4)`` and ``margin = (overlap - blend) // 2``. Edges that are the
+  photo's own edges get full weight, as in untiled inference; the blended sum is divided by the
+  summed weights.
+
+B's receptive field is large: measured on a randomly initialised B with calibrated BatchNorm,
+the output changes by 0.02 at 128 px from a cut edge, 1e-4 at 160 px and 0 beyond 192 px. The
+default overlap of 384 px (margin 160 px) therefore keeps tiled within 1e-3 of untiled; raise it
+for more safety, lower it for speed (each tile of 1024 px then advances by 640 px).
+
+In eval mode BatchNorm is a per-channel affine map, so it does not couple tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["tile_starts", "blend_ramp", "blend_geometry", "predict_tiled", "predict_image"]
+
+DEFAULT_TILE_PX = 1024
+DEFAULT_OVERLAP_PX = 384
+DEFAULT_ALIGN_PX = 16
+
+
+def tile_starts(length: int, tile: int, overlap: int, align: int = DEFAULT_ALIGN_PX) -> list[int]:
+    """Start offsets (pixels) of tiles of size ``tile`` covering ``[0, length)``.
+
+    Every start but the last is a multiple of ``align``; the last tile ends at ``length`` and its
+    start is rounded *down* to a multiple of ``align`` (so it may be up to ``align - 1`` pixels
+    longer than ``tile``). Neighbouring tiles overlap by at least ``overlap`` pixels.
+    """
+    if tile <= 0 or length <= tile:
+        return [0]
+    if overlap >= tile:
+        raise ValueError(f"overlap ({overlap} px) must be smaller than the tile ({tile} px)")
+    step = max(align, ((tile - overlap) // align) * align)
+    starts = [0]
+    while starts[-1] + tile < length:
+        nxt = starts[-1] + step
+        if nxt + tile >= length:  # the last tile: ends on the edge, start aligned down
+            nxt = ((length - tile) // align) * align
+            if nxt <= starts[-1]:
+                break
+            starts.append(nxt)
+            break
+        starts.append(nxt)
+    return starts
+
+
+def blend_ramp(size: int, ramp_start: bool, ramp_end: bool, overlap: int) -> torch.Tensor:
+    """1-D blending weight ``(size,)`` of one tile along one axis.
+
+    At a cut edge (``ramp_start`` / ``ramp_end``) the weight is 0 for the first ``margin``
+    pixels, then rises as a raised cosine over ``blend`` pixels to 1 (see the module docs).
+    """
+    blend, margin = blend_geometry(overlap)
+    w = torch.ones(size, dtype=torch.float64)
+    d = torch.arange(size, dtype=torch.float64)
+    r = ((d - margin + 0.5) / blend).clamp(0.0, 1.0)
+    ramp = 0.5 - 0.5 * torch.cos(math.pi * r)
+    if ramp_start:
+        w = w * ramp
+    if ramp_end:
+        w = w * ramp.flip(0)
+    return w
+
+
+def blend_geometry(overlap: int) -> tuple[int, int]:
+    """``(blend, margin)`` in pixels for a tile overlap: the ramp width and the discarded border."""
+    blend = max(1, min(64, overlap // 4))
+    return blend, (overlap - blend) // 2
+
+
+def _tile_slices(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
+    starts = tile_starts(length, tile, overlap, align)
+    return [(s, length if i == len(starts) - 1 else s + tile) for i, s in enumerate(starts)]
+
+
+@torch.no_grad()
+def predict_tiled(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    tile: int = DEFAULT_TILE_PX,
+    overlap: int = DEFAULT_OVERLAP_PX,
+    align: int = DEFAULT_ALIGN_PX,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run ``predict`` on overlapping tiles of ``image`` and blend the results.
+
+    Args:
+        predict: maps ``(1, 3, h, w)`` -> ``(1, C, h, w)`` (e.g. B's ``y``) on ``device``.
+        image: ``(1, 3, H, W)`` photo in ``[0, 1]``; may stay on the CPU while tiles go to
+            ``device`` one at a time, so only one tile's activations are alive at once.
+        tile, overlap: tile side and minimum overlap in pixels (``tile <= 0``: no tiling).
+        align: tile starts are multiples of this (B's total stride).
+
+    Returns:
+        ``(1, C, H, W)`` float32 on the image's device.
+    """
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected one image (1, 3, H, W), got {tuple(image.shape)}")
+    _, _, height, width = image.shape
+    device = torch.device(device) if device is not None else image.device
+    if tile <= 0 or (height <= tile and width <= tile):
+        return predict(image.to(device)).float().to(image.device)
+    if overlap < 4:
+        raise ValueError("overlap must be at least 4 px for tiled inference")
+    rows = _tile_slices(height, tile, overlap, align)
+    cols = _tile_slices(width, tile, overlap, align)
+    out: torch.Tensor | None = None
+    weight = torch.zeros(1, 1, height, width, dtype=torch.float32, device=image.device)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows) * len(cols), desc="tiles", unit="tile", leave=False)
+    for i, (y0, y1) in enumerate(rows):
+        wy = blend_ramp(y1 - y0, i > 0, i < len(rows) - 1, overlap)
+        for j, (x0, x1) in enumerate(cols):
+            wx = blend_ramp(x1 - x0, j > 0, j < len(cols) - 1, overlap)
+            w2 = (wy[:, None] * wx[None, :]).to(torch.float32).to(image.device)
+            pred = predict(image[:, :, y0:y1, x0:x1].to(device)).float().to(image.device)
+            if out is None:
+                out = torch.zeros(1, pred.shape[1], height, width, dtype=torch.float32,
+                                  device=image.device)
+            out[:, :, y0:y1, x0:x1] += pred * w2
+            weight[:, :, y0:y1, x0:x1] += w2
+            del pred
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    assert out is not None
+    # every pixel has weight > 0: each lies in some tile's fully-trusted core
+    return out / weight.clamp_min(1e-12)
+
+
+def predict_image(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    tile: int = DEFAULT_TILE_PX,
+    overlap: int = DEFAULT_OVERLAP_PX,
+    align: int = DEFAULT_ALIGN_PX,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """:func:`predict_tiled` for ``(3, H, W)`` or ``(1, 3, H, W)``; returns ``(1, C, H, W)``."""
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    return predict_tiled(predict, image, tile, overlap, align, device, progress)

@@ -1,0 +1,172 @@
+"""Per-photo outputs of inference, written once for ``dmenet infer`` and ``dmenet predict``.
+
+For a photo named ``NAME`` the output folder receives:
+
+* ``NAME_sigma_px.npy``: float32 ``(H, W)``, the defocus map as the Gaussian blur sigma in
+  pixels of the input photo (the exact numbers; load with ``numpy.load``);
+* ``NAME_sigma_px_x1000.png``: the same map as a 16-bit grey PNG holding
+  ``round(1000 * sigma_px)`` (so 7 px is stored as 7000; the scale is also in the JSON);
+* ``NAME_sigma_color.png``: an 8-bit colour picture of the map (``inferno``, black = sharp,
+  fixed range ``0 .. 7 px`` so that pictures of different photos compare);
+* ``NAME_defocus.json``: the units, the PNG scale, the label space of the checkpoint that
+  produced the map, the photo's size and simple statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from dmenet.data.io import check_output_file, write_image, write_png16
+from dmenet.errors import OutputExistsError
+from dmenet.labels import SIGMA_MAX_PX
+
+__all__ = [
+    "PNG_SIGMA_SCALE",
+    "OUTPUT_SUFFIXES",
+    "output_paths",
+    "check_outputs_free",
+    "colorize",
+    "write_defocus_outputs",
+    "DefocusMapWriter",
+]
+
+PNG_SIGMA_SCALE: float = 1000.0
+"""The 16-bit PNG stores ``round(PNG_SIGMA_SCALE * sigma_px)`` (max 65.535 px)."""
+
+OUTPUT_SUFFIXES: dict[str, str] = {
+    "npy": "_sigma_px.npy",
+    "png16": "_sigma_px_x1000.png",
+    "color": "_sigma_color.png",
+    "json": "_defocus.json",
+}
+
+
+def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
+    """Where the outputs of the photo ``name`` go (``name`` may hold ``/`` for subfolders)."""
+    out_dir = Path(out_dir)
+    return {kind: out_dir / f"{name}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+
+
+def check_outputs_free(out_dir: str | Path, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse, before any work is done, when outputs of these photos already exist.
+
+    Raises:
+        OutputExistsError: naming the first existing files, unless ``overwrite``.
+    """
+    if overwrite:
+        return
+    existing = [p for name in names for p in output_paths(out_dir, name).values() if p.exists()]
+    if existing:
+        shown = ", ".join(str(p) for p in existing[:3])
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise OutputExistsError(f"outputs exist: {shown}{more}; pass --overwrite to replace them")
+
+
+def colorize(
+    values: np.ndarray, vmin: float = 0.0, vmax: float = SIGMA_MAX_PX, cmap: str = "inferno"
+) -> np.ndarray:
+    """Map ``(H, W)`` values to an RGB picture ``(H, W, 3)`` uint8 over ``[vmin, vmax]``."""
+    from matplotlib import colormaps
+
+    lut = (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+    span = max(vmax - vmin, 1e-12)
+    index = np.clip((np.asarray(values, dtype=np.float32) - vmin) / span * 255.0 + 0.5, 0, 255)
+    return lut[index.astype(np.uint8)]
+
+
+def write_defocus_outputs(
+    out_dir: str | Path,
+    name: str,
+    sigma_px: np.ndarray | torch.Tensor,
+    overwrite: bool = False,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write the four outputs of one photo; returns their paths.
+
+    Args:
+        sigma_px: ``(H, W)`` (or ``(1, H, W)`` / ``(1, 1, H, W)``) defocus sigma in pixels.
+        meta: extra JSON fields (source photo, checkpoint, label space ...).
+
+    Raises:
+        OutputExistsError: an output exists and ``overwrite`` is false (nothing is written).
+    """
+    if isinstance(sigma_px, torch.Tensor):
+        sigma_px = sigma_px.detach().float().cpu().numpy()
+    sigma_px = np.asarray(sigma_px, dtype=np.float32)
+    while sigma_px.ndim > 2 and sigma_px.shape[0] == 1:
+        sigma_px = sigma_px[0]
+    if sigma_px.ndim != 2:
+        raise ValueError(f"sigma_px must be (H, W), got {sigma_px.shape}")
+    paths = output_paths(out_dir, name)
+    for path in paths.values():  # all or nothing: check every file before writing one
+        check_output_file(path, overwrite)
+    np.save(paths["npy"], sigma_px, allow_pickle=False)
+    write_png16(paths["png16"], sigma_px * PNG_SIGMA_SCALE)
+    write_image(paths["color"], colorize(sigma_px))
+    finite = sigma_px[np.isfinite(sigma_px)]
+    record = {
+        "name": name,
+        "unit": "pixels: standard deviation of the local Gaussian defocus blur (sigma_px)",
+        "height_px": int(sigma_px.shape[0]),
+        "width_px": int(sigma_px.shape[1]),
+        "files": {
+            "npy": paths["npy"].name,
+            "png16": paths["png16"].name,
+            "color": paths["color"].name,
+        },
+        "png16_scale": PNG_SIGMA_SCALE,
+        "png16_meaning": f"sigma_px = png_value / {PNG_SIGMA_SCALE:g}",
+        "color_range_px": [0.0, SIGMA_MAX_PX],
+        "colormap": "inferno",
+        "sigma_px_min": float(finite.min()) if finite.size else None,
+        "sigma_px_mean": float(finite.mean()) if finite.size else None,
+        "sigma_px_max": float(finite.max()) if finite.size else None,
+    }
+    record.update(meta or {})
+    paths["json"].write_text(json.dumps(record, indent=2) + "\n")
+    return paths
+
+
+class DefocusMapWriter(BasePredictionWriter):
+    """Lightning callback for ``dmenet predict``: writes each photo's outputs as they come.
+
+    It reads ``predict_step``'s ``{"sigma_px": (N, 1, H, W), "name": [str], ...}`` (sigma in
+    pixels, already converted from the model's label space) and writes
+    :func:`write_defocus_outputs` per photo.
+
+    Args:
+        output_dir: the output folder.
+        overwrite: replace existing outputs; otherwise an existing output stops the run.
+    """
+
+    def __init__(self, output_dir: str, overwrite: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
+        self.written: list[Path] = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
+                           batch_idx, dataloader_idx=0) -> None:
+        if prediction is None:
+            return
+        sigma = prediction.get("sigma_px")
+        if sigma is None:
+            raise KeyError("predict_step must return 'sigma_px' (N, 1, H, W) for DefocusMapWriter")
+        names = prediction.get("name") or batch.get("name")
+        if isinstance(names, str):
+            names = [names]
+        label_space = getattr(getattr(pl_module, "hparams", {}), "get", lambda *_: None)("label_space")
+        paths = batch.get("path") if isinstance(batch, dict) else None
+        for i, name in enumerate(names):
+            meta = {"label_space": label_space, "produced_by": "dmenet predict"}
+            if paths is not None:
+                meta["source"] = str(paths[i])
+            out = write_defocus_outputs(self.output_dir, str(name), sigma[i], self.overwrite, meta)
+            self.written.append(out["npy"])
