@@ -70,6 +70,11 @@ MASK_EPS = 1e-4
 
 def gaussian_kernel1d(sigma_px: float) -> np.ndarray:
     """Sampled, normalised 1-D Gaussian, radius ``ceil(3 sigma)``; ``[1]`` for sigma <= 0."""
+    return _gaussian_kernel1d(round(float(sigma_px), 9)).copy()
+
+
+@lru_cache(maxsize=4096)
+def _gaussian_kernel1d(sigma_px: float) -> np.ndarray:
     if sigma_px <= 1e-6:
         return np.ones(1, dtype=np.float64)
     radius = max(1, int(math.ceil(3.0 * sigma_px)))
@@ -114,7 +119,7 @@ def basis_levels(sigma_max_px: float, aperture: str = "gaussian",
         # a pillbox does not interpolate smoothly: levels every 0.25 px of radius
         n = max(1, int(math.ceil(sigma_max_px / 0.125)))
         return tuple(float(i * 0.125) for i in range(n + 1))
-    kernel = gaussian_kernel1d
+    kernel = _gaussian_kernel1d
     levels = [0.0]
     while levels[-1] < sigma_max_px - 1e-9:
         lo = levels[-1]
@@ -122,11 +127,11 @@ def basis_levels(sigma_max_px: float, aperture: str = "gaussian",
         cand = best
         while True:
             cand_next = cand + probe_step_px
-            ka, kb = kernel(lo), kernel(cand_next)
+            ka, kb = kernel(round(lo, 9)), kernel(round(cand_next, 9))
             ok = True
             for s in np.arange(lo + probe_step_px, cand_next, probe_step_px):
                 t = (s - lo) / (cand_next - lo)
-                if _step_error(ka, kb, t, kernel(float(s))) > tol:
+                if _step_error(ka, kb, t, kernel(round(float(s), 9))) > tol:
                     ok = False
                     break
             if not ok or cand_next > sigma_max_px + 4 * probe_step_px:

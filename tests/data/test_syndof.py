@@ -1,0 +1,282 @@
+"""The layered renderer: physics pinned by tests (SPEC section 2)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dmenet.data.syndof import (
+    SyndofRenderer,
+    depth_edge_region,
+    disc_kernel2d,
+    layer_decomposition,
+    render_defocus,
+    render_defocus_loop,
+    render_from_sigma,
+)
+from dmenet.data.thin_lens import Camera, sigma_from_coc
+from dmenet.errors import DataError
+from dmenet.labels import SIGMA_MAX_PX
+
+H, W = 40, 56
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Many small ops: on a shared, oversubscribed 2-core runner two OpenMP threads made the
+    renderer ~100x slower (measured), so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+def texture(b=1, h=H, w=W, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(b, 3, h // 4, w // 4, generator=g)
+    img = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear",
+                                          align_corners=False)
+    return (0.5 * img + 0.5 * torch.rand(b, 3, h, w, generator=g)).clamp(0, 1)
+
+
+def cv2_gauss(image: torch.Tensor, sigma: float) -> np.ndarray:
+    """An independent Gaussian blur (OpenCV's own kernel, 4-sigma radius)."""
+    rgb = image[0].permute(1, 2, 0).numpy()
+    return cv2.GaussianBlur(rgb, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+
+
+class TestPhysics:
+    def test_in_focus_is_identity(self):
+        image = texture(b=2)
+        depth = torch.full((2, 1, H, W), 1500.0)
+        out = render_defocus(image, depth, Camera([1500.0, 1500.0], [25.0, 25.0]))
+        assert torch.equal(out.image, image)
+        assert torch.all(out.sigma_px == 0) and torch.all(out.binary == 0)
+
+    @pytest.mark.parametrize("alpha", [6.0, 18.0])
+    def test_fronto_parallel_plane_is_one_gaussian(self, alpha):
+        image = texture()
+        depth = torch.full((1, 1, H, W), 3000.0)
+        out = render_defocus(image, depth, Camera([1000.0], [alpha]))
+        sigma = alpha * (3000.0 - 1000.0) / 3000.0 / 4.0  # the formula, c / 4
+        assert torch.allclose(out.sigma_px, torch.full_like(out.sigma_px, sigma), atol=0.0125)
+        ref = cv2_gauss(image, float(out.sigma_px[0, 0, 0, 0]))
+        got = out.image[0].permute(1, 2, 0).numpy()
+        m = int(3 * sigma) + 1  # interior: away from the frame border
+        assert np.abs(got - ref)[m:-m, m:-m].max() < 1.0 / 255
+
+    def test_labels_follow_the_formula(self):
+        depth = torch.linspace(600.0, 8000.0, H * W).view(1, 1, H, W)
+        cam = Camera([2000.0], [10.0])  # CoC from 23.3 px (near) to 7.5 px (far)
+        out = render_defocus(texture(), depth, cam, sigma_rule="reference")
+        assert int(out.num_layers[0]) < 350  # no merging: every pixel has its own CoC layer
+        coc = 10.0 * (depth - 2000.0).abs() / depth
+        # each pixel carries its layer's value: the CoC rounded to 0.1 px
+        assert (out.coc_px - coc).abs().max() <= 0.05 + 1e-4
+        assert torch.allclose(out.sigma_px, sigma_from_coc(out.coc_px, "reference"))
+        assert torch.allclose(out.label, out.sigma_px / SIGMA_MAX_PX)
+        assert torch.equal(out.binary, (out.coc_px > 1.0).float())
+
+    def test_sigma_never_exceeds_sigma_max(self):
+        depth = torch.linspace(100.0, 100000.0, H * W).view(1, 1, H, W)
+        out = render_defocus(texture(), depth, Camera([500.0], [1000.0]))  # absurd alpha
+        assert float(out.sigma_px.max()) <= SIGMA_MAX_PX + 1e-6
+        assert float(out.label.max()) <= 1.0 + 1e-6
+
+    def test_layer_cap(self):
+        depth = torch.linspace(600.0, 8000.0, H * W).view(1, 1, H, W)
+        cam = Camera([2000.0], [28.0])
+        free = render_defocus(texture(), depth, cam, max_layers=10_000)
+        assert int(free.num_layers[0]) > 300
+        capped = render_defocus(texture(), depth, cam, max_layers=40)
+        assert int(capped.num_layers[0]) == 40
+        assert int(capped.layer_id.max()) == 39
+        default = render_defocus(texture(), depth, cam)
+        assert int(default.num_layers[0]) <= 350
+        # merged layers keep depth order: far layers have larger layer CoC on the far side
+        assert torch.isfinite(capped.image).all()
+
+    def test_layer_decomposition_order(self):
+        key = torch.tensor([[[[0.3, -2.0], [5.0, 0.3]]]])
+        d = layer_decomposition(key, 0.1, 350)
+        assert d.layer_id.flatten().tolist() == [1, 2, 0, 1]  # 0 = farthest
+        assert torch.allclose(d.layer_value[0], torch.tensor([5.0, 0.3, -2.0]))
+
+
+def two_planes(near_mm=1000.0, far_mm=4000.0):
+    """Left half near (blue-ish), right half far (red-ish), flat colours."""
+    image = torch.empty(1, 3, H, W)
+    near_c = torch.tensor([0.15, 0.30, 0.90])
+    far_c = torch.tensor([0.85, 0.25, 0.10])
+    image[0, :, :, : W // 2] = near_c.view(3, 1, 1)
+    image[0, :, :, W // 2:] = far_c.view(3, 1, 1)
+    depth = torch.full((1, 1, H, W), far_mm)
+    depth[..., : W // 2] = near_mm
+    return image, depth, near_c, far_c
+
+
+class TestDepthEdges:
+    def check_no_halo(self, out, near_c, far_c):
+        lo = torch.minimum(near_c, far_c).view(1, 3, 1, 1) - 1e-4
+        hi = torch.maximum(near_c, far_c).view(1, 3, 1, 1) + 1e-4
+        assert torch.all(out >= lo) and torch.all(out <= hi)
+        # every pixel is a mix of the two colours: on the segment between them
+        d = (far_c - near_c).view(1, 3, 1, 1)
+        t = ((out - near_c.view(1, 3, 1, 1)) * d).sum(1, keepdim=True) / (d * d).sum()
+        off = out - (near_c.view(1, 3, 1, 1) + t * d)
+        assert off.abs().max() < 1e-3
+
+    def test_near_plane_in_focus(self):
+        image, depth, near_c, far_c = two_planes()
+        out = render_defocus(image, depth, Camera([1000.0], [24.0])).image
+        self.check_no_halo(out, near_c, far_c)
+        # the sharp near plane stays sharp: its colour is untouched up to the edge
+        assert torch.allclose(out[0, :, :, : W // 2], image[0, :, :, : W // 2], atol=1e-5)
+        # the blurred far plane does not bleed over it, and is not darkened at the edge
+        assert torch.allclose(out[0, :, :, W // 2], far_c.view(3, 1), atol=1e-4)
+
+    def test_near_plane_blurred_shows_filled_background(self):
+        image, depth, near_c, far_c = two_planes()
+        cam = Camera([4000.0], [24.0])  # far in focus, near blurred (sigma 4.5 px)
+        out = render_defocus(image, depth, cam).image
+        self.check_no_halo(out, near_c, far_c)
+        # the near edge blurs outwards over the sharp background ...
+        outside = out[0, :, H // 2, W // 2 + 1]
+        assert (outside - far_c).abs().max() > 0.1
+        # ... and inwards it shows the (filled) background through it
+        d = far_c - near_c
+        inside_t = float(((out[0, :, H // 2, W // 2 - 2] - near_c) * d).sum() / (d * d).sum())
+        assert inside_t > 0.2
+        # without the occlusion fill the hidden background is missing there
+        nofill = render_defocus(image, depth, cam, fill=False).image
+        t_nofill = float(((nofill[0, :, H // 2, W // 2 - 2] - near_c) * d).sum() / (d * d).sum())
+        assert t_nofill < inside_t - 0.1
+
+    def test_matches_per_layer_loop_away_from_edges(self):
+        """Piecewise-planar scene (fronto-parallel planes): the grouped renderer equals the
+        straightforward per-layer loop within 2/255 away from depth edges."""
+        h, w = 96, 128
+        image = texture(h=h, w=w, seed=3)
+        depth = torch.full((1, 1, h, w), 5000.0)
+        depth[..., 8:40, 10:40] = 900.0
+        depth[..., 60:, 70:] = 2500.0
+        depth[..., 50:90, 5:30] = 1300.0
+        cam = Camera([1500.0], [20.0])
+        fast = render_defocus(image, depth, cam)
+        loop = render_defocus_loop(image, depth, cam)
+        assert torch.isfinite(loop).all() and int(fast.num_layers[0]) == 4
+        radius = int(np.ceil(3 * float(fast.sigma_px.max())))
+        value = torch.tensor([[float(v) for v in cam.signed_coc_px(depth).unique()]])
+        near_edge = depth_edge_region(value.flip(1), fast.layer_id, radius, 1.0)
+        assert near_edge.any() and (~near_edge).any()
+        diff = (fast.image - loop).abs().amax(1, keepdim=True)
+        assert float(diff[~near_edge].max()) < 2.0 / 255
+        assert float(diff.max()) < 0.25  # at edges the two fills differ, boundedly
+
+
+class TestInterface:
+    def test_invalid_depth_never_nan(self):
+        image = texture()
+        depth = torch.full((1, 1, H, W), 2500.0)
+        depth[..., :5, :] = float("nan")
+        depth[..., 5:8, :] = 1e11  # sky marker
+        depth[..., 8:10, :] = -3.0
+        depth[..., 10:12, :] = float("inf")
+        out = SyndofRenderer()(image, depth, generator=torch.Generator().manual_seed(0))
+        for t in (out.image, out.sigma_px, out.label, out.binary):
+            assert torch.isfinite(t).all()
+
+    def test_seed_reproducible(self):
+        image = texture(b=2)
+        depth = torch.linspace(700.0, 9000.0, H * W).view(1, 1, H, W).repeat(2, 1, 1, 1)
+        r = SyndofRenderer()
+        a = r(image, depth, generator=torch.Generator().manual_seed(7))
+        b = r(image, depth, generator=torch.Generator().manual_seed(7))
+        c = r(image, depth, generator=torch.Generator().manual_seed(8))
+        assert torch.equal(a.image, b.image) and torch.equal(a.label, b.label)
+        assert not torch.equal(a.label, c.label)
+
+    def test_bad_inputs(self):
+        image = texture()
+        cam = Camera([1000.0], [5.0])
+        with pytest.raises(DataError, match="shape mismatch"):
+            render_defocus(image, torch.ones(1, 1, H, W + 1) * 1000, cam)
+        with pytest.raises(DataError, match=r"\(B, 3, H, W\)"):
+            render_defocus(torch.rand(1, 4, H, W), torch.ones(1, 1, H, W), cam)
+        with pytest.raises(DataError, match="no valid depth"):
+            render_defocus(image, torch.full((1, 1, H, W), float("nan")), cam)
+        with pytest.raises(DataError, match="no valid depth"):
+            SyndofRenderer()(image, torch.zeros(1, 1, H, W))
+        with pytest.raises(DataError, match="camera has 2 samples"):
+            render_defocus(image, torch.ones(1, 1, H, W), Camera([1.0, 2.0], [1.0, 1.0]))
+        with pytest.raises(ValueError, match="aperture"):
+            render_defocus(image, torch.ones(1, 1, H, W), cam, aperture="hexagon")
+
+    def test_half_precision(self):
+        image = texture()
+        depth = torch.full((1, 1, H, W), 3000.0)
+        cam = Camera([1000.0], [10.0])
+        full = render_defocus(image, depth, cam).image
+        half = render_defocus(image.half(), depth, cam).image
+        assert half.dtype == torch.float16
+        assert (half.float() - full).abs().max() < 2e-3
+
+    def test_module_repr_and_sampler(self):
+        r = SyndofRenderer(mode="fixed", focus_mm=1200.0)
+        assert "fixed" in repr(r)
+        out = r(texture(), torch.full((1, 1, H, W), 1200.0))
+        assert float(out.sigma_px.max()) == 0.0
+
+    @pytest.mark.gpu
+    def test_cuda_matches_cpu(self):
+        image = texture(b=2)
+        depth = torch.linspace(700.0, 9000.0, H * W).view(1, 1, H, W).repeat(2, 1, 1, 1)
+        cam = Camera([1500.0, 3000.0], [20.0, 12.0])
+        cpu = render_defocus(image, depth, cam).image
+        gpu = render_defocus(image.cuda(), depth.cuda(), cam).image
+        assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() < 1e-3
+
+
+class TestRenderFromSigma:
+    def test_constant_sigma_is_gaussian(self):
+        image = texture()
+        sigma = torch.full((1, 1, H, W), 2.0)
+        out = render_from_sigma(image, sigma, torch.zeros_like(sigma))
+        ref = cv2_gauss(image, 2.0)
+        got = out[0].permute(1, 2, 0).numpy()
+        assert np.abs(got - ref)[7:-7, 7:-7].max() < 1.0 / 255
+
+    def test_disc_aperture(self):
+        image = texture()
+        sigma = torch.full((1, 1, H, W), 1.5)  # CoC diameter 6 px
+        out = render_from_sigma(image, sigma, sigma, aperture="disc")
+        k = disc_kernel2d(1.5).astype(np.float32)
+        assert k.shape == (9, 9) and abs(k.sum() - 1) < 1e-6
+        rgb = image[0].permute(1, 2, 0).numpy()
+        ref = cv2.filter2D(rgb, -1, k, borderType=cv2.BORDER_REPLICATE)
+        got = out[0].permute(1, 2, 0).numpy()
+        assert np.abs(got - ref)[5:-5, 5:-5].max() < 1e-4
+
+    def test_gamma_and_zero_sigma(self):
+        image = texture()
+        zero = torch.zeros(1, 1, H, W)
+        out = render_from_sigma(image, zero, zero, gamma=2.2)
+        assert (out - image).abs().max() < 1e-5
+        blurred = render_from_sigma(image, zero + 2.0, zero, gamma=2.2)
+        plain = render_from_sigma(image, zero + 2.0, zero)
+        # blurring in linear light brightens mixed regions relative to sRGB blurring
+        assert float((blurred - plain).mean()) > 0
+
+    def test_order_decides_occlusion(self):
+        image, _, near_c, far_c = two_planes()
+        sigma = torch.zeros(1, 1, H, W)
+        sigma[..., : W // 2] = 3.0
+        order = torch.zeros(1, 1, H, W)
+        order[..., W // 2:] = 1.0  # right half farther
+        out = render_from_sigma(image, sigma, order)
+        # the blurred near half spreads over the sharp far half
+        assert (out[0, :, H // 2, W // 2 + 1] - far_c).abs().max() > 0.1
+        with pytest.raises(DataError, match="sigma_px must be finite"):
+            render_from_sigma(image, sigma - 1.0, order)
