@@ -18,9 +18,11 @@ the auxiliary heads) is read from the weights themselves, so a checkpoint rebuil
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pickle
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,22 +230,50 @@ def aux_hidden_channels(state: dict[str, torch.Tensor]) -> list[int] | None:
     return [widths[i] for i in sorted(widths)] if widths else None
 
 
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "constant_", "ones_", "zeros_", "xavier_uniform_", "xavier_normal_",
+    "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "orthogonal_",
+)
+
+
+@contextlib.contextmanager
+def skip_weight_init() -> Iterator[None]:
+    """Build modules without their random initialisation (their weights are loaded next).
+
+    Initialising VGG19 (with the classifier torchvision builds and B drops) costs seconds and
+    touches 0.5 GB; uninitialised tensors cost nothing until written. Only used where a strict
+    state_dict load follows.
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def build_blur_estimator(
     class_path: str,
     init_args: dict[str, Any],
     state_dict: dict[str, torch.Tensor] | None = None,
     padding_mode: str = "zeros",
 ) -> nn.Module:
-    """Build B with random init (never downloads weights), shaped to fit ``state_dict``."""
+    """Build B (never downloads weights), shaped to fit ``state_dict``.
+
+    With a ``state_dict`` the random initialisation is skipped: the caller must load it strictly.
+    """
     cls = _import(class_path)
     args = dict(init_args)
     args["weights"] = None  # the checkpoint has the weights; no ImageNet download
     if state_dict is not None and class_path == DEFAULT_CLASS_PATH:
         args.update(shape_args_from_state(state_dict))
-    try:
-        model = cls(**args)
-    except TypeError:
-        model = cls(**{k: v for k, v in args.items() if k == "weights"})
+    with skip_weight_init() if state_dict is not None else contextlib.nullcontext():
+        try:
+            model = cls(**args)
+        except TypeError:
+            model = cls(**{k: v for k, v in args.items() if k == "weights"})
     if state_dict is not None:
         widths = aux_hidden_channels(state_dict)
         heads = getattr(model, "aux_heads", None)
@@ -303,6 +333,7 @@ def load_predictor(
         prepare_for_inference(model)
     predictor = DefocusPredictor(model, label_space or ckpt.label_space, ckpt.sigma_max_px)
     predictor.checkpoint = ckpt  # type: ignore[attr-defined]  (provenance for outputs)
+    predictor.requires_grad_(False)
     return predictor.eval().to(device)
 
 

@@ -1,0 +1,103 @@
+"""Loading B from checkpoints: Lightning and inference formats, weights_only, label spaces."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from dmenet.errors import DMENetError
+from dmenet.inference.checkpoint import (
+    DefocusPredictor,
+    load_checkpoint,
+    load_predictor,
+    prepare_for_inference,
+    save_inference_checkpoint,
+)
+from dmenet.labels import to_sigma_px
+
+
+class NotAWeight:
+    """A Python object in a checkpoint: loading it needs full unpickling."""
+
+    def __init__(self) -> None:
+        self.value = 3
+
+
+def test_lightning_checkpoint_gives_the_same_b(lightning_ckpt, random_b):
+    ckpt = load_checkpoint(lightning_ckpt)
+    assert ckpt.kind == "lightning"
+    assert ckpt.label_space == "ours"
+    assert ckpt.class_path == "dmenet.modules.blur_estimator.BlurEstimator"
+    predictor = load_predictor(lightning_ckpt, fast=False)
+    image = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = random_b(image).y
+        assert torch.equal(predictor(image), expected)
+        fast = load_predictor(lightning_ckpt)  # aux heads dropped, BN folded
+        assert fast.blur_estimator.aux_heads is None
+        assert torch.allclose(fast(image), expected, atol=1e-4)
+    sigma = predictor.sigma_px(expected)
+    assert torch.allclose(sigma, to_sigma_px(expected, "ours"))
+
+
+def test_prepare_for_inference_keeps_the_output(random_b):
+    import copy
+
+    fused = prepare_for_inference(copy.deepcopy(random_b))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    image = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.allclose(fused(image).y, random_b(image).y, atol=1e-4)
+
+
+def test_inference_checkpoint_round_trip_keeps_label_space(random_b, tmp_path):
+    path = save_inference_checkpoint(tmp_path / "b.ckpt", random_b, label_space="released",
+                                     source="test")
+    data = torch.load(path, weights_only=True)  # plain data only
+    assert data["label_space"] == "released"
+    predictor = load_predictor(path, fast=False)
+    assert predictor.label_space == "released"
+    y = torch.tensor([0.0, 1.0 / 15.0, 0.5, 1.0])
+    assert torch.allclose(predictor.sigma_px(y), torch.tensor([0.0, 0.0, 3.25, 7.0]))
+
+
+def test_checkpoint_with_python_objects_needs_trust(random_b, tmp_path):
+    state = {f"blur_estimator.{k}": v for k, v in random_b.state_dict().items()}
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"thing": NotAWeight()}}, path)
+    with pytest.raises(DMENetError, match="trust-checkpoint"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, trust=True).label_space == "ours"
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage bytes", pickle.dumps([1, 2, 3])])
+def test_unreadable_checkpoints_are_named(tmp_path, content):
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(DMENetError, match="bad.ckpt"):
+        load_checkpoint(path)
+
+
+def test_missing_and_foreign_checkpoints(tmp_path):
+    with pytest.raises(DMENetError, match="not found"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"net.weight": torch.zeros(1)}}, path)
+    with pytest.raises(DMENetError, match="blur_estimator"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_are_refused(random_b, tmp_path):
+    state = {f"blur_estimator.{k}": v for k, v in random_b.state_dict().items()}
+    state["blur_estimator.head.2.weight"] = torch.zeros(1, 5, 3, 3)
+    path = tmp_path / "misfit.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {}}, path)
+    with pytest.raises((DMENetError, RuntimeError)):
+        load_predictor(path)
+
+
+def test_unknown_label_space_is_refused(random_b):
+    with pytest.raises(DMENetError, match="label space"):
+        DefocusPredictor(random_b, label_space="mine")
