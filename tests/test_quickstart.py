@@ -34,6 +34,7 @@ def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path, monk
         "--trainer.limit_val_batches", "2",
         "--trainer.enable_progress_bar", "false",
         "--model.log_images_every_n_steps", "1",
+        "--trainer.log_every_n_steps", "1",
         *TINY_DATA,
     ])
     assert code == 0

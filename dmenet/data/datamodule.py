@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from dmenet.data.augment import PAPER_SHORT_SIDE_RANGE, TrainingCrops
-from dmenet.errors import DataError
+from dmenet.errors import DataError, DMENetError
 
 __all__ = ["DMENetDataModule", "EVAL_SETS", "RenderedEvalSet"]
 
@@ -42,6 +42,31 @@ EVAL_SETS: tuple[str, ...] = ("embedded", "proxy", "syndof", "cuhk", "rtf")
 # Seeds of the embedded splits: training, validation and test scenes never coincide.
 _EMBEDDED_SEEDS = {"train": 0, "val": 10_007, "test": 20_011}
 _PROXY_SEEDS = {"real": 30_013, "blur": 40_009, "val": 50_021, "test": 60_013}
+
+
+class _UserErrorLoader(DataLoader):
+    """A DataLoader that re-raises a user's data mistake from a worker process as one line.
+
+    A :class:`DMENetError` raised in a worker reaches the main process re-created with the
+    worker's whole traceback as its message; the command line would print that. Here it is
+    cut back to the original message (its last line), which names the file.
+    """
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except DMENetError as exc:
+                text = str(exc)
+                if "Original Traceback" not in text:
+                    raise
+                last = [line for line in text.strip().splitlines() if line.strip()][-1]
+                message = last.split(": ", 1)[1] if last.startswith("dmenet.errors.") else last
+                raise type(exc)(message) from None
+            yield batch
 
 
 class _ReleasedTrainingView(Dataset):
@@ -382,7 +407,7 @@ class DMENetDataModule(pl.LightningDataModule):
             self.eval_dataset(self.test_set, "test")
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        return _UserErrorLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -417,7 +442,7 @@ class DMENetDataModule(pl.LightningDataModule):
 
     def _eval_loaders(self, names: Sequence[str], split: str):
         loaders = [
-            DataLoader(
+            _UserErrorLoader(
                 self.eval_dataset(name, split),
                 batch_size=1,
                 shuffle=False,
@@ -439,7 +464,7 @@ class DMENetDataModule(pl.LightningDataModule):
             raise DataError("dmenet predict needs --data.predict_paths (files, folders or globs)")
         from dmenet.inference.data import ImagePathsDataset
 
-        return DataLoader(
+        return _UserErrorLoader(
             ImagePathsDataset(list(self.predict_paths)),
             batch_size=1,
             shuffle=False,

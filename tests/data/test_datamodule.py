@@ -219,3 +219,17 @@ class TestBadInput:
         dm = DMENetDataModule(**{**TINY, "samples_per_epoch": None}, flickr_root=str(flickr))
         with pytest.raises(DataError, match="real stream has 1 samples per epoch"):
             dm.train_dataloader()
+
+    def test_corrupt_image_in_a_worker_is_one_line(self, tmp_path):
+        flickr = tmp_path / "f"
+        _write(flickr / "a.png", np.zeros((40, 40, 3), np.uint8))
+        (flickr / "b.jpg").write_bytes(b"\xff\xd8\xff truncated")
+        dm = DMENetDataModule(**{**TINY, "batch_size_synthetic": 0, "batch_size_blur": 0},
+                              flickr_root=str(flickr), num_workers=1)
+        dm.setup("fit")
+        with pytest.raises(DataError) as info:
+            for _ in dm.train_dataloader():
+                pass
+        message = str(info.value)
+        assert "b.jpg: not a readable image" in message
+        assert "Traceback" not in message and "\n" not in message
