@@ -49,6 +49,9 @@ def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path, monk
     assert list((run / "checkpoints").glob("*.ckpt"))
     pictures = list((run / "train_images").glob("*.png"))
     assert len(pictures) == 2
+    # held-out strips: photo | label | prediction, one per validation set (limit 2 batches)
+    strips = sorted(p.name for p in (run / "val_images").glob("*.png"))
+    assert any("_embedded_" in n for n in strips) and any("_proxy_" in n for n in strips)
 
 
 @pytest.mark.parametrize("config", ["quickstart.yaml", "dmenet.yaml"])
