@@ -237,7 +237,11 @@ def run_ablation(
     out = check_output_dir(out, overwrite)
     rows, predictions, datamodule = [], {}, None
     for name in variants:
-        model, datamodule = _build(base_config, configs / "ablation" / VARIANTS[name], cli_args, seed)
+        model, built = _build(base_config, configs / "ablation" / VARIANTS[name], cli_args, seed)
+        # the variants differ in the model only: reuse the DataModule, whose scenes and proxy
+        # images are generated once (the same training and test data for every variant)
+        if datamodule is None or dict(built.hparams) != dict(datamodule.hparams):
+            datamodule = built
         variant_dir = out / name
         elapsed = _train(model, datamodule, variant_dir, epochs, progress)
         batches = int(model.train_iteration)
