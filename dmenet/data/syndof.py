@@ -377,7 +377,7 @@ def _composite_grouped(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma:
     tpix = torch.gather(t, 1, flat_id).view(b, 1, h, w)
     rgba = torch.cat([image, torch.ones_like(image[:, :1])], dim=1)
     on_cpu = device.type == "cpu"
-    gmap_np = gmap[:, 0].cpu().numpy()
+    gmap_np = gmap[:, 0].numpy() if on_cpu else None  # bounding boxes, CPU path only
     gl, gmin_c, gmax_c = group_level.cpu(), gmin.cpu(), gmax.cpu()
 
     acc = torch.zeros_like(image)
@@ -531,24 +531,38 @@ def render_defocus(image: torch.Tensor, depth_mm: torch.Tensor, camera: Camera, 
 
 def _order_layers(sigma_px: torch.Tensor, order: torch.Tensor, step: float,
                   max_layers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Layers of equal quantised sigma, composited by their mean ``order`` (larger = farther).
-    Returns ``layer_id (B,1,H,W)`` 0 = farthest and ``layer_sigma (B, L)``."""
-    layers = layer_decomposition(sigma_px, step, max_layers)  # ids sorted by sigma
+    """Layers of equal quantised sigma ON THE SAME SIDE of the sharpest pixels' ``order``
+    (so equal blur in front of and behind the focal plane stays apart), composited by their
+    mean ``order`` (larger = farther). Returns ``layer_id (B,1,H,W)`` 0 = farthest,
+    ``layer_sigma (B, L)`` (the layer's mean sigma) and ``num_layers (B,)``."""
     b, _, h, w = sigma_px.shape
+    flat_s = sigma_px.flatten(1)
+    flat_o = order.flatten(1)
+    sharp = flat_s <= flat_s.amin(dim=1, keepdim=True) + step
+    focus = torch.stack([flat_o[i][sharp[i]].median() for i in range(b)]).view(b, 1, 1, 1)
+    side = (order > focus).to(sigma_px.dtype)
+    # sigma steps on one side, then the other: neighbouring keys = neighbouring blur
+    span = float(torch.round(sigma_px.max() / step)) + 2.0
+    key = torch.round(sigma_px / step) + side * span
+    layers = layer_decomposition(key, 1.0, max_layers)
     lmax = layers.layer_value.shape[1]
     ids, sigmas = [], []
     for i in range(b):
         flat = layers.layer_id[i].flatten()
         n = int(layers.num_layers[i])
-        total = torch.zeros(n, dtype=torch.float64, device=order.device).index_add_(
-            0, flat, order[i].flatten().double())
-        mean = total / torch.bincount(flat, minlength=n).clamp(min=1).double()
-        rank = torch.argsort(mean, descending=True, stable=True)  # farthest first
+        count = torch.bincount(flat, minlength=n).clamp(min=1).double()
+        mean_order = torch.zeros(n, dtype=torch.float64, device=order.device).index_add_(
+            0, flat, flat_o[i].double()) / count
+        mean_sigma = torch.zeros(n, dtype=torch.float64, device=order.device).index_add_(
+            0, flat, flat_s[i].double()) / count
+        rank = torch.argsort(mean_order, descending=True, stable=True)  # farthest first
         new_of_old = torch.empty_like(rank)
         new_of_old[rank] = torch.arange(n, device=rank.device)
         ids.append(new_of_old[layers.layer_id[i]])
-        s = layers.layer_value[i, :n][rank]
-        sigmas.append(torch.cat([s, s[-1:].expand(lmax - n)]))
+        # the layer's sigma: its pixels' value rounded to the step (mean when merged)
+        sig = (torch.round(mean_sigma / step) * step if n < max_layers else mean_sigma)
+        sig = sig[rank].to(sigma_px.dtype)
+        sigmas.append(torch.cat([sig, sig[-1:].expand(lmax - n)]))
     return torch.stack(ids), torch.stack(sigmas), layers.num_layers
 
 
@@ -559,8 +573,8 @@ def render_from_sigma(image: torch.Tensor, sigma_px: torch.Tensor, order: torch.
     """Layered blur of ``image (B,3,H,W)`` with a given ``sigma_px (B,1,H,W)`` map.
 
     Layers are pixels of equal ``sigma_px`` rounded to ``sigma_step_px`` (default 0.025 px =
-    a 0.1 px CoC); they are composited far to near by their mean ``order (B,1,H,W)`` (larger =
-    farther), with the same occlusion fill as :func:`render_defocus`. ``aperture="disc"``:
+    a 0.1 px CoC) on the same side (in ``order``) of the sharpest pixels; they are composited
+    far to near by their mean ``order (B,1,H,W)`` (larger = farther), with the same occlusion fill as :func:`render_defocus`. ``aperture="disc"``:
     pillbox of diameter ``4 sigma`` (= the CoC). Used for defocus magnification (``k * sigma``)
     and the proxy real domain (``aperture="disc", gamma=2.2``). Returns ``(B,3,H,W)``.
     """

@@ -269,6 +269,18 @@ class TestRenderFromSigma:
         # blurring in linear light brightens mixed regions relative to sRGB blurring
         assert float((blurred - plain).mean()) > 0
 
+    def test_equals_render_defocus_given_its_sigma_and_order(self):
+        """Equal blur in front of and behind the focal plane stays in separate layers."""
+        image = texture(seed=5)
+        depth = torch.full((1, 1, H, W), 3000.0)
+        depth[..., 10:30, 10:30] = 1000.0
+        cam = Camera([1500.0], [16.0])  # CoC 8 px in front (1 m) and 8 px behind (3 m)
+        ref = render_defocus(image, depth, cam)
+        assert ref.sigma_px.unique().numel() == 1  # one blur, two depths
+        order = cam.signed_coc_px(depth)
+        out = render_from_sigma(image, ref.sigma_px, order)
+        assert (out - ref.image).abs().max() < 1e-5
+
     def test_order_decides_occlusion(self):
         image, _, near_c, far_c = two_planes()
         sigma = torch.zeros(1, 1, H, W)
