@@ -47,6 +47,11 @@ PART_NAMES: tuple[str, ...] = (
     "blur_estimator", "domain_discriminator", "content_loss", "sharpness_calibrator",
 )
 
+# run-time options, not model configuration: kept out of the checkpoint's hyper_parameters, because
+# LightningCLI applies a checkpoint's hyper_parameters over the command line with --ckpt_path
+# (`dmenet test --ckpt_path X --model.results_dir Y` must write to Y)
+RUNTIME_OPTIONS: tuple[str, ...] = ("results_dir", "overwrite_results", "log_images_every_n_steps")
+
 # names of the logged loss terms (unweighted values; "train/L_g" and "train/L_d" are weighted sums)
 _TERM_NAMES = {"blur": "L_B", "aux": "L_aux", "content": "L_C", "sharpness": "L_S", "adv": "L_adv"}
 
@@ -148,7 +153,10 @@ class DMENet(L.LightningModule):
         if label_space not in LABEL_SPACES:
             raise DMENetError(f"label_space must be one of {LABEL_SPACES}, got {label_space!r}")
         self.automatic_optimization = False
-        self.save_hyperparameters(ignore=list(PART_NAMES))
+        self.save_hyperparameters(ignore=[*PART_NAMES, *RUNTIME_OPTIONS])
+        self.results_dir = results_dir
+        self.overwrite_results = overwrite_results
+        self.log_images_every_n_steps = log_images_every_n_steps
 
         self.blur_estimator = _resolve_part(
             True if blur_estimator is None else blur_estimator, "blur_estimator",
@@ -286,7 +294,7 @@ class DMENet(L.LightningModule):
         self.log_dict(logs, batch_size=n, prog_bar=False)
         self.log("loss", l_g.detach(), batch_size=n, prog_bar=True, logger=False)
         self.train_iteration += 1
-        every = hp.log_images_every_n_steps
+        every = self.log_images_every_n_steps
         if every and int(self.train_iteration) % every == 0:
             self._write_training_picture(syn, out_syn)
 
@@ -299,7 +307,7 @@ class DMENet(L.LightningModule):
             label = syn["label"][:1].float().clamp(0, 1).repeat(1, 3, 1, 1)
             pred = out.y[:1].float().clamp(0, 1).repeat(1, 3, 1, 1)
             grid = torch.cat([image, label, pred], dim=-1)
-        base = Path(self.trainer.log_dir or self.hparams.results_dir) if self._trainer else Path(self.hparams.results_dir)
+        base = Path((self._trainer and self.trainer.log_dir) or self.results_dir)
         out_dir = base / "train_images"
         out_dir.mkdir(parents=True, exist_ok=True)
         save_image(grid, out_dir / f"iter_{int(self.train_iteration):07d}.png")
@@ -315,13 +323,13 @@ class DMENet(L.LightningModule):
             return Evaluator(set_name, None, label_space=self.hparams.label_space, overwrite=True)
         return Evaluator(
             set_name, out_dir, label_space=self.hparams.label_space,
-            overwrite=self.hparams.overwrite_results,
+            overwrite=self.overwrite_results,
         )
 
     def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, float]:
         set_name = batch["set"][0] if "set" in batch else stage
         if set_name not in self._evaluators:
-            out_dir = Path(self.hparams.results_dir) / set_name if stage == "test" else None
+            out_dir = Path(self.results_dir) / set_name if stage == "test" else None
             self._evaluators[set_name] = self._make_evaluator(set_name, out_dir)
         y = self(batch["image"]).y
         return self._evaluators[set_name].update(y, batch)
@@ -356,7 +364,7 @@ class DMENet(L.LightningModule):
         for set_name, metrics in results.items():
             for key, value in metrics.items():
                 self.log(f"test/{set_name}/{key}", float(value), add_dataloader_idx=False)
-            self._evaluators[set_name].write(Path(self.hparams.results_dir) / set_name, self.logger)
+            self._evaluators[set_name].write(Path(self.results_dir) / set_name, self.logger)
         self._evaluators = {}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):

@@ -96,6 +96,7 @@ def test_checkpoint_rebuilds_its_subnetworks_alone(tmp_path):
     }
     assert hp["content_loss"] is False and hp["sharpness_calibrator"] is False
     assert hp["vgg_weights"] is None  # loading never downloads ImageNet weights
+    assert "results_dir" not in hp  # run-time options are not model configuration
 
     loaded = DMENet.load_from_checkpoint(path, map_location="cpu")
     assert isinstance(loaded.blur_estimator, LightBlurEstimator)
@@ -171,8 +172,10 @@ def test_cli_fit_resume_validate_test_with_ckpt_path(tmp_path):
     assert {"val/mse", "val/mae", "val/syndof/mse"} <= set(metrics)
     assert 0.0 <= float(metrics["val/mse"]) <= 1.0
 
-    run_cli(["test", *common, "--ckpt_path", ckpt])
-    report = tmp_path / "results" / "syndof"
+    # run-time options given now win over the checkpoint (LightningCLI applies its hparams)
+    run_cli(["test", *common, "--ckpt_path", ckpt, "--model.results_dir", str(tmp_path / "now")])
+    assert not (tmp_path / "results").exists()
+    report = tmp_path / "now" / "syndof"
     assert (report / "metrics.json").is_file() and (report / "table.md").is_file()
 
 
