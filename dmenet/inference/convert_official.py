@@ -200,7 +200,7 @@ def official_to_ours(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Ten
         # BN(Wx + b) = (Wx - (mean - b)) / sqrt(var + eps) + beta, gamma = 1
         return mean - conv_bias, var, beta
 
-    for conv, bn, ours, _, _ in _DECODER + _REFINE_SHORTCUTS:
+    for conv, bn, ours, _, _ in [*_DECODER, *_REFINE_SHORTCUTS]:
         state[f"{ours}.conv.weight"] = _conv_weight(get(f"decoder/{conv}/W_conv2d"))
         mean, var, beta = bn_stats(bn, get(f"decoder/{conv}/b_conv2d"))
         state[f"{ours}.bn.weight"] = torch.ones(len(beta))
@@ -257,12 +257,16 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def build_official_b() -> nn.Module:
-    """Our B shaped like the reference: aux heads of widths 256..32, replicate padding."""
-    from dmenet.inference.checkpoint import set_padding_mode
+    """Our B shaped like the reference (aux heads of widths 256..32, replicate padding).
+
+    Uninitialised: load the converted state_dict (strictly) before use.
+    """
+    from dmenet.inference.checkpoint import set_padding_mode, skip_weight_init
     from dmenet.modules.blur_estimator import AuxHead, BlurEstimator
 
-    model = BlurEstimator(weights=None, aux_heads=True, n_refine_blocks=7)
-    model.aux_heads = nn.ModuleList(AuxHead(in_ch, hidden) for _, _, in_ch, hidden in _AUX)
+    with skip_weight_init():  # every tensor is set from the reference's arrays next
+        model = BlurEstimator(weights=None, aux_heads=True, n_refine_blocks=7)
+        model.aux_heads = nn.ModuleList(AuxHead(in_ch, hidden) for _, _, in_ch, hidden in _AUX)
     set_padding_mode(model, "replicate")
     return model
 
