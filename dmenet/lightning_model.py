@@ -44,7 +44,10 @@ from dmenet.modules.sharpness_calibrator import SharpnessCalibrator
 __all__ = ["DMENet", "PART_NAMES", "part_spec", "build_part"]
 
 PART_NAMES: tuple[str, ...] = (
-    "blur_estimator", "domain_discriminator", "content_loss", "sharpness_calibrator",
+    "blur_estimator",
+    "domain_discriminator",
+    "content_loss",
+    "sharpness_calibrator",
 )
 
 # run-time options, not model configuration: kept out of the checkpoint's hyper_parameters, because
@@ -159,7 +162,8 @@ class DMENet(L.LightningModule):
         self.log_images_every_n_steps = log_images_every_n_steps
 
         self.blur_estimator = _resolve_part(
-            True if blur_estimator is None else blur_estimator, "blur_estimator",
+            True if blur_estimator is None else blur_estimator,
+            "blur_estimator",
             lambda: BlurEstimator(weights=vgg_weights, aux_heads=lambda_aux > 0),
         )
         self.domain_discriminator = _resolve_part(
@@ -233,9 +237,7 @@ class DMENet(L.LightningModule):
         opt_d = optimizers[1] if len(optimizers) > 1 else None
         pretraining = int(self.train_iteration) < hp.pretrain_b_steps
         adversarial = self.domain_discriminator is not None and not pretraining
-        calibrating = (
-            self.sharpness_calibrator is not None and not pretraining and "blur" in batch
-        )
+        calibrating = self.sharpness_calibrator is not None and not pretraining and "blur" in batch
 
         syn = batch["synthetic"]
         n = syn["image"].shape[0]
@@ -252,7 +254,9 @@ class DMENet(L.LightningModule):
         if adversarial and adv_streams:
             with self.toggled_optimizer(opt_d):
                 logits_syn = self.domain_discriminator(out_syn.feature.detach())
-                logits_real = [self.domain_discriminator(real_outs[s].feature.detach()) for s in adv_streams]
+                logits_real = [
+                    self.domain_discriminator(real_outs[s].feature.detach()) for s in adv_streams
+                ]
                 l_D = discriminator_loss(logits_syn, logits_real)
                 scale = hp.lambda_d * (REFERENCE_LD_SCALE if hp.reference_ld_scaling else 1.0)
                 l_d = scale * l_D
@@ -263,7 +267,9 @@ class DMENet(L.LightningModule):
             logs["train/L_d"] = l_d.detach()
             # D accuracy on this batch: how well the domains are told apart (for monitoring)
             with torch.no_grad():
-                correct = [(logits_syn > 0).float().mean()] + [(z < 0).float().mean() for z in logits_real]
+                correct = [(logits_syn > 0).float().mean()] + [
+                    (z < 0).float().mean() for z in logits_real
+                ]
                 logs["train/D_accuracy"] = torch.stack(correct).mean()
 
         # ---- G step: L_g updates B and S
@@ -272,7 +278,10 @@ class DMENet(L.LightningModule):
             weights: dict[str, float] = {}
             terms["blur"], weights["blur"] = blur_loss(out_syn.y, syn["label"]), 1.0
             if hp.lambda_aux > 0 and out_syn.aux:
-                terms["aux"], weights["aux"] = auxiliary_loss(out_syn.aux, syn["label"]), hp.lambda_aux
+                terms["aux"], weights["aux"] = (
+                    auxiliary_loss(out_syn.aux, syn["label"]),
+                    hp.lambda_aux,
+                )
             if self.content_loss is not None and not pretraining:
                 terms["content"] = self.content_loss(out_syn.y, syn["label"])
                 weights["content"] = hp.lambda_c
@@ -322,7 +331,9 @@ class DMENet(L.LightningModule):
         if out_dir is None:  # validation: metrics are logged, no report is written
             return Evaluator(set_name, None, label_space=self.hparams.label_space, overwrite=True)
         return Evaluator(
-            set_name, out_dir, label_space=self.hparams.label_space,
+            set_name,
+            out_dir,
+            label_space=self.hparams.label_space,
             overwrite=self.overwrite_results,
         )
 

@@ -1,7 +1,7 @@
 """The loss terms of SPEC section 4, one function each (unweighted; DMENet applies the lambdas).
 
-    L_g = L_B + lambda_aux * sum_k L_aux,k + lambda_C * L_C + lambda_S * L_S + lambda_adv * L_adv
-    L_d = lambda_D * L_D
+L_g = L_B + lambda_aux * sum_k L_aux,k + lambda_C * L_C + lambda_S * L_S + lambda_adv * L_adv
+L_d = lambda_D * L_D
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ def auxiliary_loss(aux_preds: Sequence[torch.Tensor], y_label: torch.Tensor) -> 
     """
     total = y_label.new_zeros(())
     for pred in aux_preds:
-        target = y_label if pred.shape[-2:] == y_label.shape[-2:] else F.interpolate(
-            y_label, size=pred.shape[-2:], mode="nearest"
+        target = (
+            y_label
+            if pred.shape[-2:] == y_label.shape[-2:]
+            else F.interpolate(y_label, size=pred.shape[-2:], mode="nearest")
         )
         total = total + F.mse_loss(pred, target)
     return total

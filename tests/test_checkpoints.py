@@ -26,8 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _trainer(root: Path, **kwargs) -> L.Trainer:
     defaults = dict(
-        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
         default_root_dir=str(root),
     )
     defaults.update(kwargs)
@@ -72,15 +77,22 @@ def test_four_batches_straight_equal_two_saved_and_resumed_two(bdcs_template, tm
     differing = [k for k in a if not torch.equal(a[k], c[k])]
     assert differing == []
     for opt_a, opt_c in zip(t1.optimizers, t3.optimizers):
-        assert opt_a.param_groups[0]["lr"] == opt_c.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.8**2)
+        assert (
+            opt_a.param_groups[0]["lr"]
+            == opt_c.param_groups[0]["lr"]
+            == pytest.approx(1e-4 * 0.8**2)
+        )
         for pa, pc in zip(opt_a.param_groups[0]["params"], opt_c.param_groups[0]["params"]):
             assert torch.equal(opt_a.state[pa]["exp_avg"], opt_c.state[pc]["exp_avg"])
 
 
 def test_checkpoint_rebuilds_its_subnetworks_alone(tmp_path):
     model = DMENet(
-        blur_estimator=LightBlurEstimator(weights=None), content_loss=False,
-        sharpness_calibrator=False, lambda_adv=5e-3, log_images_every_n_steps=0,
+        blur_estimator=LightBlurEstimator(weights=None),
+        content_loss=False,
+        sharpness_calibrator=False,
+        lambda_adv=5e-3,
+        log_images_every_n_steps=0,
     )
     trainer = _trainer(tmp_path)
     trainer.fit(model, TinyDataModule(size=64, n_batches=1))
@@ -148,8 +160,16 @@ def run_cli(args: list[str]) -> LightningCLI:
 def test_cli_fit_resume_validate_test_with_ckpt_path(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text(BASE_CONFIG)
-    common = ["--config", str(base), "--config", str(REPO / "configs/ablation/bdc.yaml"),
-              "--trainer.default_root_dir", str(tmp_path), "--model.results_dir", str(tmp_path / "results")]
+    common = [
+        "--config",
+        str(base),
+        "--config",
+        str(REPO / "configs/ablation/bdc.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--model.results_dir",
+        str(tmp_path / "results"),
+    ]
     cli = run_cli(["fit", *common])
     assert cli.trainer.global_step == 4
     ckpts = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
@@ -218,8 +238,12 @@ def test_run_killed_by_sigterm_resumes_from_its_last_checkpoint(tmp_path):
     ckpt_dir = tmp_path / "ckpts"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(ckpt_dir)], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, str(script), str(ckpt_dir)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 180
@@ -245,7 +269,9 @@ def test_run_killed_by_sigterm_resumes_from_its_last_checkpoint(tmp_path):
     assert step == 2 * iteration  # D on: two optimiser steps per batch
 
     model = DMENet(
-        blur_estimator=LightBlurEstimator(weights=None), content_loss=False, log_images_every_n_steps=0
+        blur_estimator=LightBlurEstimator(weights=None),
+        content_loss=False,
+        log_images_every_n_steps=0,
     )
     trainer = _trainer(tmp_path / "resume", max_steps=step + 4)
     trainer.fit(model, TinyDataModule(size=64, n_batches=200), ckpt_path=str(ckpt))

@@ -21,8 +21,13 @@ ABLATIONS = REPO / "configs" / "ablation"
 
 def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
     defaults = dict(
-        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
         default_root_dir=str(tmp_path),
     )
     defaults.update(kwargs)
@@ -114,8 +119,11 @@ def test_paper_defaults():
 
 def test_lr_decays_by_hand_at_epoch_ends(tmp_path):
     model = DMENet(
-        blur_estimator=LightBlurEstimator(weights=None), content_loss=False,
-        sharpness_calibrator=False, lr_decay_every_epochs=1, log_images_every_n_steps=0,
+        blur_estimator=LightBlurEstimator(weights=None),
+        content_loss=False,
+        sharpness_calibrator=False,
+        lr_decay_every_epochs=1,
+        log_images_every_n_steps=0,
     )
     trainer = _trainer(tmp_path, max_epochs=2)
     trainer.fit(model, TinyDataModule(size=64, n_batches=1))
@@ -126,8 +134,10 @@ def test_lr_decays_by_hand_at_epoch_ends(tmp_path):
 
 def test_pretraining_trains_b_alone_first(tmp_path):
     model = DMENet(
-        blur_estimator=LightBlurEstimator(weights=None), content_loss=False,
-        pretrain_b_steps=1, log_images_every_n_steps=0,
+        blur_estimator=LightBlurEstimator(weights=None),
+        content_loss=False,
+        pretrain_b_steps=1,
+        log_images_every_n_steps=0,
     )
     rec = _StepRecorder()
     trainer = _trainer(tmp_path, callbacks=[rec])
@@ -148,12 +158,18 @@ def test_gradient_clipping_after_unscaling(tmp_path, monkeypatch):
     def spy(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         original(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        norms.append(
+            float(
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            )
+        )
 
     monkeypatch.setattr(DMENet, "clip_gradients", spy)
     model = DMENet(
-        blur_estimator=LightBlurEstimator(weights=None), content_loss=False,
-        gradient_clip_norm=1e-3, log_images_every_n_steps=0,
+        blur_estimator=LightBlurEstimator(weights=None),
+        content_loss=False,
+        gradient_clip_norm=1e-3,
+        log_images_every_n_steps=0,
     )
     trainer = _trainer(tmp_path, max_steps=2)
     trainer.fit(model, TinyDataModule(size=64, n_batches=1))
@@ -163,8 +179,11 @@ def test_gradient_clipping_after_unscaling(tmp_path, monkeypatch):
 
 def test_training_pictures_are_written(tmp_path):
     model = DMENet(
-        blur_estimator=LightBlurEstimator(weights=None), domain_discriminator=False,
-        content_loss=False, sharpness_calibrator=False, log_images_every_n_steps=1,
+        blur_estimator=LightBlurEstimator(weights=None),
+        domain_discriminator=False,
+        content_loss=False,
+        sharpness_calibrator=False,
+        log_images_every_n_steps=1,
     )
     trainer = _trainer(tmp_path)
     trainer.fit(model, TinyDataModule(size=64, n_batches=2))
@@ -188,13 +207,17 @@ def test_predict_step_returns_y_sigma_and_names(bdcs_template):
 def test_streams_may_be_absent(tmp_path):
     """Only the synthetic stream: L_B and L_aux only, D and S are skipped (nothing to compare)."""
     model = DMENet(
-        blur_estimator=LightBlurEstimator(weights=None), content_loss=False, log_images_every_n_steps=0,
+        blur_estimator=LightBlurEstimator(weights=None),
+        content_loss=False,
+        log_images_every_n_steps=0,
     )
     trainer = _trainer(tmp_path)
     trainer.fit(model, TinyDataModule(size=64, n_batches=1, streams=("synthetic",)))
     assert trainer.global_step == 1
     assert set(k for k in trainer.callback_metrics if k.startswith("train/")) == {
-        "train/L_B", "train/L_aux", "train/L_g"
+        "train/L_B",
+        "train/L_aux",
+        "train/L_g",
     }
 
 
@@ -238,7 +261,10 @@ def base_config(tmp_path) -> Path:
 
 def run_cli(args: list[str]) -> LightningCLI:
     return LightningCLI(
-        DMENet, L.LightningDataModule, subclass_mode_data=True, args=args,
+        DMENet,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        args=args,
         save_config_callback=None,
     )
 
@@ -246,10 +272,17 @@ def run_cli(args: list[str]) -> LightningCLI:
 @pytest.mark.slow
 @pytest.mark.parametrize("ablation", sorted(EXPECTED))
 def test_every_ablation_config_trains_two_steps(ablation, base_config, tmp_path):
-    cli = run_cli([
-        "fit", "--config", str(base_config), "--config", str(ABLATIONS / f"{ablation}.yaml"),
-        "--trainer.default_root_dir", str(tmp_path),
-    ])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(base_config),
+            "--config",
+            str(ABLATIONS / f"{ablation}.yaml"),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     model, trainer = cli.model, cli.trainer
     has_d, has_c, has_s, has_aux, terms = EXPECTED[ablation]
     assert (model.domain_discriminator is not None) == has_d
@@ -259,15 +292,22 @@ def test_every_ablation_config_trains_two_steps(ablation, base_config, tmp_path)
     # exactly the expected parameter groups: B always, D/S only when on, nothing else trainable
     prefixes = {n.split(".")[0] for n, _ in model.named_parameters()}
     assert prefixes == {"blur_estimator"} | {
-        name for name, on in (("domain_discriminator", has_d), ("content_loss", has_c),
-                              ("sharpness_calibrator", has_s)) if on
+        name
+        for name, on in (
+            ("domain_discriminator", has_d),
+            ("content_loss", has_c),
+            ("sharpness_calibrator", has_s),
+        )
+        if on
     }
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == prefixes - {"content_loss"}
     # one optimiser (G) without D, two (G, D) with it; C in none of them
     assert len(trainer.optimizers) == (2 if has_d else 1)
     optimised = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
-    assert optimised == {id(p) for n, p in model.named_parameters() if not n.startswith("content_loss")}
+    assert optimised == {
+        id(p) for n, p in model.named_parameters() if not n.startswith("content_loss")
+    }
     # two batches trained, every loss term logged on its own and finite
     assert int(model.train_iteration) == 2
     assert trainer.global_step == (4 if has_d else 2)
@@ -279,10 +319,19 @@ def test_every_ablation_config_trains_two_steps(ablation, base_config, tmp_path)
 
 
 def test_ablation_configs_compose_later_wins(base_config, tmp_path):
-    cli = run_cli([
-        "fit", "--config", str(base_config), "--config", str(ABLATIONS / "bdcs_noaux.yaml"),
-        "--config", str(ABLATIONS / "b.yaml"), "--trainer.max_epochs", "0",
-    ])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(base_config),
+            "--config",
+            str(ABLATIONS / "bdcs_noaux.yaml"),
+            "--config",
+            str(ABLATIONS / "b.yaml"),
+            "--trainer.max_epochs",
+            "0",
+        ]
+    )
     model = cli.model
     assert model.domain_discriminator is None and model.content_loss is None
     assert model.sharpness_calibrator is None and model.hparams.lambda_aux == 1.0
@@ -295,13 +344,28 @@ def test_reference_ld_scaling_and_alternative_b_from_a_config(base_config, tmp_p
         "model:\n  blur_estimator:\n    class_path: dmenet.modules.light_blur_estimator.LightBlurEstimator\n"
         "    init_args:\n      weights: null\n"
     )
-    cli = run_cli([
-        "fit", "--config", str(base_config), "--config", str(light),
-        "--config", str(ABLATIONS / "bd.yaml"), "--model.reference_ld_scaling", "true",
-        "--model.lambda_d", "2.0", "--data.init_args.size", "64",
-        "--trainer.default_root_dir", str(tmp_path),
-    ])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(base_config),
+            "--config",
+            str(light),
+            "--config",
+            str(ABLATIONS / "bd.yaml"),
+            "--model.reference_ld_scaling",
+            "true",
+            "--model.lambda_d",
+            "2.0",
+            "--data.init_args.size",
+            "64",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     model, metrics = cli.model, cli.trainer.callback_metrics
     assert isinstance(model.blur_estimator, LightBlurEstimator)
     assert model.hparams.blur_estimator["class_path"].endswith("LightBlurEstimator")
-    assert float(metrics["train/L_d"]) == pytest.approx(2.0 * 1e-3 * float(metrics["train/L_D"]), rel=1e-5)
+    assert float(metrics["train/L_d"]) == pytest.approx(
+        2.0 * 1e-3 * float(metrics["train/L_D"]), rel=1e-5
+    )

@@ -18,7 +18,9 @@ class ConvBNLReLU(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
         # the conv has no bias: the BatchNorm that follows has its own shift
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
 

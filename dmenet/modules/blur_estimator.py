@@ -94,7 +94,10 @@ class BlurEstimator(nn.Module):
     size_multiple = 16
 
     def __init__(
-        self, weights: str | Path | None = "imagenet", aux_heads: bool = True, n_refine_blocks: int = 7
+        self,
+        weights: str | Path | None = "imagenet",
+        aux_heads: bool = True,
+        n_refine_blocks: int = 7,
     ) -> None:
         super().__init__()
         self.init_args = {
@@ -145,7 +148,9 @@ class BlurEstimator(nn.Module):
         d0 = self.decoder0(self._up_cat(d1, s0))
         aux: list[torch.Tensor] = []
         if self.aux_heads is not None:
-            for head, feat, down in zip(self.aux_heads, (bottleneck, d3, d2, d1, d0), (16, 8, 4, 2, 1)):
+            for head, feat, down in zip(
+                self.aux_heads, (bottleneck, d3, d2, d1, d0), (16, 8, 4, 2, 1)
+            ):
                 aux.append(crop_to_scale(head(feat), size_hw, down))
         y = self.head(self.refine(d0))
         return BlurEstimate(

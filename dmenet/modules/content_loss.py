@@ -32,7 +32,9 @@ class ContentLoss(nn.Module):
     def __init__(self, weights: str | Path | None = "imagenet", layer: str = "relu4_4") -> None:
         super().__init__()
         if layer not in VGG19_LAYER_INDEX:
-            raise ValueError(f"unknown VGG19 layer {layer!r}; choose one of {sorted(VGG19_LAYER_INDEX)}")
+            raise ValueError(
+                f"unknown VGG19 layer {layer!r}; choose one of {sorted(VGG19_LAYER_INDEX)}"
+            )
         self.init_args = {"weights": None if weights is None else str(weights), "layer": layer}
         self.normalize = ImageNetNormalize()
         self.features = vgg19_features(weights)[: VGG19_LAYER_INDEX[layer] + 1]

@@ -31,8 +31,14 @@ def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
 class SameConv2d(nn.Module):
     """Strided conv with TF 'SAME' padding, optionally followed by BN + LeakyReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 4, stride: int = 2,
-                 norm_act: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 4,
+        stride: int = 2,
+        norm_act: bool = True,
+    ) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride
@@ -53,7 +59,9 @@ class SameConv2d(nn.Module):
 class DomainDiscriminator(nn.Module):
     """D: ``feature (N, in_channels, H, W) -> logits (N, 1, ceil(H/32), ceil(W/32))`` (1 = synthetic)."""
 
-    def __init__(self, in_channels: int = 64, channels: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+    def __init__(
+        self, in_channels: int = 64, channels: tuple[int, ...] = (64, 128, 256, 512)
+    ) -> None:
         super().__init__()
         self.init_args = {"in_channels": in_channels, "channels": list(channels)}
         layers = []

@@ -62,12 +62,20 @@ class LightBlurEstimator(nn.Module):
 
     def __init__(self, weights: str | Path | None = "imagenet", aux_heads: bool = True) -> None:
         super().__init__()
-        self.init_args = {"weights": None if weights is None else str(weights), "aux_heads": aux_heads}
+        self.init_args = {
+            "weights": None if weights is None else str(weights),
+            "aux_heads": aux_heads,
+        }
         net = resnet18_backbone(weights)
         self.normalize = ImageNetNormalize()
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)  # 64, H/2
         self.pool = net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
         # decoder: up x2, concat skip, one conv; H/32 -> H/16 -> H/8 -> H/4 -> H/2 -> H
         self.decoder4 = ConvBNLReLU(512 + 256, 256)  # H/16
         self.decoder3 = ConvBNLReLU(256 + 128, 128)  # H/8
@@ -103,4 +111,6 @@ class LightBlurEstimator(nn.Module):
             for head, feat, down in zip(self.aux_heads, (d4, d3, d2, d1, d0), (16, 8, 4, 2, 1)):
                 aux.append(crop_to_scale(head(feat), size_hw, down))
         y = self.head(d0)
-        return BlurEstimate(y=crop_to_scale(y, size_hw, 1), aux=aux, feature=crop_to_scale(d0, size_hw, 1))
+        return BlurEstimate(
+            y=crop_to_scale(y, size_hw, 1), aux=aux, feature=crop_to_scale(d0, size_hw, 1)
+        )

@@ -20,9 +20,16 @@ def _smooth_map(gen: torch.Generator, size: int) -> torch.Tensor:
 
 
 class TinyTrainSet(Dataset):
-    def __init__(self, length: int, size: int, streams: tuple[str, ...], seed: int,
-                 sleep_s: float = 0.0) -> None:
-        self.length, self.size, self.streams, self.seed, self.sleep_s = length, size, streams, seed, sleep_s
+    def __init__(
+        self, length: int, size: int, streams: tuple[str, ...], seed: int, sleep_s: float = 0.0
+    ) -> None:
+        self.length, self.size, self.streams, self.seed, self.sleep_s = (
+            length,
+            size,
+            streams,
+            seed,
+            sleep_s,
+        )
 
     def __len__(self) -> int:
         return self.length
@@ -52,15 +59,25 @@ class TinyTrainSet(Dataset):
 
 class TinyEvalSet(Dataset):
     def __init__(self, length: int, height: int, width: int, set_name: str, seed: int) -> None:
-        self.length, self.height, self.width, self.set_name, self.seed = length, height, width, set_name, seed
+        self.length, self.height, self.width, self.set_name, self.seed = (
+            length,
+            height,
+            width,
+            set_name,
+            seed,
+        )
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict:
         gen = torch.Generator().manual_seed(self.seed * 7919 + index)
-        label = F.interpolate(torch.rand(1, 1, 3, 3, generator=gen), size=(self.height, self.width),
-                              mode="bilinear", align_corners=False)[0]
+        label = F.interpolate(
+            torch.rand(1, 1, 3, 3, generator=gen),
+            size=(self.height, self.width),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
         return {
             "image": torch.rand(3, self.height, self.width, generator=gen),
             "label": label,
@@ -87,12 +104,19 @@ class TinyDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.size, self.batch_size, self.n_batches, self.streams = size, batch_size, n_batches, tuple(streams)
+        self.size, self.batch_size, self.n_batches, self.streams = (
+            size,
+            batch_size,
+            n_batches,
+            tuple(streams),
+        )
         self.eval_height, self.eval_width, self.n_eval = eval_height, eval_width, n_eval
         self.sleep_s, self.seed = sleep_s, seed
 
     def train_dataloader(self) -> DataLoader:
-        ds = TinyTrainSet(self.n_batches * self.batch_size, self.size, self.streams, self.seed, self.sleep_s)
+        ds = TinyTrainSet(
+            self.n_batches * self.batch_size, self.size, self.streams, self.seed, self.sleep_s
+        )
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=0)
 
     def _eval(self, set_name: str) -> DataLoader:

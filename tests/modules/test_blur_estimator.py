@@ -54,7 +54,9 @@ class TestEveryBlurEstimator:
         out = any_b(torch.rand(2, 3, 32, 32))
         loss = out.y.mean() + sum(a.mean() for a in out.aux) + out.feature.mean()
         loss.backward()
-        missing = [n for n, p in any_b.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        missing = [
+            n for n, p in any_b.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+        ]
         assert missing == []
         any_b.zero_grad()
 
@@ -66,7 +68,9 @@ class TestEveryBlurEstimator:
         args = any_b.init_args
         assert "weights" in args
         rebuilt = type(any_b)(**args)
-        assert [n for n, _ in rebuilt.named_parameters()] == [n for n, _ in any_b.named_parameters()]
+        assert [n for n, _ in rebuilt.named_parameters()] == [
+            n for n, _ in any_b.named_parameters()
+        ]
 
 
 class TestPaperBlurEstimator:
@@ -78,7 +82,9 @@ class TestPaperBlurEstimator:
         from torchvision.models import vgg19
 
         reference = vgg19(weights=None).features
-        n_ref = sum(p.numel() for m in reference if isinstance(m, nn.Conv2d) for p in m.parameters())
+        n_ref = sum(
+            p.numel() for m in reference if isinstance(m, nn.Conv2d) for p in m.parameters()
+        )
         n_enc = sum(p.numel() for p in paper_b.encoder.parameters())
         assert n_enc == n_ref == 20_024_384
         # same names as torchvision's features (minus pool5): a torchvision state_dict loads strictly
@@ -101,7 +107,9 @@ class TestPaperBlurEstimator:
         assert len(paper_b.refine) == 7
         for block in paper_b.refine:
             assert block.shortcut.conv.kernel_size == (1, 1)
-            assert [m.kernel_size for m in block.body.modules() if isinstance(m, nn.Conv2d)] == [(3, 3)] * 2
+            assert [m.kernel_size for m in block.body.modules() if isinstance(m, nn.Conv2d)] == [
+                (3, 3)
+            ] * 2
         assert widths(paper_b.head) == [64, 32, 1]
         assert len(paper_b.aux_heads) == 5
         assert all(h.conv2.out_channels == 1 for h in paper_b.aux_heads)
@@ -130,12 +138,18 @@ class TestPaperBlurEstimator:
     def test_layer_list_document_matches_the_model(self, paper_b):
         """docs/blur_estimator_layers.md lists every conv/BN of B, in order, with its shape."""
         doc = (REPO / "docs" / "blur_estimator_layers.md").read_text()
-        rows = re.findall(r"^\| (\d*) \| `([^`]+)` \| (conv \dx\d|BatchNorm) \| \(([\d, ]+)\)", doc, re.M)
-        documented = [(name, tuple(int(x) for x in shape.split(",") if x.strip())) for _, name, _, shape in rows]
+        rows = re.findall(
+            r"^\| (\d*) \| `([^`]+)` \| (conv \dx\d|BatchNorm) \| \(([\d, ]+)\)", doc, re.M
+        )
+        documented = [
+            (name, tuple(int(x) for x in shape.split(",") if x.strip()))
+            for _, name, _, shape in rows
+        ]
         modules = dict(paper_b.named_modules())
         actual = {
             n: (tuple(m.weight.shape) if isinstance(m, nn.Conv2d) else (m.num_features,))
-            for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
+            for n, m in modules.items()
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
         }
         assert sorted(n for n, _ in documented) == sorted(actual)
         for name, shape in documented:
