@@ -79,3 +79,15 @@ def photo_folder(tmp_path) -> Path:
     cv2.imwrite(str(folder / "grey16.png"), (rgb[:, :, 0] * 65535).astype(np.uint16))
     cv2.imwrite(str(folder / "rgba.png"), np.dstack([bgr8, np.full(bgr8.shape[:2], 128, np.uint8)]))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """An inference checkpoint of :class:`TinyB` in the released label space."""
+    from dmenet.inference.checkpoint import save_inference_checkpoint
+    from tests.inference.tiny_b import TinyB
+
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(TinyB())
+    return save_inference_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.ckpt", model,
+                                     label_space="released", source="tests")

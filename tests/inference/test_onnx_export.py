@@ -1,0 +1,53 @@
+"""``dmenet export``: ONNX with dynamic batch, height and width, equal to PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from dmenet.cli import main as dmenet
+from dmenet.inference.checkpoint import load_predictor
+
+
+def _compare(onnx_path, predictor, shapes):
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["y", "sigma_px"]
+    for shape in shapes:
+        image = torch.rand(*shape)
+        with torch.no_grad():
+            y = predictor(image)
+            sigma = predictor.sigma_px(y)
+        y_onnx, sigma_onnx = session.run(None, {"image": image.numpy()})
+        assert y_onnx.shape == (shape[0], 1, *shape[2:])
+        assert float(y.std()) > 1e-3
+        assert np.abs(y_onnx - y.numpy()).max() < 1e-4
+        assert np.abs(sigma_onnx - sigma.numpy()).max() < 1e-3
+
+
+def test_export_has_dynamic_size_and_matches_pytorch(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert dmenet(["export", "--ckpt", str(tiny_ckpt), "--out", str(out)]) == 0
+    onnx.checker.check_model(onnx.load(str(out)))
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # N, 3, H, W
+    predictor = load_predictor(tiny_ckpt)
+    assert predictor.label_space == "released"
+    # sizes that are and are not multiples of 16, and a batch of 2
+    _compare(out, predictor, [(1, 3, 48, 64), (2, 3, 37, 90)])
+    capsys.readouterr()
+    assert dmenet(["export", "--ckpt", str(tiny_ckpt), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_real_b(lightning_ckpt, tmp_path):
+    """The paper's B (VGG19 U-Net) exports and matches at two sizes."""
+    from dmenet.inference.onnx_export import export_onnx
+
+    predictor = load_predictor(lightning_ckpt)
+    out = export_onnx(predictor, tmp_path / "b.onnx", example_hw=(32, 48))
+    _compare(out, predictor, [(1, 3, 32, 48), (1, 3, 21, 70)])
