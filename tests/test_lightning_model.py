@@ -369,3 +369,18 @@ def test_reference_ld_scaling_and_alternative_b_from_a_config(base_config, tmp_p
     assert float(metrics["train/L_d"]) == pytest.approx(
         2.0 * 1e-3 * float(metrics["train/L_D"]), rel=1e-5
     )
+
+
+def test_mixed_precision_with_clipping_trains(tmp_path):
+    """bf16 autocast (the CPU's mixed precision) through both manual updates, clipping on."""
+    model = DMENet(
+        blur_estimator=LightBlurEstimator(weights=None),
+        content_loss=False,
+        gradient_clip_norm=1.0,
+        log_images_every_n_steps=0,
+    )
+    trainer = _trainer(tmp_path, precision="bf16-mixed")
+    trainer.fit(model, TinyDataModule(size=64, n_batches=2))
+    assert trainer.global_step == 4
+    assert all(math.isfinite(float(v)) for v in trainer.callback_metrics.values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
