@@ -483,13 +483,18 @@ class DMENetDataModule(pl.LightningDataModule):
         return self._renderer
 
     def _synthesis_generator(self, device: torch.device) -> torch.Generator:
-        trainer = self._trainer if hasattr(self, "_trainer") else None
-        step = int(trainer.global_step) if trainer is not None else 0
-        rank = int(trainer.global_rank) if trainer is not None else 0
-        self._render_calls += 1
-        # step alone repeats under manual optimisation restarts; the call count keeps draws fresh
-        key = f"{self.synthesis_seed}:{rank}:{step}:{self._render_calls}".encode()
-        return torch.Generator(device="cpu").manual_seed(zlib.crc32(key))
+        """A CPU generator (cameras are drawn on the CPU) seeded by seed, rank and step.
+
+        In training the key is the trainer's global step, restored on resume, so a resumed
+        run draws the same cameras as an uninterrupted one; without a trainer, a call count.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            key = f"{self.synthesis_seed}:{trainer.global_rank}:{trainer.global_step}"
+        else:
+            self._render_calls += 1
+            key = f"{self.synthesis_seed}:0:call{self._render_calls}"
+        return torch.Generator(device="cpu").manual_seed(zlib.crc32(key.encode()))
 
     def render_synthetic(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw RGB-D crops ``{"image" (N,3,H,W), "depth_mm" (N,1,H,W)}`` -> the synthetic
