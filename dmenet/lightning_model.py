@@ -308,21 +308,16 @@ class DMENet(L.LightningModule):
             self._write_training_picture(syn, out_syn)
 
     def _write_training_picture(self, syn: dict[str, torch.Tensor], out: BlurEstimate) -> None:
-        """image | label | prediction of the first synthetic sample, as a PNG (and to TensorBoard)."""
-        from torchvision.utils import save_image
+        """Panel of the first synthetic sample (input | prediction | colour-mapped | label ...)
+        as a PNG under ``<log_dir>/train_images`` and as an image in the logger (W&B, TensorBoard)."""
+        from dmenet.visualize import defocus_panel, log_panels
 
-        with torch.no_grad():
-            image = syn["image"][:1].float().clamp(0, 1)
-            label = syn["label"][:1].float().clamp(0, 1).repeat(1, 3, 1, 1)
-            pred = out.y[:1].float().clamp(0, 1).repeat(1, 3, 1, 1)
-            grid = torch.cat([image, label, pred], dim=-1)
+        panel = defocus_panel(syn["image"][0], out.y[0], syn["label"][0])
         base = Path((self._trainer and self.trainer.log_dir) or self.results_dir)
-        out_dir = base / "train_images"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_image(grid, out_dir / f"iter_{int(self.train_iteration):07d}.png")
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is not None and hasattr(experiment, "add_image"):
-            experiment.add_image("train/image_label_prediction", grid[0], int(self.train_iteration))
+        log_panels(
+            self.logger, "train/panel", [panel], int(self.train_iteration),
+            out_dir=base / "train_images",
+        )
 
     # ---------------------------------------------------------------- evaluation
     def _make_evaluator(self, set_name: str, out_dir: Path | None):

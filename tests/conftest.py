@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# DMENET_TEST_THREADS=1 helps when several test runs share the cores
+torch.set_num_threads(int(os.environ.get("DMENET_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

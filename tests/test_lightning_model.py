@@ -191,7 +191,8 @@ def test_training_pictures_are_written(tmp_path):
     assert [p.name for p in pictures] == ["iter_0000001.png", "iter_0000002.png"]
     from PIL import Image
 
-    assert Image.open(pictures[0]).size == (3 * 64, 64)  # image | label | prediction
+    # input | prediction | prediction (colour) | label | label (colour)
+    assert Image.open(pictures[0]).size == (5 * 64, 64)
 
 
 def test_predict_step_returns_y_sigma_and_names(bdcs_template):
