@@ -233,3 +233,19 @@ class TestBadInput:
         message = str(info.value)
         assert "b.jpg: not a readable image" in message
         assert "Traceback" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind, folder", [
+    ("sintel", "sintel/training"),
+    ("middlebury", "middlebury2014"),
+])
+def test_shared_rgbd_samples_as_synthetic_source(rgbd_samples, kind, folder):
+    """``--data.rgbd_source kind:path`` on the real sample of each format in ../shared/data."""
+    dm = DMENetDataModule(**{**TINY, "batch_size_real": 0, "batch_size_blur": 0,
+                             "samples_per_epoch": 2},
+                          rgbd_source=f"{kind}:{rgbd_samples / folder}")
+    batch, _, _ = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(batch, 0)
+    assert batch["synthetic"]["image"].shape == (2, 3, 32, 32)
+    assert torch.isfinite(batch["synthetic"]["label"]).all()
+    assert batch["synthetic"]["label"].max() > 0  # a real scene has depth, hence defocus
