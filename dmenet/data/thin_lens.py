@@ -11,8 +11,8 @@ is focused at ``S1`` (mm)::
 The label is ``y = sigma / SIGMA_MAX_PX`` (:mod:`dmenet.labels`).
 
 Invalid depth (NaN, +-inf, ``<= 0``, or "sky" values ``>= SKY_DEPTH_MM``) follows ONE rule
-everywhere: it is replaced by the farthest valid depth of the same sample
-(:func:`clean_depth_mm`). A sample without any valid depth is a :class:`DataError`.
+everywhere: it is replaced by the farthest valid depth within 8 px, or the sample's farthest
+valid depth when none is that close (:func:`clean_depth_mm`). A sample without any valid depth is a :class:`DataError`.
 
 Camera sampling (:class:`CameraSampler`):
 
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from dmenet.errors import DataError
 from dmenet.labels import BINARY_COC_THRESHOLD_PX, C_MAX_PX
@@ -103,13 +104,21 @@ def valid_depth_mask(depth_mm: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(depth_mm) & (depth_mm > 0) & (depth_mm < SKY_DEPTH_MM)
 
 
-def clean_depth_mm(depth_mm: torch.Tensor) -> torch.Tensor:
-    """Apply the invalid-depth rule: invalid pixels take the sample's farthest valid depth.
+INVALID_FILL_RADIUS_PX: int = 8
+"""Invalid depth takes the farthest valid depth within this many pixels (see clean_depth_mm)."""
 
-    Why the farthest: invalid values are mostly sky/far markers or missing stereo matches
-    at occlusions, which lie behind their neighbours; sky at infinity and the far plane
-    have almost the same CoC (``alpha * (1 - S1 / x)``). ``(B, 1, H, W)`` float32 in, out.
-    Raises :class:`DataError` for a sample with no valid depth at all.
+
+def clean_depth_mm(depth_mm: torch.Tensor) -> torch.Tensor:
+    """Apply the invalid-depth rule: an invalid pixel takes the farthest valid depth within
+    ``INVALID_FILL_RADIUS_PX`` (8 px), or the sample's farthest valid depth when none is that
+    close.
+
+    Why the farthest: invalid values are sky/far markers or missing stereo matches at
+    occlusions, which lie BEHIND their neighbours (a stereo occlusion is background seen by one
+    camera only); the local maximum puts a thin hole on the background it belongs to instead of
+    on a distant plane (which would cut a sharp gap into a blurred foreground), and sky at
+    infinity has almost the CoC of the farthest plane (``alpha * (1 - S1 / x)``).
+    ``(B, 1, H, W)`` float32 in, out. Raises :class:`DataError` for a sample with no valid depth.
     """
     _check_depth(depth_mm)
     depth = depth_mm.float()
@@ -121,8 +130,15 @@ def clean_depth_mm(depth_mm: torch.Tensor) -> torch.Tensor:
             f"depth map of sample(s) {bad} has no valid depth (all values are NaN, inf, <= 0 "
             f"or sky >= {SKY_DEPTH_MM:g} mm)"
         )
-    far = torch.where(valid, depth, torch.zeros_like(depth)).flatten(1).amax(dim=1)
-    return torch.where(valid, depth, far.view(-1, 1, 1, 1).expand_as(depth))
+    if bool(valid.all()):
+        return depth
+    zeroed = torch.where(valid, depth, torch.zeros_like(depth))
+    far = zeroed.flatten(1).amax(dim=1).view(-1, 1, 1, 1).expand_as(depth)
+    r = INVALID_FILL_RADIUS_PX
+    local = F.max_pool2d(zeroed, (1, 2 * r + 1), 1, (0, r))
+    local = F.max_pool2d(local, (2 * r + 1, 1), 1, (r, 0))
+    fill = torch.where(local > 0, local, far)
+    return torch.where(valid, depth, fill)
 
 
 def _near_far(depth_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,6 +70,21 @@ class TestInvalidDepth:
         assert torch.isfinite(out).all()
         assert out.flatten().tolist() == [1000.0, 3000.0, 3000.0, 3000.0, 3000.0, 3000.0]
 
+    def test_rule_is_local(self):
+        """A thin stereo hole takes the farthest depth NEAR it, not a distant plane's."""
+        d = torch.full((1, 1, 40, 40), 1000.0)
+        d[..., :, 20:] = 2000.0
+        d[..., :, 39] = 50000.0  # a far wall at the right border
+        d[..., 5:35, 14] = float("nan")  # hole 6 px left of the 1 m / 2 m edge
+        d[..., 5:35, 2] = float("nan")  # hole 18 px away from it: only 1 m nearby
+        out = clean_depth_mm(d)
+        assert torch.all(out[..., 5:35, 14] == 2000.0)
+        assert torch.all(out[..., 5:35, 2] == 1000.0)
+        nothing_near = torch.full((1, 1, 40, 40), float("nan"))
+        nothing_near[..., 0, 0] = 700.0
+        nothing_near[..., 39, 39] = 900.0
+        assert float(clean_depth_mm(nothing_near)[0, 0, 20, 20]) == 900.0
+
     @pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0, float("inf")])
     def test_no_valid_depth_is_an_error(self, value):
         d = torch.full((2, 1, 4, 4), 1000.0)
