@@ -12,7 +12,6 @@ from dmenet.inference.checkpoint import (
     DefocusPredictor,
     load_checkpoint,
     load_predictor,
-    prepare_for_inference,
     save_inference_checkpoint,
 )
 from dmenet.labels import to_sigma_px
@@ -42,23 +41,19 @@ def test_lightning_checkpoint_gives_the_same_b(lightning_ckpt, random_b):
     assert torch.allclose(sigma, to_sigma_px(expected, "ours"))
 
 
-def test_prepare_for_inference_keeps_the_output(random_b):
-    import copy
+def test_inference_checkpoint_round_trip_keeps_label_space(tmp_path):
+    from tests.inference.tiny_b import TinyB
 
-    fused = prepare_for_inference(copy.deepcopy(random_b))
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    image = torch.rand(1, 3, 32, 48)
-    with torch.no_grad():
-        assert torch.allclose(fused(image).y, random_b(image).y, atol=1e-4)
-
-
-def test_inference_checkpoint_round_trip_keeps_label_space(random_b, tmp_path):
-    path = save_inference_checkpoint(tmp_path / "b.ckpt", random_b, label_space="released",
+    model = TinyB().eval()
+    path = save_inference_checkpoint(tmp_path / "b.ckpt", model, label_space="released",
                                      source="test")
     data = torch.load(path, weights_only=True)  # plain data only
     assert data["label_space"] == "released"
     predictor = load_predictor(path, fast=False)
     assert predictor.label_space == "released"
+    image = torch.rand(1, 3, 20, 30)
+    with torch.no_grad():
+        assert torch.equal(predictor(image), model(image).y)
     y = torch.tensor([0.0, 1.0 / 15.0, 0.5, 1.0])
     assert torch.allclose(predictor.sigma_px(y), torch.tensor([0.0, 0.0, 3.25, 7.0]))
 
@@ -89,12 +84,15 @@ def test_missing_and_foreign_checkpoints(tmp_path):
         load_checkpoint(path)
 
 
-def test_weights_that_do_not_fit_are_refused(random_b, tmp_path):
-    state = {f"blur_estimator.{k}": v for k, v in random_b.state_dict().items()}
-    state["blur_estimator.head.2.weight"] = torch.zeros(1, 5, 3, 3)
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    from tests.inference.tiny_b import TinyB
+
+    state = {f"blur_estimator.{k}": v for k, v in TinyB().state_dict().items()}
+    del state["blur_estimator.head.0.bias"]
     path = tmp_path / "misfit.ckpt"
-    torch.save({"state_dict": state, "hyper_parameters": {}}, path)
-    with pytest.raises((DMENetError, RuntimeError)):
+    spec = {"class_path": "tests.inference.tiny_b.TinyB", "init_args": {"width": 8}}
+    torch.save({"state_dict": state, "hyper_parameters": {"blur_estimator": spec}}, path)
+    with pytest.raises(DMENetError, match="head.0.bias"):
         load_predictor(path)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 
 from dmenet.cli import main as dmenet
@@ -41,13 +40,3 @@ def test_export_has_dynamic_size_and_matches_pytorch(tiny_ckpt, tmp_path, capsys
     capsys.readouterr()
     assert dmenet(["export", "--ckpt", str(tiny_ckpt), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_export_real_b(lightning_ckpt, tmp_path):
-    """The paper's B (VGG19 U-Net) exports and matches at two sizes."""
-    from dmenet.inference.onnx_export import export_onnx
-
-    predictor = load_predictor(lightning_ckpt)
-    out = export_onnx(predictor, tmp_path / "b.onnx", example_hw=(32, 48))
-    _compare(out, predictor, [(1, 3, 32, 48), (1, 3, 21, 70)])
