@@ -11,8 +11,8 @@ is focused at ``S1`` (mm)::
 The label is ``y = sigma / SIGMA_MAX_PX`` (:mod:`dmenet.labels`).
 
 Invalid depth (NaN, +-inf, ``<= 0``, or "sky" values ``>= SKY_DEPTH_MM``) follows ONE rule
-everywhere: it is replaced by the farthest valid depth within 8 px, or the sample's farthest
-valid depth when none is that close (:func:`clean_depth_mm`). A sample without any valid depth is a :class:`DataError`.
+everywhere: it is replaced by the farthest valid depth within 8 px, and deeper inside a hole
+by the farthest within 16, 32, ... px of its filled rim (:func:`clean_depth_mm`). A sample without any valid depth is a :class:`DataError`.
 
 Camera sampling (:class:`CameraSampler`):
 
@@ -110,8 +110,8 @@ INVALID_FILL_RADIUS_PX: int = 8
 
 def clean_depth_mm(depth_mm: torch.Tensor) -> torch.Tensor:
     """Apply the invalid-depth rule: an invalid pixel takes the farthest valid depth within
-    ``INVALID_FILL_RADIUS_PX`` (8 px), or the sample's farthest valid depth when none is that
-    close.
+    ``INVALID_FILL_RADIUS_PX`` (8 px); pixels deeper inside a hole take the farthest depth
+    within 16, 32, ... px of the pixels filled before them (a hole fills from its rim inwards).
 
     Why the farthest: invalid values are sky/far markers or missing stereo matches at
     occlusions, which lie BEHIND their neighbours (a stereo occlusion is background seen by one
@@ -134,11 +134,18 @@ def clean_depth_mm(depth_mm: torch.Tensor) -> torch.Tensor:
         return depth
     zeroed = torch.where(valid, depth, torch.zeros_like(depth))
     far = zeroed.flatten(1).amax(dim=1).view(-1, 1, 1, 1).expand_as(depth)
+    filled, todo = zeroed, ~valid
     r = INVALID_FILL_RADIUS_PX
-    local = F.max_pool2d(zeroed, (1, 2 * r + 1), 1, (0, r))
-    local = F.max_pool2d(local, (2 * r + 1, 1), 1, (r, 0))
-    fill = torch.where(local > 0, local, far)
-    return torch.where(valid, depth, fill)
+    while bool(todo.any()) and r < 2 * max(depth.shape[-2:]):
+        # the farthest depth within r px of the pixels known so far; r doubles, so a large
+        # hole is filled from its rim inwards in a few steps
+        local = F.max_pool2d(filled, (1, 2 * r + 1), 1, (0, r))
+        local = F.max_pool2d(local, (2 * r + 1, 1), 1, (r, 0))
+        take = todo & (local > 0)
+        filled = torch.where(take, local, filled)
+        todo = todo & ~take
+        r *= 2
+    return torch.where(todo, far, filled)
 
 
 def _near_far(depth_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,10 +80,13 @@ class TestInvalidDepth:
         out = clean_depth_mm(d)
         assert torch.all(out[..., 5:35, 14] == 2000.0)
         assert torch.all(out[..., 5:35, 2] == 1000.0)
-        nothing_near = torch.full((1, 1, 40, 40), float("nan"))
-        nothing_near[..., 0, 0] = 700.0
-        nothing_near[..., 39, 39] = 900.0
-        assert float(clean_depth_mm(nothing_near)[0, 0, 20, 20]) == 900.0
+        # a large hole fills from its rim inwards: near its left rim the left depth
+        hole = torch.full((1, 1, 40, 80), 700.0)
+        hole[..., 60:] = 900.0
+        hole[..., :, 5:75] = float("nan")
+        out = clean_depth_mm(hole)
+        assert torch.isfinite(out).all()
+        assert float(out[0, 0, 20, 8]) == 700.0 and float(out[0, 0, 20, 72]) == 900.0
 
     @pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0, float("inf")])
     def test_no_valid_depth_is_an_error(self, value):
