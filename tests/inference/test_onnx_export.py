@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 
 from dmenet.cli import main as dmenet
@@ -27,7 +28,22 @@ def _compare(onnx_path, predictor, shapes):
         assert np.abs(sigma_onnx - sigma.numpy()).max() < 1e-3
 
 
-def test_export_has_dynamic_size_and_matches_pytorch(tiny_ckpt, tmp_path, capsys):
+@pytest.fixture(params=["zeros", "replicate"])
+def ckpt(request, tiny_ckpt, tmp_path):
+    """Zero padding (our training) and edge replication (converted official weights)."""
+    if request.param == "zeros":
+        return tiny_ckpt
+    from dmenet.inference.checkpoint import save_inference_checkpoint, set_padding_mode
+
+    predictor = load_predictor(tiny_ckpt, fast=False)
+    model = predictor.blur_estimator
+    set_padding_mode(model, "replicate")
+    return save_inference_checkpoint(tmp_path / "replicate.ckpt", model, label_space="released",
+                                     padding_mode="replicate")
+
+
+def test_export_has_dynamic_size_and_matches_pytorch(ckpt, tmp_path, capsys):
+    tiny_ckpt = ckpt
     out = tmp_path / "model.onnx"
     assert dmenet(["export", "--ckpt", str(tiny_ckpt), "--out", str(out)]) == 0
     onnx.checker.check_model(onnx.load(str(out)))
