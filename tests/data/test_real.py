@@ -100,6 +100,10 @@ class TestCUHK:
         (tmp_path / "empty").mkdir()
         with pytest.raises(DataError, match="image folder does not exist"):
             CUHKBlurDetection(tmp_path / "empty")
+        (tmp_path / "hollow" / "image").mkdir(parents=True)
+        (tmp_path / "hollow" / "gt").mkdir()
+        with pytest.raises(DataError, match="hollow/image: no defocus images found"):
+            CUHKBlurDetection(tmp_path / "hollow")
         root = make_cuhk(tmp_path / "nomask")
         (root / "gt" / "out_of_focus0003.png").unlink()
         with pytest.raises(DataError, match="out_of_focus0003.jpg: no mask"):
