@@ -164,13 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise DMENetError(f"{out_dir}: exists and is not a folder")
     check_outputs_free(out_dir, [name for _, name in items], args.overwrite)
-    estimator = make_estimator(args, progress_tiles=len(items) == 1)
+    estimator = make_estimator(args, progress_tiles=len(items) == 1) if items else None
     out_dir.mkdir(parents=True, exist_ok=True)
 
     written = 0
     bar = tqdm(items, desc="dmenet infer", unit="photo", disable=None)
     for path, name in bar:
         bar.set_postfix_str(path.name, refresh=False)
+        assert estimator is not None
         try:
             image = read_image_tensor(path)
             start = time.perf_counter()
