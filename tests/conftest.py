@@ -8,13 +8,15 @@ from pathlib import Path
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One thread per process: the tests are many small ops, and subprocess tests (DDP) share the
+# cores; oversubscribed OpenMP threads made small ops 10-100x slower here.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# DMENET_TEST_THREADS=1 helps when several test runs share the cores
-torch.set_num_threads(int(os.environ.get("DMENET_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
+torch.set_num_threads(int(os.environ.get("DMENET_TEST_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
