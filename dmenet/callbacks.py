@@ -1,13 +1,13 @@
 """Lightning callbacks of dmenet.
 
 :class:`ValidationPictures` writes what people look at after a run: for the first images of
-each validation set, a PNG strip ``photo | label | predicted defocus map`` (grey, ``y`` in
-``[0, 1]``, 0 = sharp, white = ``SIGMA_MAX_PX``), every validation epoch.
+each validation set, a PNG panel ``photo | prediction | prediction colour-mapped | label |
+label colour-mapped`` (``y`` in ``[0, 1]``, 0 = sharp, white = ``SIGMA_MAX_PX``), every
+validation epoch, also sent to the logger (W&B, TensorBoard).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,7 +17,7 @@ __all__ = ["ValidationPictures"]
 
 
 class ValidationPictures(pl.Callback):
-    """Write ``photo | label | prediction`` PNGs of held-out images at each validation.
+    """Write panels (:func:`dmenet.visualize.defocus_panel`) of held-out images at each validation.
 
     Args:
         num_images: images per validation set (the first ones, so epochs are comparable).
@@ -57,16 +57,18 @@ class ValidationPictures(pl.Callback):
             return
         from torchvision.utils import save_image
 
+        from dmenet.runs import run_dir
+        from dmenet.visualize import defocus_panel, log_panels
+
         with torch.no_grad():
-            image = batch["image"][:1].float().clamp(0, 1)
-            y = pl_module(image).y[:1].float().clamp(0, 1)
-            panels = [image]
-            if "label" in batch:
-                panels.append(batch["label"][:1].float().clamp(0, 1).repeat(1, 3, 1, 1))
-            panels.append(y.repeat(1, 3, 1, 1))
-            strip = torch.cat([p.cpu() for p in panels], dim=-1)
+            image = batch["image"][:1].float()
+            y = pl_module(image).y[:1]
+            label = batch["label"][0] if "label" in batch else None
+            panel = defocus_panel(image[0], y[0], label)
         name = str(batch.get("name", [f"{batch_idx:04d}"])[0]).replace("/", "_")
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
+        out_dir = run_dir(trainer) / self.dirname
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_image(strip, out_dir / f"epoch{trainer.current_epoch:03d}_{set_name}_{name}.png")
+        save_image(panel, out_dir / f"epoch{trainer.current_epoch:03d}_{set_name}_{name}.png")
+        # the same panel to W&B / TensorBoard (no second file)
+        log_panels(trainer.logger, f"val/{set_name}/panel", [panel], trainer.global_step)
         self._written[set_name] = self._written.get(set_name, 0) + 1

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-
-def run_dir(trainer: Trainer) -> Path:
-    """The folder that belongs to this run alone (never shared with another run).
-
-    W&B: the run's own files folder (``<save_dir>/wandb/<run>/files``); CSV/TensorBoard: the
-    logger's versioned folder (``version_N``); no logger: ``default_root_dir``.
-    """
-    logger = trainer.logger
-    if isinstance(logger, WandbLogger):
-        experiment_dir = getattr(logger.experiment, "dir", None)
-        if experiment_dir:  # a disabled W&B run has no folder
-            return Path(experiment_dir)
-    if logger is not None and logger.log_dir:
-        return Path(logger.log_dir)
-    return Path(trainer.default_root_dir)
+from dmenet.runs import run_dir
 
 
 class RunConfigSaver(SaveConfigCallback):

@@ -313,7 +313,9 @@ class DMENet(L.LightningModule):
         from dmenet.visualize import defocus_panel, log_panels
 
         panel = defocus_panel(syn["image"][0], out.y[0], syn["label"][0])
-        base = Path((self._trainer and self.trainer.log_dir) or self.results_dir)
+        from dmenet.runs import run_dir
+
+        base = run_dir(self.trainer) if self._trainer else Path(self.results_dir)
         log_panels(
             self.logger, "train/panel", [panel], int(self.train_iteration),
             out_dir=base / "train_images",

@@ -1,0 +1,138 @@
+"""Training-step benchmark: samples/s of one DMENet step (B and BDCS) and the synthesis share.
+
+One training step = on-device SYNDOF synthesis of the synthetic crops (the DataModule's
+``on_after_batch_transfer``) + DMENet's ``training_step`` (a D step and a G step). Both are
+timed separately inside a real Lightning ``fit``, after warm-up steps, on the same batches.
+
+    python bench/bench_train.py                          # CPU, 240x240, 3 + 3 + 3
+    python bench/bench_train.py --device cuda --precision 32-true bf16-mixed
+
+Prints a markdown table; ``--out FILE`` also writes it (with machine, command and date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import lightning.pytorch as pl
+import torch
+
+from dmenet.data.datamodule import DMENetDataModule
+from dmenet.lightning_model import DMENet
+
+CONFIGS = {
+    "B": dict(domain_discriminator=False, content_loss=False, sharpness_calibrator=False),
+    "BDCS": dict(domain_discriminator=True, content_loss=True, sharpness_calibrator=True),
+}
+
+
+class StepTimer(pl.Callback):
+    """Wall time of each training_step (synchronised on CUDA)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def _sync(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync(pl_module)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync(pl_module)
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def measure(config: str, device: str, precision: str, crop: int, batch: int, steps: int, warmup: int) -> dict:
+    dm = DMENetDataModule(
+        batch_size_synthetic=batch, batch_size_real=batch, batch_size_blur=batch,
+        crop_size=crop, short_side_range=[crop + 1, max(crop + 2, 801)],
+        samples_per_epoch=batch * (steps + warmup), embedded_size=max(256, crop + 16),
+        embedded_train_scenes=8, proxy_images=8, val_sets=[],
+    )
+    synthesis_times: list[float] = []
+    render = dm.render_synthetic
+
+    def timed_render(raw):
+        if raw["image"].is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = render(raw)
+        if raw["image"].is_cuda:
+            torch.cuda.synchronize()
+        synthesis_times.append(time.perf_counter() - t0)
+        return out
+
+    dm.render_synthetic = timed_render
+    model = DMENet(vgg_weights=None, log_images_every_n_steps=0, **CONFIGS[config])
+    timer = StepTimer()
+    trainer = pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
+        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )
+    trainer.fit(model, dm)
+    train = timer.times[warmup:]
+    synth = synthesis_times[warmup : warmup + len(train)]
+    step = [a + b for a, b in zip(train, synth)]
+    images = batch if config == "B" else 3 * batch
+    return {
+        "config": config, "device": device, "precision": precision,
+        "step_s": statistics.median(step), "synthesis_s": statistics.median(synth),
+        "train_step_s": statistics.median(train), "images": images, "steps": len(step),
+        "samples_per_s": images / statistics.median(step),
+        "synthesis_share": statistics.median(synth) / statistics.median(step),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", nargs="+", default=["32-true"])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--crop", type=int, default=240)
+    parser.add_argument("--batch", type=int, default=3, help="per stream (paper: 3)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    rows = [
+        measure(c, args.device, p, args.crop, args.batch, args.steps, args.warmup)
+        for p in args.precision
+        for c in args.configs
+    ]
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    lines = [
+        f"Training step, {args.crop}x{args.crop} crops, {args.batch}+{args.batch}+{args.batch} per step "
+        f"(B alone uses only the {args.batch} synthetic crops). Median of {args.steps} steps after {args.warmup} warm-up.",
+        f"Machine: {device_name}, {os.cpu_count()} CPU threads, torch {torch.__version__}; "
+        f"date {datetime.now(timezone.utc):%Y-%m-%d}; command: `python bench/bench_train.py {' '.join(argv or sys.argv[1:])}`",
+        "",
+        "| config | device | precision | step (s) | synthesis (s) | training_step (s) | samples/s | synthesis share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['device']} | {r['precision']} | {r['step_s']:.3f} | {r['synthesis_s']:.3f} "
+            f"| {r['train_step_s']:.3f} | {r['samples_per_s']:.2f} | {100 * r['synthesis_share']:.1f}% |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
