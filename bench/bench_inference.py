@@ -57,7 +57,7 @@ def worker(args: argparse.Namespace) -> None:
     image = torch.rand(1, 3, height, width)
     start = time.perf_counter()
     with torch.inference_mode():
-        y = predict_image(predictor, image, tile=args.tile, overlap=args.overlap)
+        y = predict_image(predictor, image, tile=args.tile, overlap=args.overlap, progress=True)
     seconds = time.perf_counter() - start
     assert y.shape == (1, 1, height, width) and torch.isfinite(y).all()
     rows = tile_starts(height, args.tile, args.overlap)
@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     for mp in args.sizes:
         cmd = [sys.executable, __file__, "--worker", "--mp", str(mp), "--threads", str(args.threads),
                "--tile", str(args.tile), "--overlap", str(args.overlap)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # the worker's stderr (its tile progress bar) goes straight to the terminal
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
             raise SystemExit(f"worker for {mp} MP failed")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result["date"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
