@@ -45,7 +45,7 @@ def _size_for(megapixels: float) -> tuple[int, int]:
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from dmenet.inference.tiling import predict_image, tile_starts
+    from dmenet.inference.tiling import needs_tiling, predict_image, tile_starts
 
     torch.set_num_threads(args.threads)
     height, width = _size_for(args.mp)
@@ -62,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
     assert y.shape == (1, 1, height, width) and torch.isfinite(y).all()
     rows = tile_starts(height, args.tile, args.overlap)
     cols = tile_starts(width, args.tile, args.overlap)
-    if args.tile > 0 and (height > args.tile or width > args.tile):
+    if needs_tiling(height, width, args.tile):
         tiled_px = _covered(height, rows, args.tile) * _covered(width, cols, args.tile)
     else:
         tiled_px = height * width

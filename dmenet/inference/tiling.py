@@ -1,5 +1,8 @@
 """Tiled inference: photos of any size in bounded memory, equal to untiled inference.
 
+A photo with more pixels than one tile (``tile**2``, 1024 x 1024 by default) is tiled; smaller
+ones run whole, since memory grows with the pixel count.
+
 B is fully convolutional, so a big photo can be cut into overlapping tiles. Two things keep the
 stitched result equal to running B on the whole photo (within 1e-3, tested):
 
@@ -28,7 +31,9 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["tile_starts", "blend_ramp", "blend_geometry", "predict_tiled", "predict_image"]
+__all__ = [
+    "tile_starts", "blend_ramp", "blend_geometry", "needs_tiling", "predict_tiled", "predict_image",
+]
 
 DEFAULT_TILE_PX = 1024
 DEFAULT_OVERLAP_PX = 384
@@ -84,6 +89,16 @@ def blend_geometry(overlap: int) -> tuple[int, int]:
     return blend, (overlap - blend) // 2
 
 
+def needs_tiling(height: int, width: int, tile: int, max_untiled_px: int | None = None) -> bool:
+    """Whether a photo is tiled: it has more than ``max_untiled_px`` pixels (default
+    ``tile * tile``: memory grows with the pixel count, so a photo no bigger than one tile runs
+    whole, whatever its shape). ``tile <= 0`` never tiles."""
+    if tile <= 0:
+        return False
+    limit = tile * tile if max_untiled_px is None else max_untiled_px
+    return height * width > limit
+
+
 def _tile_slices(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
     starts = tile_starts(length, tile, overlap, align)
     return [(s, length if i == len(starts) - 1 else s + tile) for i, s in enumerate(starts)]
@@ -98,6 +113,7 @@ def predict_tiled(
     align: int = DEFAULT_ALIGN_PX,
     device: torch.device | str | None = None,
     progress: bool = False,
+    max_untiled_px: int | None = None,
 ) -> torch.Tensor:
     """Run ``predict`` on overlapping tiles of ``image`` and blend the results.
 
@@ -107,6 +123,7 @@ def predict_tiled(
             ``device`` one at a time, so only one tile's activations are alive at once.
         tile, overlap: tile side and minimum overlap in pixels (``tile <= 0``: no tiling).
         align: tile starts are multiples of this (B's total stride).
+        max_untiled_px: photos with at most this many pixels run whole (default ``tile**2``).
 
     Returns:
         ``(1, C, H, W)`` float32 on the image's device.
@@ -115,7 +132,7 @@ def predict_tiled(
         raise ValueError(f"expected one image (1, 3, H, W), got {tuple(image.shape)}")
     _, _, height, width = image.shape
     device = torch.device(device) if device is not None else image.device
-    if tile <= 0 or (height <= tile and width <= tile):
+    if not needs_tiling(height, width, tile, max_untiled_px):
         return predict(image.to(device)).float().to(image.device)
     if overlap < 4:
         raise ValueError("overlap must be at least 4 px for tiled inference")
@@ -157,8 +174,9 @@ def predict_image(
     align: int = DEFAULT_ALIGN_PX,
     device: torch.device | str | None = None,
     progress: bool = False,
+    max_untiled_px: int | None = None,
 ) -> torch.Tensor:
     """:func:`predict_tiled` for ``(3, H, W)`` or ``(1, 3, H, W)``; returns ``(1, C, H, W)``."""
     if image.ndim == 3:
         image = image.unsqueeze(0)
-    return predict_tiled(predict, image, tile, overlap, align, device, progress)
+    return predict_tiled(predict, image, tile, overlap, align, device, progress, max_untiled_px)

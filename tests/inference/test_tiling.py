@@ -90,10 +90,21 @@ def test_too_small_overlap_is_detectably_different():
 
 
 def test_no_tiling_when_photo_fits():
+    """A photo with no more pixels than one tile runs whole, whatever its shape."""
+    from dmenet.inference.tiling import needs_tiling
+
     net = TinyUNet().eval()
-    image = torch.rand(1, 3, 40, 60)
+    calls = []
+
+    def counting(x):
+        calls.append(tuple(x.shape))
+        return net(x)
+
+    image = torch.rand(1, 3, 40, 100)  # 4000 px <= 64 * 64, though wider than a tile
     with torch.no_grad():
-        assert torch.equal(predict_tiled(net, image, tile=64, overlap=16), net(image))
+        assert torch.equal(predict_tiled(counting, image, tile=64, overlap=16), net(image))
+    assert calls == [(1, 3, 40, 100)]
+    assert needs_tiling(65, 64, 64) and not needs_tiling(64, 64, 64) and not needs_tiling(10**4, 10**4, 0)
 
 
 @pytest.mark.slow
@@ -108,6 +119,7 @@ def test_tiled_equals_untiled_real_b(random_b):
     with torch.no_grad():
         full = predictor(image)
     assert float(full.std()) > 1e-2
-    tiled = predict_tiled(predictor, image, tile=512, overlap=DEFAULT_OVERLAP_PX)
+    # a long strip: fewer pixels than one tile, so tiling is forced (max_untiled_px=0)
+    tiled = predict_tiled(predictor, image, tile=512, overlap=DEFAULT_OVERLAP_PX, max_untiled_px=0)
     assert len(tile_starts(704, 512, DEFAULT_OVERLAP_PX)) == 3
     assert float((tiled - full).abs().max()) < 1e-3
