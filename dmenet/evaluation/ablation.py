@@ -14,8 +14,9 @@ is evaluated on the same images. Outputs, in ``--out``:
 
 Run::
 
-    python -m dmenet.evaluation.ablation --out runs/ablation            # ~15 min on 2 CPU cores
-    python -m dmenet.evaluation.ablation --out runs/ablation --epochs 20 --cli-arg=--data.crop_size=96
+    python -m dmenet.evaluation.ablation --out runs/ablation     # 15 batches per variant, CPU
+    python -m dmenet.evaluation.ablation --out runs/ablation --epochs 20 --samples-per-epoch 0 \
+        --accelerator gpu --cli-arg=--model.vgg_weights=imagenet
 
 The variants are ``configs/quickstart.yaml`` composed with ``configs/ablation/<variant>.yaml``
 (the same files ``dmenet fit`` takes), so the report measures exactly what users train.
@@ -75,13 +76,15 @@ def _build(base_config: Path, variant_config: Path, cli_args: Sequence[str], see
     return cli.model, cli.datamodule
 
 
-def _train(model, datamodule, out_dir: Path, epochs: int, progress: bool) -> float:
+def _train(
+    model, datamodule, out_dir: Path, epochs: int, progress: bool, accelerator: str = "cpu"
+) -> float:
     """Train for ``epochs`` epochs (no validation); returns the wall time in seconds."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=epochs, limit_val_batches=0,
+        accelerator=accelerator, devices=1, max_epochs=epochs, limit_val_batches=0,
         num_sanity_val_steps=0, logger=CSVLogger(str(out_dir), name="logs"),
         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
         default_root_dir=str(out_dir), log_every_n_steps=5,
@@ -222,6 +225,7 @@ def run_ablation(
     figure_images: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    accelerator: str = "cpu",
 ) -> list[dict]:
     """Train and evaluate every variant; write the table, the numbers and the figure into ``out``.
 
@@ -243,9 +247,9 @@ def run_ablation(
         if datamodule is None or dict(built.hparams) != dict(datamodule.hparams):
             datamodule = built
         variant_dir = out / name
-        elapsed = _train(model, datamodule, variant_dir, epochs, progress)
+        elapsed = _train(model, datamodule, variant_dir, epochs, progress, accelerator)
         batches = int(model.train_iteration)
-        blur_estimator = model.blur_estimator.eval()
+        blur_estimator = model.blur_estimator.eval().cpu()  # evaluation runs on the CPU
         row, maps = _evaluate(blur_estimator, datamodule, variant_dir, figure_images, progress)
         rows.append({"model": name, "train_batches": batches, "train_time_s": elapsed, **row})
         predictions[name] = maps
@@ -283,8 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--epochs", type=int, default=3,
-                        help="training epochs per variant (the fixed budget; default 3)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="training epochs per variant (the fixed budget; default 1)")
+    parser.add_argument("--samples-per-epoch", type=int, default=45,
+                        help="crops per stream per epoch (default 45: 15 batches of 3); 0 keeps "
+                        "the base config's value")
     parser.add_argument("--base-config", type=Path, default=None,
                         help="base config (default configs/quickstart.yaml)")
     parser.add_argument("--cli-arg", action="append", default=[], metavar="ARG",
@@ -294,12 +301,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip Zhuo & Sim")
     parser.add_argument("--figure-images", type=int, default=2,
                         help="test images of each set shown in the figure")
+    parser.add_argument("--accelerator", default="cpu",
+                        help="Lightning accelerator for training (cpu, gpu, auto; default cpu)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    cli_args = list(args.cli_arg)
+    if args.samples_per_epoch:
+        cli_args.insert(0, f"--data.samples_per_epoch={args.samples_per_epoch}")
     rows = run_ablation(
-        args.out, args.variants, args.epochs, args.base_config, args.cli_arg, args.seed,
+        args.out, args.variants, args.epochs, args.base_config, cli_args, args.seed,
         baseline=not args.no_baseline, figure_images=args.figure_images,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, progress=not args.no_progress, accelerator=args.accelerator,
     )
     print(comparison_table(rows))
     print(f"written: {args.out / 'ablation.md'}, {args.out / 'ablation.png'}")
