@@ -372,7 +372,10 @@ class DMENet(L.LightningModule):
         for set_name, metrics in results.items():
             for key, value in metrics.items():
                 self.log(f"test/{set_name}/{key}", float(value), add_dataloader_idx=False)
-            self._evaluators[set_name].write(Path(self.results_dir) / set_name, self.logger)
+            # the scalars went through self.log above (console table, every logger): once only
+            self._evaluators[set_name].write(
+                Path(self.results_dir) / set_name, self.logger, log_scalars=False
+            )
         self._evaluators = {}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):

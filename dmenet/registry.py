@@ -75,15 +75,22 @@ BLUR_ESTIMATORS = Registry("blur_estimator", "B: image (N, 3, H, W) in [0, 1] ->
 DOMAIN_DISCRIMINATORS = Registry("domain_discriminator", "D: B's stage-0 feature -> domain logits")
 CONTENT_LOSSES = Registry("content_loss", "C: frozen perceptual loss between prediction and label")
 SHARPNESS_CALIBRATORS = Registry("sharpness_calibrator", "S: 1x1 convs on B's output -> sharpness logits")
+CLASSICAL_ESTIMATORS = Registry(
+    "classical_estimator", "non-learned estimators with B's interface, for evaluation in place of B"
+)
 
 ALL_REGISTRIES: dict[str, Registry] = {
     r.kind: r
-    for r in (BLUR_ESTIMATORS, DOMAIN_DISCRIMINATORS, CONTENT_LOSSES, SHARPNESS_CALIBRATORS)
+    for r in (
+        BLUR_ESTIMATORS, DOMAIN_DISCRIMINATORS, CONTENT_LOSSES, SHARPNESS_CALIBRATORS,
+        CLASSICAL_ESTIMATORS,
+    )
 }
 
 
 def load_all() -> None:
     """Import every module that registers parts, so the registries are complete."""
+    import dmenet.evaluation.zhuo_sim  # noqa: F401  (registers "zhuo_sim")
     import dmenet.modules  # noqa: F401  (registers on import)
 
 

@@ -39,3 +39,14 @@ def test_every_registry_is_filled():
     assert set(parts) == set(ALL_REGISTRIES)
     for kind, names in parts.items():
         assert names, f"no {kind} registered"
+
+
+def test_every_classical_estimator_has_bs_interface():
+    from dmenet.registry import CLASSICAL_ESTIMATORS, load_all
+
+    load_all()
+    image = torch.rand(1, 3, 40, 48)
+    for name in CLASSICAL_ESTIMATORS.names():
+        out = CLASSICAL_ESTIMATORS.create(name)(image)
+        assert out.y.shape == (1, 1, 40, 48), name
+        assert 0 <= float(out.y.min()) and float(out.y.max()) <= 1 and torch.isfinite(out.y).all()

@@ -177,9 +177,10 @@ class Evaluator:
             **self.compute(),
         }
 
-    def write(self, out_dir: Path | None = None, logger=None) -> dict:
+    def write(self, out_dir: Path | None = None, logger=None, log_scalars: bool = True) -> dict:
         """Write ``metrics.json``, ``table.md``, ``per_image.csv`` and (when binary masks exist)
-        ``pr_curve.png`` + ``pr_curve.csv`` into ``out_dir``; log them to ``logger``.
+        ``pr_curve.png`` + ``pr_curve.csv`` into ``out_dir``; log them to ``logger``
+        (``log_scalars=False`` when the caller already logged the metrics, e.g. via ``self.log``).
 
         Returns :meth:`summary` plus ``"files"`` (the written paths).
         """
@@ -200,7 +201,10 @@ class Evaluator:
                 title=f"{self.set_name}: precision-recall (blurred = positive)",
             )
             files["pr_curve.csv"] = report.write_pr_csv(out_dir / "pr_curve.csv", curve)
-        report.log_report(logger, self.set_name, metrics, self.records, files.get("pr_curve.png"))
+        report.log_report(
+            logger, self.set_name, metrics if log_scalars else {}, self.records,
+            files.get("pr_curve.png"),
+        )
         return {**summary, "files": {k: str(v) for k, v in files.items()}}
 
 

@@ -17,7 +17,7 @@
    and the dense result is upsampled back.
 
 :func:`estimate_sigma_px` is the function (``dmenet infer --estimator zhuo_sim`` calls it);
-:class:`ZhuoSimEstimator` wraps it as a B (registered as ``"zhuo_sim"``), so ``dmenet test``
+:class:`ZhuoSimEstimator` wraps it as a B (registered as ``"zhuo_sim"`` among the classical estimators), so ``dmenet test``
 evaluates it like a trained network.
 """
 
@@ -33,7 +33,7 @@ from torch import nn
 
 from dmenet.labels import SIGMA_MAX_PX, from_sigma_px
 from dmenet.modules.blur_estimator import BlurEstimate
-from dmenet.registry import BLUR_ESTIMATORS
+from dmenet.registry import CLASSICAL_ESTIMATORS
 
 __all__ = ["ZhuoSimEstimator", "edge_sigma_px", "estimate_sigma_px", "propagate"]
 
@@ -162,7 +162,7 @@ def estimate_sigma_px(
     return np.clip(dense, 0.0, max_sigma_px).astype(np.float32)
 
 
-@BLUR_ESTIMATORS.register("zhuo_sim")
+@CLASSICAL_ESTIMATORS.register("zhuo_sim")
 class ZhuoSimEstimator(nn.Module):
     """Zhuo & Sim 2011 as a B: ``forward(image (N, 3, H, W)) -> BlurEstimate``.
 

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from dmenet.evaluation.zhuo_sim import ZhuoSimEstimator, edge_sigma_px, estimate_sigma_px
 from dmenet.labels import SIGMA_MAX_PX
 from dmenet.modules.blur_estimator import BlurEstimate
-from dmenet.registry import BLUR_ESTIMATORS
+from dmenet.registry import CLASSICAL_ESTIMATORS
 
 
 def _step_edge(sigma_px: float, shape=(40, 64), edge_col: int = 32) -> np.ndarray:
@@ -56,8 +56,8 @@ def test_bad_shape_is_an_error():
 
 
 def test_registered_module_follows_the_b_contract():
-    assert BLUR_ESTIMATORS.get("zhuo_sim") is ZhuoSimEstimator
-    model = BLUR_ESTIMATORS.create("zhuo_sim")
+    assert CLASSICAL_ESTIMATORS.get("zhuo_sim") is ZhuoSimEstimator
+    model = CLASSICAL_ESTIMATORS.create("zhuo_sim")
     image = torch.from_numpy(_step_edge(2.0, shape=(24, 37), edge_col=18)).permute(2, 0, 1).float()
     out = model(torch.stack([image, image]))
     assert isinstance(out, BlurEstimate)
