@@ -50,21 +50,39 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def _vgg19_conv_layers() -> nn.Sequential:
+    """torchvision's ``vgg19().features`` layout (37 layers), randomly initialised as torchvision
+    does, without building the 120M-parameter classifier (about 0.5 GB we never use)."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    features = make_layers(cfgs["E"], batch_norm=False)
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):  # torchvision's VGG initialisation
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(m.bias, 0)
+    return features
+
+
 def vgg19_features(weights: str | Path | None = "imagenet") -> nn.Sequential:
     """torchvision's ``vgg19().features`` (37 layers) with the requested weights."""
-    from torchvision.models import VGG19_Weights, vgg19
+    from torchvision.models import VGG19_Weights
 
+    features = _vgg19_conv_layers()
     if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random", "")):
-        return vgg19(weights=None).features
+        return features
     if isinstance(weights, str) and weights.lower() == "imagenet":
-        return vgg19(weights=VGG19_Weights.IMAGENET1K_V1).features
+        # the normal torchvision download into the torch hub cache, then only the conv part
+        state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        features.load_state_dict(
+            {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        )
+        return features
     path = Path(weights)
     if not path.is_file():
         raise DMENetError(
             f"{path}: VGG19 weights file not found (use 'imagenet', a torchvision VGG19 "
             "state_dict file, or null for random initialisation)"
         )
-    features = vgg19(weights=None).features
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
