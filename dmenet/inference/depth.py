@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dmenet.data.io import check_output_file, read_image_tensor, write_image
     from dmenet.inference.infer import make_estimator
-    from dmenet.inference.writer import colorize
+    from dmenet.visualize import colorize
 
     out = Path(args.out)
     if not out.suffix:

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from dmenet.data.io import check_output_file, write_image, write_png16
 from dmenet.errors import OutputExistsError
 from dmenet.labels import SIGMA_MAX_PX
+from dmenet.visualize import colorize
 
 __all__ = [
     "PNG_SIGMA_SCALE",
@@ -67,18 +68,6 @@ def check_outputs_free(out_dir: str | Path, names: Sequence[str], overwrite: boo
         shown = ", ".join(str(p) for p in existing[:3])
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise OutputExistsError(f"outputs exist: {shown}{more}; pass --overwrite to replace them")
-
-
-def colorize(
-    values: np.ndarray, vmin: float = 0.0, vmax: float = SIGMA_MAX_PX, cmap: str = "inferno"
-) -> np.ndarray:
-    """Map ``(H, W)`` values to an RGB picture ``(H, W, 3)`` uint8 over ``[vmin, vmax]``."""
-    from matplotlib import colormaps
-
-    lut = (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
-    span = max(vmax - vmin, 1e-12)
-    index = np.clip((np.asarray(values, dtype=np.float32) - vmin) / span * 255.0 + 0.5, 0, 255)
-    return lut[index.astype(np.uint8)]
 
 
 def write_defocus_outputs(
