@@ -149,7 +149,8 @@ def _blur(x: torch.Tensor, sigma_px: float, aperture: str) -> torch.Tensor:
     """Blur ``(N, C, H, W)`` with one kernel; replicate border (the scene goes on).
 
     On the CPU OpenCV's SIMD filters are ~20x faster than PyTorch's single-channel conv2d
-    (measured); on other devices a separable (or 2-D, for the disc) conv2d runs there.
+    (measured); on other devices (and for non-float32 tensors) Kornia's separable (or 2-D, for
+    the disc) filter runs there.
     """
     if sigma_px <= 1e-6:
         return x
@@ -176,17 +177,14 @@ def _blur(x: torch.Tensor, sigma_px: float, aperture: str) -> torch.Tensor:
                     res = cv2.sepFilter2D(src, -1, kf, kf, borderType=cv2.BORDER_REPLICATE)
                 out[i, :, :, c0:c0 + 4] = res.reshape(h, w, -1)
         return torch.from_numpy(out).permute(0, 3, 1, 2)
-    flat = x.reshape(n * c, 1, h, w)
+    # Kornia on the device: one depthwise conv per call (all channels, all pieces together)
+    from kornia.filters import filter2d, filter2d_separable
+
     if aperture == "disc":
-        r = k2.shape[0] // 2
-        weight = torch.as_tensor(k2, dtype=x.dtype, device=x.device)[None, None]
-        out = F.conv2d(F.pad(flat, (r, r, r, r), mode="replicate"), weight)
-        return out.reshape(n, c, h, w)
-    r = len(k1) // 2
-    kt = torch.as_tensor(k1, dtype=x.dtype, device=x.device)
-    out = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), kt.view(1, 1, 1, -1))
-    out = F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), kt.view(1, 1, -1, 1))
-    return out.reshape(n, c, h, w)
+        weight = torch.as_tensor(k2, dtype=x.dtype, device=x.device)[None]
+        return filter2d(x, weight, border_type="replicate", normalized=False)
+    kt = torch.as_tensor(k1, dtype=x.dtype, device=x.device)[None]
+    return filter2d_separable(x, kt, kt, border_type="replicate", normalized=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -292,3 +292,16 @@ class TestRenderFromSigma:
         assert (out[0, :, H // 2, W // 2 + 1] - far_c).abs().max() > 0.1
         with pytest.raises(DataError, match="sigma_px must be finite"):
             render_from_sigma(image, sigma - 1.0, order)
+
+
+@pytest.mark.parametrize("aperture", ["gaussian", "disc"])
+@pytest.mark.parametrize("sigma_px", [0.7, 2.5, 6.0])
+def test_device_blur_path_equals_the_cpu_path(aperture, sigma_px):
+    """The Kornia path (GPUs, non-float32 tensors) and OpenCV's CPU path blur identically."""
+    from dmenet.data.syndof import _blur
+
+    x = torch.rand(2, 4, 37, 41)
+    cpu = _blur(x, sigma_px, aperture)  # float32 on the CPU: OpenCV
+    kornia_path = _blur(x.double(), sigma_px, aperture).float()
+    assert torch.allclose(cpu, kornia_path, atol=1e-5)
+    assert not torch.allclose(cpu, x, atol=1e-3)  # it did blur
