@@ -77,3 +77,19 @@ def test_dataset_reads_files_folders_globs(photo_folder, tmp_path):
         expand_paths([str(tmp_path / "nope")])
     with pytest.raises(DataError, match="matches no image"):
         expand_paths([str(tmp_path / "*.jpg")])
+
+
+def test_predict_step_tiles_large_photos_like_infer():
+    """DMENet.predict_step (dmenet predict) tiles big photos; equal to whole-photo inference."""
+    from dmenet.lightning_model import DMENet
+    from tests.inference.tiny_b import TinyB
+
+    model = DMENet(blur_estimator=TinyB(), domain_discriminator=False, content_loss=False,
+                   sharpness_calibrator=False).eval()
+    image = torch.rand(1, 3, 150, 170)
+    with torch.no_grad():
+        whole = model(image).y
+        model.predict_tile_px, model.predict_overlap_px = 96, 48  # forces 2 x 3 tiles
+        out = model.predict_step({"image": image, "name": ["x"]}, 0)
+    assert out["y"].shape == (1, 1, 150, 170)
+    assert torch.allclose(out["y"], whole, atol=1e-3)
