@@ -13,25 +13,13 @@ from lightning.pytorch.cli import LightningCLI
 
 from dmenet.lightning_model import DMENet
 from dmenet.modules import BlurEstimator, LightBlurEstimator
-from tests.helpers.tiny_data import TinyDataModule
+from tests.helpers.tiny_data import TinyDataModule, cpu_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATIONS = REPO / "configs" / "ablation"
 
 
-def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        default_root_dir=str(tmp_path),
-    )
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
+_trainer = cpu_trainer
 
 
 @pytest.fixture(scope="module")

@@ -131,3 +131,21 @@ class TinyDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval("photos")
+
+
+def cpu_trainer(root, **kwargs):
+    """A quiet one-epoch CPU Trainer for tests (no logger, no checkpoints, no validation)."""
+    import lightning as L
+
+    defaults = dict(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        default_root_dir=str(root),
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
