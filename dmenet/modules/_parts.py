@@ -25,6 +25,11 @@ class ConvBNLReLU(nn.Sequential):
         self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
 
 
+def upsample_concat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Nearest x2 upsampling of ``x``, concatenated with the skip feature along channels."""
+    return torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], dim=1)
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad ``(N, C, H, W)`` at the bottom/right (edge replication) to a multiple of ``multiple``.
 

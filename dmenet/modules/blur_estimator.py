@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dmenet.modules._parts import LEAKY_SLOPE, ConvBNLReLU, crop_to_scale, pad_to_multiple
+from dmenet.modules._parts import (
+    LEAKY_SLOPE,
+    ConvBNLReLU,
+    crop_to_scale,
+    pad_to_multiple,
+    upsample_concat,
+)
 from dmenet.modules.vgg import VGG19_LAYER_INDEX, ImageNetNormalize, vgg19_features
 from dmenet.registry import BLUR_ESTIMATORS
 
@@ -133,19 +138,15 @@ class BlurEstimator(nn.Module):
                 feats.append(x)
         return feats
 
-    @staticmethod
-    def _up_cat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], dim=1)
-
     def forward(self, image: torch.Tensor) -> BlurEstimate:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"B expects an image of shape (N, 3, H, W), got {tuple(image.shape)}")
         x, size_hw = pad_to_multiple(image, self.size_multiple)
         s0, s1, s2, s3, bottleneck = self.encode(self.normalize(x))
-        d3 = self.decoder3(self._up_cat(bottleneck, s3))
-        d2 = self.decoder2(self._up_cat(d3, s2))
-        d1 = self.decoder1(self._up_cat(d2, s1))
-        d0 = self.decoder0(self._up_cat(d1, s0))
+        d3 = self.decoder3(upsample_concat(bottleneck, s3))
+        d2 = self.decoder2(upsample_concat(d3, s2))
+        d1 = self.decoder1(upsample_concat(d2, s1))
+        d0 = self.decoder0(upsample_concat(d1, s0))
         aux: list[torch.Tensor] = []
         if self.aux_heads is not None:
             for head, feat, down in zip(

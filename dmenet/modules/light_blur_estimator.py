@@ -19,11 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dmenet.errors import DMENetError
-from dmenet.modules._parts import ConvBNLReLU, crop_to_scale, pad_to_multiple
+from dmenet.modules._parts import ConvBNLReLU, crop_to_scale, pad_to_multiple, upsample_concat
 from dmenet.modules.blur_estimator import AuxHead, BlurEstimate
 from dmenet.modules.vgg import ImageNetNormalize
 from dmenet.registry import BLUR_ESTIMATORS
@@ -87,10 +86,6 @@ class LightBlurEstimator(nn.Module):
         )
         self.head = nn.Sequential(ConvBNLReLU(64, 32), nn.Conv2d(32, 1, 3, padding=1), nn.Sigmoid())
 
-    @staticmethod
-    def _up_cat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], dim=1)
-
     def forward(self, image: torch.Tensor) -> BlurEstimate:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"B expects an image of shape (N, 3, H, W), got {tuple(image.shape)}")
@@ -101,11 +96,11 @@ class LightBlurEstimator(nn.Module):
         s3 = self.layer2(s2)
         s4 = self.layer3(s3)
         s5 = self.layer4(s4)
-        d4 = self.decoder4(self._up_cat(s5, s4))
-        d3 = self.decoder3(self._up_cat(d4, s3))
-        d2 = self.decoder2(self._up_cat(d3, s2))
-        d1 = self.decoder1(self._up_cat(d2, s1))
-        d0 = self.decoder0(self._up_cat(d1, xn))
+        d4 = self.decoder4(upsample_concat(s5, s4))
+        d3 = self.decoder3(upsample_concat(d4, s3))
+        d2 = self.decoder2(upsample_concat(d3, s2))
+        d1 = self.decoder1(upsample_concat(d2, s1))
+        d0 = self.decoder0(upsample_concat(d1, xn))
         aux: list[torch.Tensor] = []
         if self.aux_heads is not None:
             for head, feat, down in zip(self.aux_heads, (d4, d3, d2, d1, d0), (16, 8, 4, 2, 1)):

@@ -7,22 +7,12 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from dmenet.cli import main as dmenet_main
 from dmenet.data.export import SUBFOLDERS
 from dmenet.data.export import main as export_main
 from dmenet.data.io import write_image
 from dmenet.labels import SIGMA_MAX_PX, stored_png_to_y
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """See tests/data/test_syndof.py: single-threaded is far faster on a shared runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -22,17 +22,6 @@ from dmenet.labels import SIGMA_MAX_PX
 
 H, W = 40, 56
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Many small ops: on a shared, oversubscribed 2-core runner two OpenMP threads made the
-    renderer ~100x slower (measured), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 def texture(b=1, h=H, w=W, seed=0):
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(b, 3, h // 4, w // 4, generator=g)

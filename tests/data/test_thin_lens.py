@@ -21,17 +21,6 @@ from dmenet.errors import DataError
 from dmenet.labels import C_MAX_PX
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Many small ops: on a shared, oversubscribed 2-core runner two OpenMP threads made the
-    renderer ~100x slower (measured), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 def ramp(b=2, h=32, w=48, near=800.0, far=9000.0):
     y = torch.linspace(near, far, h).view(1, 1, h, 1).expand(b, 1, h, w)
     return y.contiguous()
