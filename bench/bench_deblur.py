@@ -121,8 +121,9 @@ def metrics(x: torch.Tensor, sharp: torch.Tensor, mask: np.ndarray) -> dict:
 
 def numpy_loop_deblur(image: np.ndarray, sigma: np.ndarray, lam: float, bins: int = 32,
                       min_sigma: float = 0.3) -> np.ndarray:
-    """Hard quantile bins, one replicate-padded, edge-tapered K&F deconvolution per bin and
-    channel with ``numpy.fft`` (float32 like the torch path), each pixel its bin's result."""
+    """Hard quantile bins, one replicate-padded (by the largest kernel radius, as
+    :func:`~dmenet.inference.deblur.deblur`), edge-tapered K&F deconvolution per bin and channel
+    with ``numpy.fft`` (float32 like the torch path), each pixel its bin's result."""
     from dmenet.inference.deblur import bin_plan
     from dmenet.inference.deconvolution import (
         _fast_size,
@@ -136,10 +137,9 @@ def numpy_loop_deblur(image: np.ndarray, sigma: np.ndarray, lam: float, bins: in
     weights = weights.numpy()
     out = image * (1.0 - weights.sum(0))[None]
     h, w = sigma.shape
+    pad = max(1, max((len(gaussian_taps(s)) // 2 for s in nodes), default=1))  # as deblur pads
     for k, s in enumerate(nodes):
         taps = gaussian_taps(s)
-        r = len(taps) // 2
-        pad = max(r, 1)
         hp, wp = _fast_size(h + 2 * pad), _fast_size(w + 2 * pad)
         otf = np.outer(_otf_1d(taps, hp, False), _otf_1d(taps, wp, True)).astype(np.float32)
         taper = np.outer(_taper_weight(taps, hp), _taper_weight(taps, wp)).astype(np.float32)
@@ -228,6 +228,8 @@ def quality(args) -> dict:
             row["b"] = metrics(deblur(blurred, sigma_b), sharp, mask)
             row["b"]["map_mae_px"] = float((sigma_b - sigma_gt).abs().mean())
         rows.append(row)
+        if args.partial:  # a long run on a busy machine: keep what is done
+            Path(args.partial).write_text(json.dumps(rows, indent=1) + "\n")
         print(f"{name:28s} c_max {c_max:g}: in {row['input']['psnr']:.2f}  gt {row['gt default']['psnr']:.2f}  "
               f"ref {row['gt reference']['psnr']:.2f}  zs {row['zhuo_sim']['psnr']:.2f}  "
               f"(away: {row['input']['psnr_away']:.2f} -> {row['gt default']['psnr_away']:.2f})",
@@ -342,6 +344,23 @@ def _quality_table(rows: list[dict], q: dict, c_max: float) -> list[str]:
     return lines
 
 
+def merge(files: list[str], out: Path) -> None:
+    """One deblur.json / deblur.md from runs made in parallel (quality per camera, speed)."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    result = dict(parts[0])
+    rows = [r for p in parts if "quality" in p for r in p["quality"]["rows"]]
+    quality = next(p["quality"] for p in parts if "quality" in p)
+    result["quality"] = dict(quality, rows=rows)
+    speed = [p["speed"] for p in parts if "speed" in p]
+    if speed:
+        result["speed"] = speed[0]
+        result["repeats"] = next(p["repeats"] for p in parts if "speed" in p)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "deblur.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "deblur.md").write_text(markdown(result))
+    print(markdown(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -360,8 +379,13 @@ def main() -> None:
     parser.add_argument("--pictures", action="store_true", help="write docs/images/deblur_*.png")
     parser.add_argument("--picture-scene", default="scene_00101")
     parser.add_argument("--out", default=str(OUT_DIR))
+    parser.add_argument("--partial", help="also write the quality rows so far to this JSON file")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="only merge earlier runs' deblur.json files into --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     if args.quick:
         args.scenes, args.max_side, args.repeats, args.c_max = 1, 320, 1, args.c_max[:1]
         args.speed_size = [240, 320]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from dmenet.errors import DataError, DMENetError
-from dmenet.inference.deconvolution import ALPHA, BOUNDARIES, deconvolve
+from dmenet.inference.deconvolution import ALPHA, BOUNDARIES, deconvolve, gaussian_taps
 
 __all__ = [
     "DEFAULT_LAMBDA",
@@ -142,14 +141,9 @@ def _dedupe(nodes: torch.Tensor) -> torch.Tensor:
     return torch.tensor(keep)
 
 
-def bin_plan(sigma_px: torch.Tensor, bins: int = DEFAULT_BINS, bin_mode: str = "blend",
-             min_sigma_px: float = MIN_SIGMA_PX) -> tuple[list[float], torch.Tensor]:
-    """The deconvolution sigmas and each pixel's weights on them.
-
-    Returns ``(nodes, weights)``: ``nodes`` the kernel sigmas (px, increasing), ``weights``
-    ``(len(nodes), H, W)`` summing to 1 on blurred pixels (sigma >= ``min_sigma_px``) and to 0
-    on the others (left as they are). Bins are quantiles of the blurred pixels only.
-    """
+def _plan(sigma_px: torch.Tensor, bins: int, bin_mode: str, min_sigma_px: float) -> tuple:
+    """``(nodes, lower (H, W), t (H, W) or None, blurred (H, W))``: pixel weights are ``1 - t`` on
+    node ``lower`` and ``t`` on ``lower + 1`` (hard bins: 1 on ``lower``), 0 off ``blurred``."""
     if bin_mode not in BIN_MODES:
         raise ValueError(f"unknown bin mode {bin_mode!r}; choose one of {', '.join(BIN_MODES)}")
     if bins < 1:
@@ -157,7 +151,7 @@ def bin_plan(sigma_px: torch.Tensor, bins: int = DEFAULT_BINS, bin_mode: str = "
     blurred = sigma_px >= min_sigma_px
     values = sigma_px[blurred]
     if values.numel() == 0:
-        return [], torch.zeros((0, *sigma_px.shape))
+        return [], None, None, blurred
     levels = torch.arange(bins + 1, dtype=torch.float64) / bins
     edges = _quantiles(values, levels)
     if bin_mode == "hard":
@@ -169,19 +163,40 @@ def bin_plan(sigma_px: torch.Tensor, bins: int = DEFAULT_BINS, bin_mode: str = "
         upper = (node_of_bin + 1).clamp(max=len(nodes) - 1)
         nearer_up = (nodes[upper] - medians).abs() < (medians - nodes[node_of_bin]).abs()
         node_of_bin = torch.where(nearer_up, upper, node_of_bin)
-        node = node_of_bin[bin_of]
-        weights = (node[None] == torch.arange(len(nodes))[:, None, None]).float()
+        return nodes.tolist(), node_of_bin[bin_of].int(), None, blurred
+    nodes = _dedupe(edges)
+    n = len(nodes)
+    if n == 1:
+        return nodes.tolist(), torch.zeros(sigma_px.shape, dtype=torch.int32), None, blurred
+    lower = (torch.bucketize(sigma_px, nodes, right=True) - 1).clamp(0, n - 2)
+    t = ((sigma_px - nodes[lower]) / (nodes[lower + 1] - nodes[lower])).clamp(0.0, 1.0)
+    return nodes.tolist(), lower.int(), t, blurred
+
+
+def _weights(plan: tuple, start: int, stop: int) -> torch.Tensor:
+    """The weights ``(stop - start, H, W)`` of nodes ``start .. stop - 1`` (built per chunk, so a
+    big photo never holds all 33 weight maps)."""
+    _, lower, t, blurred = plan
+    k = torch.arange(start, stop, dtype=torch.int32)[:, None, None]
+    if t is None:
+        w = (lower[None] == k).float()
     else:
-        nodes = _dedupe(edges)
-        n = len(nodes)
-        if n == 1:
-            weights = torch.ones((1, *sigma_px.shape))
-        else:
-            lower = (torch.bucketize(sigma_px, nodes, right=True) - 1).clamp(0, n - 2)
-            t = ((sigma_px - nodes[lower]) / (nodes[lower + 1] - nodes[lower])).clamp(0.0, 1.0)
-            k = torch.arange(n)[:, None, None]
-            weights = (lower[None] == k) * (1.0 - t)[None] + (lower[None] + 1 == k) * t[None]
-    return nodes.tolist(), weights.float() * blurred[None]
+        w = (lower[None] == k) * (1.0 - t)[None] + (lower[None] + 1 == k) * t[None]
+    return w * blurred[None]
+
+
+def bin_plan(sigma_px: torch.Tensor, bins: int = DEFAULT_BINS, bin_mode: str = "blend",
+             min_sigma_px: float = MIN_SIGMA_PX) -> tuple[list[float], torch.Tensor]:
+    """The deconvolution sigmas and each pixel's weights on them.
+
+    Returns ``(nodes, weights)``: ``nodes`` the kernel sigmas (px, increasing), ``weights``
+    ``(len(nodes), H, W)`` summing to 1 on blurred pixels (sigma >= ``min_sigma_px``) and to 0
+    on the others (left as they are). Bins are quantiles of the blurred pixels only.
+    """
+    plan = _plan(sigma_px, bins, bin_mode, min_sigma_px)
+    if not plan[0]:
+        return [], torch.zeros((0, *sigma_px.shape))
+    return plan[0], _weights(plan, 0, len(plan[0]))
 
 
 def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float = DEFAULT_LAMBDA,
@@ -195,8 +210,9 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
 
     ``lam``: K&F data weight; ``alpha``: prior exponent in [1, 2]; ``bins`` quantile bins;
     ``bin_mode``: ``"blend"`` or ``"hard"``; ``boundary``: ``"reflect"`` or ``"taper"``;
-    ``memory_mb``: about how much working memory the batched deconvolutions may use (the bins
-    are processed in chunks that fit). ``isolate``: each bin's deconvolution sees, away from
+    ``memory_mb``: about how much working memory the batched deconvolutions may use (bins, and
+    channels when one bin does not fit, are processed in chunks that fit; None: 64 MB on a CPU,
+    2048 MB on a GPU). ``isolate``: each bin's deconvolution sees, away from
     the pixels that use it, the photo re-blurred with its own PSF (consistent data, no ringing
     from regions of other blur). ``edge_safe``: :func:`edge_safe_sigma` first. The reference
     method is ``bin_mode="hard", boundary="taper", isolate=False, edge_safe=False``.
@@ -210,24 +226,30 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     device = torch.device(device) if device is not None else image.device
     if edge_safe:
         sigma = edge_safe_sigma(sigma)
-    nodes, weights = bin_plan(sigma, bins, bin_mode, min_sigma_px)
+    plan = _plan(sigma, bins, bin_mode, min_sigma_px)
+    nodes = plan[0]
     source = image.float().cpu()
-    out = source * (1.0 - weights.sum(0, keepdim=True)).clamp(0.0, 1.0)
     if not nodes:
         return source.clamp(0.0, 1.0)
+    out = source * (~plan[3]).float()[None]
     img = image.float().to(device)
     if memory_mb is None:
         memory_mb = 2048 if device.type == "cuda" else 64
-    radius = max(int(math.ceil(3 * s)) for s in nodes)
+    radius = max(len(gaussian_taps(s)) // 2 for s in nodes)
+    pad_px = max(1, 2 * radius if boundary == "reflect" else radius)  # the same for every chunk
     plane_bytes = 4 * (h + 4 * radius + 16) * (w + 4 * radius + 16)
-    chunk = max(1, int(memory_mb * 2**20 // (12 * c * plane_bytes)))
+    planes = max(1, int(memory_mb * 2**20 // (12 * plane_bytes)))  # node-channel planes per chunk
+    chunk, channels = max(1, planes // c), min(c, planes)
     for start in range(0, len(nodes), chunk):
-        part = nodes[start:start + chunk]
-        wk = weights[start:start + chunk].to(device)
+        stop = min(start + chunk, len(nodes))
+        wk = _weights(plan, start, stop).to(device)
         masks = (wk[:, None] > 0).float() if isolate else None
-        x = deconvolve(img, part, lam, alpha, boundary, masks=masks).clamp_(0.0, 1.0)
-        out += (x * wk[:, None]).sum(0).cpu()
-        del x, wk
+        for c0 in range(0, c, channels):
+            x = deconvolve(img[c0:c0 + channels], nodes[start:stop], lam, alpha, boundary,
+                           pad_px=pad_px, masks=masks).clamp_(0.0, 1.0)
+            out[c0:c0 + channels] += (x * wk[:, None]).sum(0).cpu()
+            del x
+        del wk, masks
     return out.clamp_(0.0, 1.0)
 
 

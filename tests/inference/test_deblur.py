@@ -119,6 +119,14 @@ def test_blend_weights_interpolate_between_bins():
     assert len(nodes_h) == 4 and torch.all(weights_h.amax(0)[blurred] == 1)
 
 
+def test_result_does_not_depend_on_the_memory_chunks():
+    """Bins and, when one bin does not fit, channels are processed in chunks: same result."""
+    torch.manual_seed(0)
+    image, sigma = torch.rand(3, 24, 30), torch.rand(24, 30) * 4
+    whole = deblur(image, sigma, memory_mb=1024)
+    assert torch.allclose(deblur(image, sigma, memory_mb=1), whole, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 2, 3), (3, 7, 5), (4, 33, 17), (3, 5, 64)])
 def test_any_size_and_channels(shape):
     torch.manual_seed(0)
