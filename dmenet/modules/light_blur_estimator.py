@@ -3,7 +3,7 @@
 It proves the plugin design end to end: it returns the same :class:`BlurEstimate` (``y``, five
 auxiliary maps H/16 .. H, the 64-channel full-resolution ``feature`` that D sees), so D, C, S
 and the LightningModule work with it unchanged. About 13.8 M parameters instead of the paper B's
-25.9 M, and much faster on a CPU.
+26.9 M, and much faster on a CPU.
 
 Choose it in a config::
 
