@@ -240,10 +240,11 @@ def quality(args) -> dict:
             panel = _panel([sharp, blurred, results["reference"], results["default"], zs],
                            ["sharp source", "defocused (SYNDOF)", "reference method, GT map",
                             "dmenet deblur, GT map", "dmenet deblur, Zhuo & Sim map"])
-            cv2.imwrite(str(IMAGES / f"deblur_{tag}.png"), panel)
+            cv2.imwrite(str(IMAGES / f"deblur_{tag}.jpg"), panel, [cv2.IMWRITE_JPEG_QUALITY, 92])
             if tag == "motorcycle":
-                cv2.imwrite(str(IMAGES / "deblur_photo.png"),
-                            _panel([blurred, zs], ["defocused photo", "deblurred (Zhuo & Sim map)"]))
+                cv2.imwrite(str(IMAGES / "deblur_photo.jpg"),
+                            _panel([blurred, zs], ["defocused photo", "deblurred (Zhuo & Sim map)"]),
+                            [cv2.IMWRITE_JPEG_QUALITY, 92])
     return {"rows": rows, "variants": list(variants), "lambdas": args.lambdas,
             "default_lambda": DEFAULT_LAMBDA}
 
@@ -347,7 +348,14 @@ def _quality_table(rows: list[dict], q: dict, c_max: float) -> list[str]:
 def merge(files: list[str], out: Path) -> None:
     """One deblur.json / deblur.md from runs made in parallel (quality per camera, speed)."""
     parts = [json.loads(Path(f).read_text()) for f in files]
-    result = dict(parts[0])
+    template = next(p for p in parts if isinstance(p, dict))
+    for i, p in enumerate(parts):
+        if isinstance(p, list):  # a --partial file: the rows of an unfinished run
+            q = template.get("quality") or {"variants": [k[3:] for k in p[0] if k.startswith("gt ")
+                                                         and "lambda" not in k],
+                                             "lambdas": [], "default_lambda": None}
+            parts[i] = {"quality": dict(q, rows=p)}
+    result = {k: v for k, v in template.items() if k not in ("quality", "speed")}
     rows = [r for p in parts if "quality" in p for r in p["quality"]["rows"]]
     quality = next(p["quality"] for p in parts if "quality" in p)
     result["quality"] = dict(quality, rows=rows)
@@ -376,7 +384,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-quality", action="store_true")
-    parser.add_argument("--pictures", action="store_true", help="write docs/images/deblur_*.png")
+    parser.add_argument("--pictures", action="store_true", help="write docs/images/deblur_*.jpg")
     parser.add_argument("--picture-scene", default="scene_00101")
     parser.add_argument("--out", default=str(OUT_DIR))
     parser.add_argument("--partial", help="also write the quality rows so far to this JSON file")
