@@ -351,9 +351,12 @@ def merge(files: list[str], out: Path) -> None:
     template = next(p for p in parts if isinstance(p, dict))
     for i, p in enumerate(parts):
         if isinstance(p, list):  # a --partial file: the rows of an unfinished run
-            q = template.get("quality") or {"variants": [k[3:] for k in p[0] if k.startswith("gt ")
-                                                         and "lambda" not in k],
-                                             "lambdas": [], "default_lambda": None}
+            from dmenet.inference.deblur import DEFAULT_LAMBDA
+
+            q = template.get("quality") or {
+                "variants": [k[3:] for k in p[0] if k.startswith("gt ") and "lambda" not in k],
+                "lambdas": [float(k.split()[-1]) for k in p[0] if k.startswith("gt lambda")],
+                "default_lambda": DEFAULT_LAMBDA}
             parts[i] = {"quality": dict(q, rows=p)}
     result = {k: v for k, v in template.items() if k not in ("quality", "speed")}
     rows = [r for p in parts if "quality" in p for r in p["quality"]["rows"]]
