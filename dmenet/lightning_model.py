@@ -36,8 +36,9 @@ from dmenet.losses import (
     sharpness_loss,
 )
 from dmenet.modules._parts import init_args_of
-from dmenet.modules.blur_estimator import BlurEstimate, BlurEstimator
+from dmenet.modules.blur_estimator import BlurEstimator
 from dmenet.modules.content_loss import ContentLoss
+from dmenet.modules.contracts import BlurEstimate
 from dmenet.modules.domain_discriminator import DomainDiscriminator
 from dmenet.modules.sharpness_calibrator import SharpnessCalibrator
 

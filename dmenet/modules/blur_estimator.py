@@ -18,7 +18,6 @@ Layer by layer (module names are stable; docs/blur_estimator_layers.md lists eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from dmenet.modules._parts import (
     pad_to_multiple,
     upsample_concat,
 )
+from dmenet.modules.contracts import BlurEstimate
 from dmenet.modules.vgg import VGG19_LAYER_INDEX, ImageNetNormalize, vgg19_features
 from dmenet.registry import BLUR_ESTIMATORS
 
@@ -38,20 +38,6 @@ __all__ = ["BlurEstimate", "BlurEstimator", "ResidualBlock", "AuxHead"]
 
 # outputs of these encoder layers are kept: four skips and the bottleneck (after ReLU)
 _SKIP_LAYERS = ("relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4")
-
-
-@dataclass
-class BlurEstimate:
-    """What every B returns.
-
-    y: ``(N, 1, H, W)`` in ``[0, 1]``, ``sigma_px / SIGMA_MAX_PX``.
-    aux: auxiliary predictions ``(N, 1, ceil(H/s), ceil(W/s))``, coarse to fine (may be empty).
-    feature: ``(N, 64, H, W)`` stage-0 feature, D's input.
-    """
-
-    y: torch.Tensor
-    aux: list[torch.Tensor] = field(default_factory=list)
-    feature: torch.Tensor | None = None
 
 
 class ResidualBlock(nn.Module):
