@@ -33,3 +33,20 @@ def test_png_values():
 def test_unknown_space():
     with pytest.raises(ValueError, match="released"):
         labels.to_sigma_px(0.5, "nope")
+
+
+def test_every_label_space_option_is_checked_once_with_one_error_type(tmp_path):
+    from dmenet.data.real import ReleasedSyndof
+    from dmenet.errors import ConfigError
+    from dmenet.evaluation.evaluator import Evaluator
+    from dmenet.lightning_model import DMENet
+
+    assert labels.check_label_space("released") == "released"
+    for build in (
+        lambda: labels.to_sigma_px(torch.zeros(1), "tf"),
+        lambda: Evaluator("cuhk", label_space="tf", overwrite=True),
+        lambda: DMENet(vgg_weights=None, label_space="tf"),
+        lambda: ReleasedSyndof(tmp_path, "tf"),
+    ):
+        with pytest.raises(ConfigError, match="'tf': choose one of 'ours' .*'released' .*'generator'"):
+            build()

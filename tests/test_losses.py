@@ -131,3 +131,69 @@ def test_logged_totals_are_the_lambda_weighted_sums_of_the_logged_terms(tmp_path
     assert logged["L_g"] == pytest.approx(expected_g, rel=1e-5)
     scale = 1.7 * (1e-3 if reference_ld_scaling else 1.0)
     assert logged["L_d"] == pytest.approx(scale * logged["L_D"], rel=1e-5)
+
+
+# ------------------------------------------------------------ a lambda of 0 switches off
+
+
+def _model(**kwargs):
+    from dmenet.lightning_model import DMENet
+    from dmenet.modules import LightBlurEstimator
+
+    return DMENet(
+        blur_estimator=LightBlurEstimator(weights=None, aux_heads=False),
+        vgg_weights=None,
+        log_images_every_n_steps=0,
+        **kwargs,
+    )
+
+
+def _fit_one_batch(tmp_path, model):
+    from tests.helpers.tiny_data import TinyDataModule, cpu_trainer
+
+    trainer = cpu_trainer(tmp_path, max_steps=2)
+    trainer.fit(model, TinyDataModule(size=64, n_batches=1))
+    logged = {k.removeprefix("train/") for k in trainer.callback_metrics if k.startswith("train/")}
+    return trainer, logged
+
+
+def test_lambda_c_zero_never_builds_or_runs_vgg19(tmp_path, monkeypatch):
+    from dmenet.modules import content_loss, vgg
+
+    built = []
+    original = vgg.vgg19_features
+    monkeypatch.setattr(content_loss, "vgg19_features", lambda *a, **k: built.append(1) or original(*a, **k))
+    model = _model(lambda_c=0.0)
+    trainer, logged = _fit_one_batch(tmp_path, model)
+    assert built == [] and model.content_loss is None
+    assert model.hparams.content_loss is False  # the checkpoint rebuilds no C either
+    assert "L_C" not in logged and {"L_B", "L_S", "L_adv", "L_D"} <= logged
+    # lambda_c > 0 builds C (and training_step then runs it): the spy above is live
+    assert _model(lambda_c=1e-4).content_loss is not None and built == [1]
+
+
+def test_lambda_s_and_lambda_adv_zero_remove_s_and_d(tmp_path):
+    model = _model(lambda_s=0.0, lambda_adv=0.0, content_loss=False)
+    trainer, logged = _fit_one_batch(tmp_path, model)
+    assert model.sharpness_calibrator is None and model.domain_discriminator is None
+    assert len(trainer.optimizers) == 1 and trainer.global_step == 1  # G step only
+    assert logged == {"L_B", "L_g"}
+
+
+def test_lambda_d_zero_keeps_d_fixed_and_still_trains_b_against_it(tmp_path):
+    model = _model(lambda_d=0.0, content_loss=False)
+    assert not any(p.requires_grad for p in model.domain_discriminator.parameters())
+    before = {n: p.detach().clone() for n, p in model.domain_discriminator.named_parameters()}
+    trainer, logged = _fit_one_batch(tmp_path, model)
+    assert len(trainer.optimizers) == 1 and trainer.global_step == 1
+    assert "L_adv" in logged and not {"L_D", "L_d"} & logged
+    after = dict(model.domain_discriminator.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # weights as built
+
+
+def test_negative_lambda_is_a_config_error():
+    from dmenet.errors import ConfigError
+    from dmenet.lightning_model import DMENet
+
+    with pytest.raises(ConfigError, match="--model.lambda_s must be >= 0"):
+        DMENet(vgg_weights=None, lambda_s=-1.0)

@@ -26,9 +26,9 @@ from dmenet.data.thin_lens import sigma_from_coc
 from dmenet.errors import OutputExistsError
 from dmenet.evaluation import metrics as M
 from dmenet.evaluation import report
-from dmenet.labels import BINARY_COC_THRESHOLD_PX, LABEL_SPACES, from_sigma_px, to_sigma_px
+from dmenet.labels import BINARY_COC_THRESHOLD_PX, check_label_space, from_sigma_px, to_sigma_px
 
-__all__ = ["DERIVED_BLUR_SIGMA_PX", "Evaluator", "evaluate_estimator", "is_rtf_set"]
+__all__ = ["DERIVED_BLUR_SIGMA_PX", "Evaluator", "evaluate_estimator", "is_rtf_set", "metric_names"]
 
 DERIVED_BLUR_SIGMA_PX: float = float(sigma_from_coc(torch.tensor(BINARY_COC_THRESHOLD_PX), "paper"))
 """A dense label marks a pixel blurred when its sigma exceeds this (px): the binary map's CoC
@@ -40,6 +40,20 @@ REPORT_FILES = ("metrics.json", "table.md", "per_image.csv", "pr_curve.png", "pr
 def is_rtf_set(set_name: str) -> bool:
     """The RTF evaluation rules apply to sets whose name starts with ``"rtf"``."""
     return set_name.lower().startswith("rtf")
+
+
+def metric_names(set_name: str, item: Mapping) -> list[str]:
+    """The dataset metrics a set whose evaluation items look like ``item`` gets (e.g.
+    ``["mse", "mae"]`` for RTF, ``["accuracy", "f_measure", "ap"]`` for CUHK).
+
+    ``item`` is one unbatched sample (``"image" (3, H, W)`` and the set's labels); it is scored
+    once, with an all-zero prediction, by the same rules as the real evaluation.
+    """
+    batch = {k: v[None] for k, v in item.items() if isinstance(v, torch.Tensor) and v.ndim == 3}
+    evaluator = Evaluator(set_name, None, overwrite=True)
+    image = batch["image"]
+    evaluator.update(image.new_zeros(1, 1, *image.shape[-2:]), batch)
+    return list(evaluator.compute())
 
 
 class Evaluator:
@@ -67,8 +81,7 @@ class Evaluator:
         num_thresholds: int = 101,
         blurred_sigma_px: float = DERIVED_BLUR_SIGMA_PX,
     ) -> None:
-        if label_space not in LABEL_SPACES:
-            raise ValueError(f"unknown label space {label_space!r}; choose one of {LABEL_SPACES}")
+        check_label_space(label_space)
         self.set_name = str(set_name)
         self.out_dir = Path(out_dir) if out_dir is not None else Path("results") / self.set_name
         self.label_space = label_space
