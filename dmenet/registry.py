@@ -64,11 +64,17 @@ class Registry:
         """The constructor registered as ``name``; a typo gets an error listing the known names."""
         self.load()
         if name not in self._entries:
-            close = difflib.get_close_matches(name, list(self._entries), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            close = self.closest(name)
+            hint = f" Did you mean {close!r}?" if close else ""
             known = ", ".join(sorted(self._entries)) or "(none)"
             raise KeyError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {known}")
         return self._entries[name]
+
+    def closest(self, name: str) -> str | None:
+        """The registered name closest to a mistyped ``name``, if any is close."""
+        self.load()
+        close = difflib.get_close_matches(name, list(self._entries), n=1)
+        return close[0] if close else None
 
     def create(self, name: str, **kwargs: Any) -> Any:
         """Build the part registered as ``name`` with ``kwargs``."""
