@@ -8,7 +8,7 @@ Evaluator, so every estimator lands in the same tables.
 Which metrics a set gets depends on what its batches carry:
 
 * ``set_name`` starting with ``"rtf"``: the RTF protocol on ``"sigma_px"`` (Gaussian sigma, px;
-  a raw ``"disc_radius_px"`` is mapped with the RTF table here): ``mse``, ``mae``.
+  the RTF reader maps the disc radii through the RTF table): ``mse``, ``mae``.
 * ``"label"`` (dense ``y``) or ``"sigma_px"``: SYNDOF ``mse``, ``mae``; and, when no
   ``"sharp_mask"`` is given, a blur mask derived from it (``sigma_px > blurred_sigma_px``).
 * ``"sharp_mask"`` (1 = sharp): ``accuracy``, ``f_measure``, ``ap`` (CUHK protocol).
@@ -108,7 +108,7 @@ class Evaluator:
         Args:
             y_pred: ``(N, 1, H, W)`` predictions in ``self.label_space`` (normally N = 1).
             batch: the evaluation batch (``"image"``, ``"name"``, ``"set"`` and any of
-                ``"label"``, ``"sharp_mask"``, ``"sigma_px"``, ``"disc_radius_px"``).
+                ``"label"``, ``"sharp_mask"``, ``"sigma_px"``).
 
         Returns the image's metrics (the batch mean when N > 1).
         """
@@ -131,11 +131,9 @@ class Evaluator:
         y = from_sigma_px(sigma_pred_px, "ours")  # one label space from here on
         out: dict[str, float] = {}
         sigma_gt_px = _plane(item.get("sigma_px"))
-        if sigma_gt_px is None and item.get("disc_radius_px") is not None:
-            sigma_gt_px = M.rtf_disc_to_gauss(_plane(item["disc_radius_px"]))
         if self.rtf:
             if sigma_gt_px is None:
-                raise ValueError(f"{name}: an RTF set needs 'sigma_px' or 'disc_radius_px' in the batch")
+                raise ValueError(f"{name}: an RTF set needs 'sigma_px' in the batch")
             out["mse"], out["mae"] = M.rtf_errors(sigma_pred_px, sigma_gt_px)
         else:
             label = _plane(item.get("label"))

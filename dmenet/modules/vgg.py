@@ -43,13 +43,6 @@ class ImageNetNormalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
-    """Functional form of :class:`ImageNetNormalize`."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def _vgg19_conv_layers() -> nn.Sequential:
     """torchvision's ``vgg19().features`` layout (37 layers), randomly initialised as torchvision
     does, without building the 120M-parameter classifier (about 0.5 GB we never use)."""

@@ -123,13 +123,6 @@ class TestDenseSets:
         assert (out["mse"], out["mae"]) == pytest.approx((mse, mae))
         assert out["mae"] == pytest.approx((0.3 / 3.275) / 3, rel=1e-5)
 
-    def test_rtf_raw_disc_radius_is_looked_up(self):
-        disc = torch.tensor([[[[0.5, 6.0]]]])
-        pred = from_sigma_px(torch.tensor([[[[0.3, 3.275]]]]), "ours")
-        batch = {"image": torch.rand(1, 3, 1, 2), "name": ["r"], "disc_radius_px": disc}
-        out = Evaluator("rtf", overwrite=True).update(pred, batch)
-        assert out["mse"] == pytest.approx(0.0, abs=1e-10)
-
     def test_rtf_without_ground_truth_is_an_error(self):
         batch = {"image": torch.rand(1, 3, 2, 2), "name": ["r"]}
         with pytest.raises(ValueError, match="sigma_px"):
