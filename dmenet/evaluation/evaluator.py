@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from dmenet.data.thin_lens import sigma_from_coc
-from dmenet.errors import OutputExistsError
+from dmenet.errors import DataError, OutputExistsError
 from dmenet.evaluation import metrics as M
 from dmenet.evaluation import report
 from dmenet.labels import BINARY_COC_THRESHOLD_PX, check_label_space, from_sigma_px, to_sigma_px
@@ -133,7 +133,7 @@ class Evaluator:
         sigma_gt_px = _plane(item.get("sigma_px"))
         if self.rtf:
             if sigma_gt_px is None:
-                raise ValueError(f"{name}: an RTF set needs 'sigma_px' in the batch")
+                raise DataError(f"{name}: an RTF set needs 'sigma_px' in the batch")
             out["mse"], out["mae"] = M.rtf_errors(sigma_pred_px, sigma_gt_px)
         else:
             label = _plane(item.get("label"))
@@ -149,7 +149,7 @@ class Evaluator:
                 blurred = to_sigma_px(label, "ours") > self.blurred_sigma_px
             if blurred is not None:
                 if blurred.shape != y.shape:
-                    raise ValueError(
+                    raise DataError(
                         f"{name}: prediction {tuple(y.shape)} and mask {tuple(blurred.shape)} differ in size"
                     )
                 out["accuracy"] = M.cuhk_accuracy(y, blurred)
