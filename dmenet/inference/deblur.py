@@ -37,13 +37,21 @@ import numpy as np
 import torch
 
 from dmenet.errors import DataError, DMENetError
-from dmenet.inference.deconvolution import ALPHA, BOUNDARIES, deconvolve, gaussian_taps
+from dmenet.inference.deconvolution import (
+    ALPHA,
+    BOUNDARIES,
+    MODELS,
+    deconvolve,
+    gaussian_taps,
+    invert_blur,
+)
 
 __all__ = [
     "DEFAULT_LAMBDA",
     "DEFAULT_BINS",
     "MIN_SIGMA_PX",
     "BIN_MODES",
+    "METHODS",
     "DEBLURRED_SUFFIX",
     "deblur",
     "bin_plan",
@@ -63,6 +71,11 @@ MIN_SIGMA_PX: float = 0.3
 """Pixels with a smaller sigma (px) are left as they are."""
 
 BIN_MODES: tuple[str, ...] = ("blend", "hard")
+METHODS: tuple[str, ...] = ("bins", "invert")
+"""``"bins"``: per-bin whole-image deconvolutions (the reference's scheme, improved; default).
+``"invert"``: half-quadratic inversion of the spatially varying blur operator itself
+(:func:`dmenet.inference.deconvolution.invert_blur`); measured in BENCHMARKS.md section 5."""
+DEFAULT_CG_ITERS: int = 8
 NODE_TOL_PX: float = 0.01
 """Bin sigmas closer than this (px) share one deconvolution."""
 
@@ -204,7 +217,8 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
            boundary: str = "reflect", min_sigma_px: float = MIN_SIGMA_PX,
            device: torch.device | str | None = None,
            memory_mb: int | None = DEFAULT_MEMORY_MB, isolate: bool = True,
-           edge_safe: bool = True) -> torch.Tensor:
+           edge_safe: bool = True, method: str = "bins", model: str = "gather",
+           cg_iters: int = DEFAULT_CG_ITERS) -> torch.Tensor:
     """All-in-focus ``image (C, H, W)`` in ``[0, 1]`` (any C) from its defocus map
     ``sigma_px (H, W)`` (Gaussian sigma in px). Returns ``(C, H, W)`` in ``[0, 1]`` on the CPU.
 
@@ -216,7 +230,15 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     the pixels that use it, the photo re-blurred with its own PSF (consistent data, no ringing
     from regions of other blur). ``edge_safe``: :func:`edge_safe_sigma` first. The reference
     method is ``bin_mode="hard", boundary="taper", isolate=False, edge_safe=False``.
+
+    ``method="invert"`` instead inverts the blur operator of the whole map (``model``
+    ``"gather"`` or ``"scatter"``, ``cg_iters`` CG steps per half-quadratic step; ``bins``,
+    ``bin_mode``, ``boundary``, ``isolate`` and ``memory_mb`` do not apply).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if model not in MODELS:
+        raise ValueError(f"unknown blur model {model!r}; choose one of {', '.join(MODELS)}")
     if image.dim() != 3:
         raise DataError(f"image must be (C, H, W), got {tuple(image.shape)}")
     if boundary not in BOUNDARIES:
@@ -226,6 +248,13 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     device = torch.device(device) if device is not None else image.device
     if edge_safe:
         sigma = edge_safe_sigma(sigma)
+    if method == "invert":
+        sigma = torch.where(sigma >= min_sigma_px, sigma, torch.zeros_like(sigma))
+        if not sigma.numel() or float(sigma.max()) <= 0:
+            return image.float().cpu().clamp(0.0, 1.0)
+        x = invert_blur(image.float().to(device), sigma.to(device), lam, alpha=alpha, model=model,
+                        cg_iters=cg_iters)
+        return x.clamp_(0.0, 1.0).cpu()
     plan = _plan(sigma, bins, bin_mode, min_sigma_px)
     nodes = plan[0]
     source = image.float().cpu()
@@ -394,7 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {MIN_SIGMA_PX:g})")
     parser.add_argument("--reference", action="store_true",
                         help="the reference method exactly: hard bins, taper boundary, no bin "
-                        "isolation, no edge-safe map (overrides --bin-mode / --boundary)")
+                        "isolation, no edge-safe map (overrides --bin-mode / --boundary / --method)")
+    parser.add_argument("--method", choices=METHODS, default="bins",
+                        help="bins: per-bin whole-image deconvolutions, blended (default); invert: "
+                        "half-quadratic inversion of the spatially varying blur operator (CG)")
+    parser.add_argument("--model", choices=MODELS, default="gather",
+                        help="blur model of --method invert: gather (each pixel the blur of the "
+                        "sharp image by its own Gaussian, default) or scatter (its transpose)")
+    parser.add_argument("--cg-iters", type=int, default=DEFAULT_CG_ITERS,
+                        help="conjugate-gradient steps per half-quadratic step of --method invert")
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB,
                         help="working memory of the deconvolutions in MB (default 64 on a CPU, "
                         "2048 on a GPU)")
@@ -412,6 +449,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise DMENetError(f"--sigma-map {args.sigma_map}: no such file or folder")
     if not args.lam > 0:
         raise DMENetError(f"--lambda must be > 0, got {args.lam}")
+    if args.cg_iters < 1:
+        raise DMENetError(f"--cg-iters must be >= 1, got {args.cg_iters}")
     if not 1.0 <= args.alpha <= 2.0:
         raise DMENetError(f"--alpha must be in [1, 2], got {args.alpha}")
     if args.bins < 1:
@@ -437,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dmenet.inference.writer import check_outputs_free, output_paths, write_defocus_outputs
 
     if args.reference:
-        args.bin_mode, args.boundary = "hard", "taper"
+        args.bin_mode, args.boundary, args.method = "hard", "taper", "bins"
     items, failures = gather_inputs(args.paths, args.recursive)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -454,7 +493,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"lambda": args.lam, "alpha": args.alpha, "bins": args.bins,
                 "bin_mode": args.bin_mode, "boundary": args.boundary,
-                "min_sigma_px": args.min_sigma, "reference": args.reference}
+                "min_sigma_px": args.min_sigma, "reference": args.reference,
+                "method": args.method}
+    if args.method == "invert":
+        settings.update({"model": args.model, "cg_iters": args.cg_iters})
 
     written = 0
     bar = tqdm(items, desc="dmenet deblur", unit="photo", disable=None)
@@ -475,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = deblur(colour, sigma, lam=args.lam, alpha=args.alpha, bins=args.bins,
                             bin_mode=args.bin_mode, boundary=args.boundary,
                             min_sigma_px=args.min_sigma, device=device, memory_mb=args.memory_mb,
-                            isolate=not args.reference, edge_safe=not args.reference)
+                            isolate=not args.reference, edge_safe=not args.reference,
+                            method=args.method, model=args.model, cg_iters=args.cg_iters)
             paths = output_paths(out_dir, name, _output_suffixes(path, args.save_map))
             meta.update({"source": str(path), "seconds": round(time.perf_counter() - start, 3),
                          "deblur": settings, "deblurred": paths["deblurred"].name})

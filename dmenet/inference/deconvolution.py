@@ -263,3 +263,150 @@ def deconvolve(image: torch.Tensor, sigmas_px: list[float], lam: float, alpha: f
     y = edge_taper(y, sigmas_px, otf)
     x = deconvolve_padded(y, otf, lam, alpha)
     return x[..., top:top + h, left:left + w]
+
+
+# ---------------------------------------------------------------------------------------------
+# inverting the spatially varying blur operator itself (``method="invert"``)
+
+MODELS: tuple[str, ...] = ("gather", "scatter")
+"""Spatially varying blur models: ``"gather"`` ``(K x)(p) = sum_q G_sigma(p)(p - q) x(q)`` (each
+output pixel is the blur of the sharp image with its own Gaussian) and ``"scatter"``, its
+transpose (each sharp pixel spreads its light with its own Gaussian)."""
+
+
+def _blur_zero(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Gaussian blur of ``(C, H, W)`` with zero boundary (exactly self-adjoint): OpenCV on the
+    CPU, a separable conv2d elsewhere. Kernel taps from :func:`gaussian_taps`."""
+    if sigma_px <= 1e-6:
+        return x
+    taps = gaussian_taps(sigma_px)
+    if x.device.type == "cpu":
+        import cv2
+
+        kf = taps.astype(np.float32)
+        arr = x.detach().contiguous().numpy()
+        out = np.empty_like(arr)
+        for c in range(arr.shape[0]):
+            out[c] = cv2.sepFilter2D(arr[c], -1, kf, kf, borderType=cv2.BORDER_CONSTANT)
+        return torch.from_numpy(out)
+    k = torch.as_tensor(taps, dtype=x.dtype, device=x.device)
+    r = len(taps) // 2
+    c = x.shape[0]
+    y = torch.nn.functional.conv2d(x[:, None], k.view(1, 1, 1, -1), padding=(0, r))
+    y = torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1), padding=(r, 0))
+    return y.view(c, *x.shape[-2:])
+
+
+class BlurOperator:
+    """The spatially varying Gaussian blur of a ``sigma_px (H, W)`` map as a linear operator on
+    ``(C, H, W)`` images with zero boundary: per pixel, linear interpolation between the blurs by
+    the two bracketing levels of the SYNDOF renderer's blur basis
+    (:func:`dmenet.data.syndof.basis_levels`, step-edge error <= its tolerance).
+
+    ``apply`` is the ``model`` (``"gather"`` or ``"scatter"``), ``adjoint`` its exact transpose.
+    """
+
+    def __init__(self, sigma_px: torch.Tensor, model: str = "gather"):
+        from dmenet.data.syndof import basis_levels
+
+        if model not in MODELS:
+            raise ValueError(f"unknown blur model {model!r}; choose one of {', '.join(MODELS)}")
+        self.model = model
+        smax = float(sigma_px.max()) if sigma_px.numel() else 0.0
+        levels = torch.tensor(basis_levels(max(smax, 1e-3)), dtype=torch.float32)
+        s = sigma_px.float().cpu().clamp(0.0, float(levels[-1]))
+        lower = (torch.bucketize(s, levels, right=True) - 1).clamp(0, len(levels) - 2)
+        t = ((s - levels[lower]) / (levels[lower + 1] - levels[lower])).clamp(0.0, 1.0)
+        self.levels, self.weights = [], []
+        for k in range(len(levels)):
+            wk = (lower == k) * (1.0 - t) + (lower + 1 == k) * t
+            if float(wk.max()) > 0:
+                self.levels.append(float(levels[k]))
+                self.weights.append(wk.to(sigma_px.device))
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        for s, wk in zip(self.levels, self.weights):
+            out += wk * _blur_zero(x, s)
+        return out
+
+    def _scatter(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        for s, wk in zip(self.levels, self.weights):
+            out += _blur_zero(wk * x, s)
+        return out
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self._gather(x) if self.model == "gather" else self._scatter(x)
+
+    def adjoint(self, x: torch.Tensor) -> torch.Tensor:
+        return self._scatter(x) if self.model == "gather" else self._gather(x)
+
+
+def _diff(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward differences along W and H, 0 on the last column / row (no wrap)."""
+    dx = torch.zeros_like(x)
+    dy = torch.zeros_like(x)
+    dx[..., :, :-1] = x[..., :, 1:] - x[..., :, :-1]
+    dy[..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
+    return dx, dy
+
+
+def _diff_adjoint(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+    """Transpose of :func:`_diff`."""
+    out = torch.zeros_like(wx)
+    out[..., :, :-1] -= wx[..., :, :-1]
+    out[..., :, 1:] += wx[..., :, :-1]
+    out[..., :-1, :] -= wy[..., :-1, :]
+    out[..., 1:, :] += wy[..., :-1, :]
+    return out
+
+
+def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.Tensor | None = None,
+                alpha: float = ALPHA, model: str = "gather", cg_iters: int = 8,
+                betas: list[float] | None = None, robust_px: float | None = None) -> torch.Tensor:
+    """K&F hyper-Laplacian deconvolution of ``y (C, H, W)`` under the spatially varying blur of
+    ``sigma_px (H, W)`` (:class:`BlurOperator`), unclipped ``(C, H, W)``.
+
+    Half-quadratic splitting as :func:`deconvolve_padded`, but the ``x``-step
+    ``(lam K^T M K + beta D^T D) x = lam K^T M y + beta D^T w`` is solved by ``cg_iters``
+    conjugate-gradient iterations warm-started from the previous ``x`` (from ``x0``, default
+    ``y``). The photo is mirror-padded by the largest kernel radius and the data term ``M`` only
+    counts the photo's own pixels, so the borders need no tapering.
+    """
+    if not lam > 0:
+        raise ValueError(f"the data weight lambda must be > 0, got {lam}")
+    c, h, w = y.shape
+    pad = max(1, len(gaussian_taps(float(sigma_px.max()))) // 2)
+    yp, (top, left) = pad_image(y.float(), pad, "reflect", fast=False)
+    sp, _ = pad_image(sigma_px.float()[None], pad, "reflect", fast=False)
+    op = BlurOperator(sp[0], model)
+    mask = torch.zeros_like(yp[:1])
+    mask[:, top:top + h, left:left + w] = 1.0
+    inside = mask
+    x = pad_image((y if x0 is None else x0).float(), pad, "reflect", fast=False)[0]
+    data_rhs = lam * op.adjoint(mask * yp)
+
+    def normal(v: torch.Tensor, beta: float) -> torch.Tensor:
+        return lam * op.adjoint(mask * op.apply(v)) + beta * _diff_adjoint(*_diff(v))
+
+    for beta in beta_schedule() if betas is None else betas:
+        if robust_px is not None:
+            res = (op.apply(x) - yp).abs().mean(0, keepdim=True)
+            mask = inside / (1.0 + (res / robust_px) ** 2)
+            data_rhs = lam * op.adjoint(mask * yp)
+        vx, vy = _diff(x)
+        rhs = data_rhs + beta * _diff_adjoint(shrink(vx, beta, alpha), shrink(vy, beta, alpha))
+        del vx, vy
+        r = rhs - normal(x, beta)
+        p = r.clone()
+        rr = (r * r).sum()
+        for _ in range(cg_iters):
+            ap = normal(p, beta)
+            step = rr / (p * ap).sum().clamp(min=1e-30)
+            x = x + step * p
+            r = r - step * ap
+            rr_new = (r * r).sum()
+            p = r + (rr_new / rr.clamp(min=1e-30)) * p
+            rr = rr_new
+    return x[:, top:top + h, left:left + w]
