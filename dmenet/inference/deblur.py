@@ -9,8 +9,16 @@ The defocus map (Gaussian sigma in px per pixel) comes from B (``--ckpt``), from
 or a 16-bit PNG holding ``1000 * sigma`` as ``dmenet infer`` writes it; a folder of
 ``NAME_sigma_px.npy`` / ``NAME_sigma_px_x1000.png`` serves several photos).
 
-The method (:func:`deblur`): the map's blurred pixels (sigma >= ``min_sigma_px``, 0.3 px) are
-split into ``bins`` quantile bins (32); the whole photo is deconvolved once per bin sigma with a
+The default method (:func:`deblur`, ``method="invert"``) inverts the spatially varying blur
+operator of the whole map: each pixel is modelled as the blur of the sharp photo by its own
+Gaussian (``model="gather"``; :class:`~dmenet.inference.deconvolution.BlurOperator`, the SYNDOF
+blur basis interpolated per pixel), and Krishnan & Fergus's hyper-Laplacian objective is
+minimised by half-quadratic splitting with a few conjugate-gradient steps per ``x``-step
+(:func:`~dmenet.inference.deconvolution.invert_blur`), on the edge-safe map
+(:func:`edge_safe_sigma`).
+
+``method="bins"`` (the previous default): the map's blurred pixels (sigma >= ``min_sigma_px``,
+0.3 px) are split into ``bins`` quantile bins (32); the whole photo is deconvolved once per bin sigma with a
 Gaussian PSF, per channel, by Krishnan & Fergus's hyper-Laplacian half-quadratic solver
 (:mod:`dmenet.inference.deconvolution`), all bins and channels batched on one device; each pixel
 takes its bin's result. ``bin_mode="blend"`` (default) interpolates linearly in sigma between
@@ -71,10 +79,11 @@ MIN_SIGMA_PX: float = 0.3
 """Pixels with a smaller sigma (px) are left as they are."""
 
 BIN_MODES: tuple[str, ...] = ("blend", "hard")
-METHODS: tuple[str, ...] = ("bins", "invert")
-"""``"bins"``: per-bin whole-image deconvolutions (the reference's scheme, improved; default).
-``"invert"``: half-quadratic inversion of the spatially varying blur operator itself
-(:func:`dmenet.inference.deconvolution.invert_blur`); measured in BENCHMARKS.md section 5."""
+METHODS: tuple[str, ...] = ("invert", "bins")
+"""``"invert"`` (default): half-quadratic inversion of the spatially varying blur operator itself
+(:func:`dmenet.inference.deconvolution.invert_blur`); ``"bins"``: per-bin whole-image
+deconvolutions (the reference's scheme, improved; the previous default). Measured in
+BENCHMARKS.md section 5."""
 DEFAULT_CG_ITERS: int = 8
 NODE_TOL_PX: float = 0.01
 """Bin sigmas closer than this (px) share one deconvolution."""
@@ -217,7 +226,7 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
            boundary: str = "reflect", min_sigma_px: float = MIN_SIGMA_PX,
            device: torch.device | str | None = None,
            memory_mb: int | None = DEFAULT_MEMORY_MB, isolate: bool = True,
-           edge_safe: bool = True, method: str = "bins", model: str = "gather",
+           edge_safe: bool = True, method: str = "invert", model: str = "gather",
            cg_iters: int = DEFAULT_CG_ITERS) -> torch.Tensor:
     """All-in-focus ``image (C, H, W)`` in ``[0, 1]`` (any C) from its defocus map
     ``sigma_px (H, W)`` (Gaussian sigma in px). Returns ``(C, H, W)`` in ``[0, 1]`` on the CPU.
@@ -229,11 +238,13 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     2048 MB on a GPU). ``isolate``: each bin's deconvolution sees, away from
     the pixels that use it, the photo re-blurred with its own PSF (consistent data, no ringing
     from regions of other blur). ``edge_safe``: :func:`edge_safe_sigma` first. The reference
-    method is ``bin_mode="hard", boundary="taper", isolate=False, edge_safe=False``.
+    method is ``method="bins", bin_mode="hard", boundary="taper", isolate=False,
+    edge_safe=False``.
 
-    ``method="invert"`` instead inverts the blur operator of the whole map (``model``
+    ``method="invert"`` (default) inverts the blur operator of the whole map (``model``
     ``"gather"`` or ``"scatter"``, ``cg_iters`` CG steps per half-quadratic step; ``bins``,
-    ``bin_mode``, ``boundary``, ``isolate`` and ``memory_mb`` do not apply).
+    ``bin_mode``, ``boundary``, ``isolate`` and ``memory_mb`` do not apply);
+    ``method="bins"`` is the per-bin scheme above.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -424,9 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", action="store_true",
                         help="the reference method exactly: hard bins, taper boundary, no bin "
                         "isolation, no edge-safe map (overrides --bin-mode / --boundary / --method)")
-    parser.add_argument("--method", choices=METHODS, default="bins",
-                        help="bins: per-bin whole-image deconvolutions, blended (default); invert: "
-                        "half-quadratic inversion of the spatially varying blur operator (CG)")
+    parser.add_argument("--method", choices=METHODS, default="invert",
+                        help="invert: half-quadratic inversion of the spatially varying blur "
+                        "operator (CG, default); bins: per-bin whole-image deconvolutions, blended "
+                        "(the previous default)")
     parser.add_argument("--model", choices=MODELS, default="gather",
                         help="blur model of --method invert: gather (each pixel the blur of the "
                         "sharp image by its own Gaussian, default) or scatter (its transpose)")

@@ -66,10 +66,10 @@ def test_constant_sigma_is_recovered():
     sharp = torch.from_numpy(x.transpose(2, 0, 1)).float()
     for sigma, gain_db in ((1.0, 2.0), (2.0, 1.0)):
         y = _q8(_blur(x, sigma))
-        out = deblur(y, torch.full((48, 64), sigma))
+        out = deblur(y, torch.full((48, 64), sigma), method="bins")
         assert _psnr(out, sharp) > _psnr(y, sharp) + gain_db, sigma
         # the reference settings also gain
-        ref = deblur(y, torch.full((48, 64), sigma), bin_mode="hard", boundary="taper",
+        ref = deblur(y, torch.full((48, 64), sigma), method="bins", bin_mode="hard", boundary="taper",
                      isolate=False, edge_safe=False)
         assert _psnr(ref, sharp) > _psnr(y, sharp) + gain_db / 2
 
@@ -131,14 +131,14 @@ def test_two_regions_get_their_own_deconvolution():
     lam = 1000.0
     whole = deconvolve(y, [1.0, 2.0], lam).clamp(0, 1)  # batched: the same padding as deblur
     expected = torch.cat([whole[0][..., : w // 2], whole[1][..., w // 2:]], -1)
-    plain = deblur(y, sigma, lam=lam, isolate=False, edge_safe=False)
+    plain = deblur(y, sigma, lam=lam, method="bins", isolate=False, edge_safe=False)
     assert (plain - expected).abs().max() < 1e-5
-    diff = (deblur(y, sigma, lam=lam) - expected).abs().amax((0, 1))
+    diff = (deblur(y, sigma, lam=lam, method="bins") - expected).abs().amax((0, 1))
     seam = w // 2
     assert diff[: seam - 3].max() < 0.02  # the sharper side barely changes
     assert diff[seam + 10:].max() < 0.02
     # and the blended bins have no step at the seam beyond what the image has
-    blend = deblur(y, sigma, lam=lam)
+    blend = deblur(y, sigma, lam=lam, method="bins")
     step = (blend[..., seam] - blend[..., seam - 1]).abs().mean()
     assert step < 2 * (expected[..., seam] - expected[..., seam - 1]).abs().mean() + 0.02
 
@@ -159,8 +159,8 @@ def test_result_does_not_depend_on_the_memory_chunks():
     """Bins and, when one bin does not fit, channels are processed in chunks: same result."""
     torch.manual_seed(0)
     image, sigma = torch.rand(3, 24, 30), torch.rand(24, 30) * 4
-    whole = deblur(image, sigma, memory_mb=1024)
-    assert torch.allclose(deblur(image, sigma, memory_mb=1), whole, atol=1e-5)
+    whole = deblur(image, sigma, memory_mb=1024, method="bins")
+    assert torch.allclose(deblur(image, sigma, memory_mb=1, method="bins"), whole, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 2, 3), (3, 7, 5), (4, 33, 17), (3, 5, 64)])
@@ -168,9 +168,10 @@ def test_any_size_and_channels(shape):
     torch.manual_seed(0)
     image = torch.rand(shape)
     sigma = torch.rand(shape[1:]) * 7
-    out = deblur(image, sigma)
-    assert out.shape == image.shape and torch.isfinite(out).all()
-    assert out.min() >= 0 and out.max() <= 1
+    for method in ("invert", "bins"):
+        out = deblur(image, sigma, method=method)
+        assert out.shape == image.shape and torch.isfinite(out).all()
+        assert out.min() >= 0 and out.max() <= 1
 
 
 def test_bad_maps_are_clear_errors():
