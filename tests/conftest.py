@@ -22,6 +22,32 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def _rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MB, from /proc (Linux)."""
+    values = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, kb = line.split()[:2]
+                values[key] = int(kb) / 1024.0
+    return values.get("VmRSS:", 0.0), values.get("VmHWM:", 0.0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``DMENET_TEST_RSS=FILE``: append, per test, this process's resident memory after it
+    and its peak so far, and the largest child process's peak (MB); finds what makes the suite big."""
+    yield
+    log = os.environ.get("DMENET_TEST_RSS")
+    if log and Path("/proc/self/status").exists():
+        import resource
+
+        rss, hwm = _rss_mb()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        with open(log, "a") as handle:
+            handle.write(f"{item.nodeid}\t{rss:.0f}\t{hwm:.0f}\t{children:.0f}\n")
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
     if not torch.cuda.is_available():
