@@ -163,9 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise DMENetError(f"{out_dir}: exists and is not a folder")
+    # nothing is created before a photo's maps are written: if every input fails, no folder
     check_outputs_free(out_dir, [name for _, name in items], args.overwrite)
     estimator = make_estimator(args, progress_tiles=len(items) == 1) if items else None
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     written = 0
     bar = tqdm(items, desc="dmenet infer", unit="photo", disable=None)
@@ -185,7 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory on one photo
             failures.append((str(path), f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
     bar.close()
-    print(f"dmenet infer: wrote defocus maps of {written} photo(s) to {out_dir}", file=sys.stderr)
+    if written:
+        print(f"dmenet infer: wrote defocus maps of {written} photo(s) to {out_dir}", file=sys.stderr)
+    else:
+        print(f"dmenet infer: no photo could be processed; {out_dir} was not created", file=sys.stderr)
     if failures:
         print(f"dmenet infer: {len(failures)} input(s) failed:", file=sys.stderr)
         for where, why in failures:
