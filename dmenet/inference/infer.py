@@ -23,7 +23,7 @@ import torch
 from dmenet.errors import DMENetError
 from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 
-__all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator"]
+__all__ = ["main", "build_parser", "build_estimator", "resolve_device", "SigmaEstimator", "make_estimator"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,70 +78,99 @@ def resolve_device(name: str) -> torch.device:
 
 
 class SigmaEstimator:
-    """One photo ``(3, H, W)`` in ``[0, 1]`` -> sigma in pixels ``(H, W)`` float32 numpy.
+    """One photo ``(3, H, W)`` in ``[0, 1]`` -> sigma in pixels ``(H, W)``.
 
-    ``describe`` holds what the outputs record about it (checkpoint, label space ...).
+    Calling it gives float32 NumPy (what the tools write); :meth:`tensor` gives a float32 torch
+    tensor on the estimator's device. ``describe`` holds what the outputs record about it
+    (checkpoint, label space ...).
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], np.ndarray], describe: dict) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], describe: dict) -> None:
         self.fn = fn
         self.describe = describe
         self.predictor = None
 
-    def __call__(self, image: torch.Tensor) -> np.ndarray:
+    def tensor(self, image: torch.Tensor) -> torch.Tensor:
+        """``(3, H, W)`` -> sigma in px ``(H, W)`` float32 tensor."""
         return self.fn(image)
+
+    def __call__(self, image: torch.Tensor) -> np.ndarray:
+        return self.fn(image).detach().cpu().numpy().astype(np.float32, copy=False)
 
 
 def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> SigmaEstimator:
-    """Build the estimator the options ask for (B from ``--ckpt`` or Zhuo & Sim)."""
-    if getattr(args, "estimator", "b") == "zhuo_sim":
+    """Build the estimator the command-line options ask for (B from ``--ckpt`` or Zhuo & Sim)."""
+    return build_estimator(
+        args.ckpt, estimator=getattr(args, "estimator", "b"), device=args.device, half=args.half,
+        tile=args.tile, overlap=args.overlap, trust=args.trust_checkpoint,
+        progress_tiles=progress_tiles,
+    )
+
+
+def build_estimator(
+    ckpt: str | Path | None,
+    estimator: str = "b",
+    device: str | torch.device = "auto",
+    half: bool = False,
+    tile: int = DEFAULT_TILE_PX,
+    overlap: int = DEFAULT_OVERLAP_PX,
+    trust: bool = False,
+    progress_tiles: bool = False,
+) -> SigmaEstimator:
+    """B from the checkpoint ``ckpt`` (tiled as ``dmenet infer`` tiles), or ``estimator="zhuo_sim"``.
+
+    What ``dmenet infer`` / ``magnify`` / ``depth`` and :func:`dmenet.load` all run.
+    """
+    if estimator == "zhuo_sim":
         from dmenet.evaluation.zhuo_sim import estimate_sigma_px
 
-        def zhuo(image: torch.Tensor) -> np.ndarray:
+        def zhuo(image: torch.Tensor) -> torch.Tensor:
             rgb = image.permute(1, 2, 0).cpu().numpy().astype(np.float64)
-            return np.asarray(estimate_sigma_px(rgb), dtype=np.float32)
+            return torch.from_numpy(np.asarray(estimate_sigma_px(rgb), dtype=np.float32))
 
         return SigmaEstimator(zhuo, {"estimator": "zhuo_sim", "label_space": None})
+    if estimator != "b":
+        raise DMENetError(f"estimator must be 'b' or 'zhuo_sim', got {estimator!r}")
 
-    if not args.ckpt:
+    if not ckpt:
         raise DMENetError("--ckpt is required (or use --estimator zhuo_sim)")
     from dmenet.inference.checkpoint import load_predictor
     from dmenet.inference.tiling import predict_image
 
-    device = resolve_device(args.device)
-    if args.half and device.type != "cuda":
+    device = resolve_device(str(device))
+    if half and device.type != "cuda":
         raise DMENetError("--half needs a GPU (--device cuda); on the CPU float32 is used")
-    if args.tile < 0 or args.overlap < 0 or (args.tile > 0 and args.overlap >= args.tile):
-        raise DMENetError(f"--tile {args.tile} / --overlap {args.overlap}: need 0 <= overlap < tile")
-    predictor = load_predictor(args.ckpt, device=device, trust=args.trust_checkpoint)
-    dtype = torch.float16 if args.half else torch.float32
+    if tile < 0 or overlap < 0 or (tile > 0 and overlap >= tile):
+        raise DMENetError(f"--tile {tile} / --overlap {overlap}: need 0 <= overlap < tile")
+    predictor = load_predictor(ckpt, device=device, trust=trust)
+    dtype = torch.float16 if half else torch.float32
     predictor = predictor.to(dtype)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         return predictor(batch.to(device=device, dtype=dtype)).float()
 
-    def b(image: torch.Tensor) -> np.ndarray:
+    def b(image: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            y = predict_image(run, image, tile=args.tile, overlap=args.overlap, device=device,
+            y = predict_image(run, image, tile=tile, overlap=overlap, device=device,
                               progress=progress_tiles)
             sigma = predictor.sigma_px(y.float())
-        return sigma[0, 0].cpu().numpy().astype(np.float32)
+        return sigma[0, 0].float()
 
-    ckpt = getattr(predictor, "checkpoint", None)
+    record = getattr(predictor, "checkpoint", None)
     describe = {
         "estimator": "b",
-        "checkpoint": str(Path(args.ckpt).resolve()),
+        "checkpoint": str(Path(ckpt).resolve()),
         "label_space": predictor.label_space,
         "device": str(device),
-        "dtype": "float16" if args.half else "float32",
-        "tile_px": args.tile,
-        "overlap_px": args.overlap,
+        "dtype": "float16" if half else "float32",
+        "tile_px": tile,
+        "overlap_px": overlap,
     }
-    if ckpt is not None and ckpt.record.get("source"):
-        describe["converted_from"] = ckpt.record["source"]
-    estimator = SigmaEstimator(b, describe)
-    estimator.predictor = predictor
-    return estimator
+    if record is not None and record.record.get("source"):
+        describe["converted_from"] = record.record["source"]
+    result = SigmaEstimator(b, describe)
+    result.predictor = predictor
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
