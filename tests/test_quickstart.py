@@ -35,7 +35,7 @@ TINY_DATA = [
 ]
 
 # messages a user cannot act on: none may reach the console of a dmenet command
-UNACTIONABLE = ("LightningCLI's args parameter", "litlogger", "in eval mode", "LeafSpec")
+UNACTIONABLE = ("LightningCLI's args parameter", "litlogger", "module(s) in eval mode", "LeafSpec")
 
 
 def _dmenet(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
