@@ -90,7 +90,7 @@ def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path):
     text = "\n".join(last_lines)
     assert "trained 2 of 20 planned iterations" in text, text
     assert "held-out embedded (last validation): MAE" in text and " px" in text
-    assert f"{run / 'val_images'}/" in text
+    assert f"{(run / 'val_images').relative_to(tmp_path)}/" in text  # as the user gave it
     assert not (run / "TIME_CAP_REACHED.txt").exists()
 
     # test on the run's own checkpoint: the report lands inside the run, no new version
