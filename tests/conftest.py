@@ -33,13 +33,39 @@ def _rss_mb() -> tuple[float, float]:
     return values.get("VmRSS:", 0.0), values.get("VmHWM:", 0.0)
 
 
+def _free_heap() -> None:
+    """Collect reference cycles (models held by Trainers, CLIs, closures) and hand the freed
+    heap back to the OS (glibc keeps it otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+# a test that leaves this much more resident memory than it found gets its cycles collected:
+# big tensors do not count towards Python's gc thresholds, so trained models in cycles would
+# otherwise pile up until the end of the file (about 450 MB per in-process `dmenet fit`)
+_RSS_GROWTH_COLLECT_MB = 200.0
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    """With ``DMENET_TEST_RSS=FILE``: append, per test, this process's resident memory after it
-    and its peak so far, and the largest child process's peak (MB); finds what makes the suite big."""
+    """Keep the suite's memory flat (:data:`_RSS_GROWTH_COLLECT_MB`); with
+    ``DMENET_TEST_RSS=FILE``, append per test this process's resident memory after it, its peak
+    so far and the largest child process's peak (MB): what makes the suite big."""
+    on_linux = Path("/proc/self/status").exists()
+    before = _rss_mb()[0] if on_linux else 0.0
     yield
+    if not on_linux:
+        return
+    if _rss_mb()[0] - before > _RSS_GROWTH_COLLECT_MB:
+        _free_heap()
     log = os.environ.get("DMENET_TEST_RSS")
-    if log and Path("/proc/self/status").exists():
+    if log:
         import resource
 
         rss, hwm = _rss_mb()
@@ -50,17 +76,9 @@ def pytest_runtest_protocol(item, nextitem):
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_memory_after_each_file():
-    """Free what a test file's models left in reference cycles and hand the freed heap back to
-    the OS, so the suite's resident memory does not add up file after file."""
+    """What a test file's module-scoped fixtures held goes back to the OS after the file."""
     yield
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    _free_heap()
 
 
 def pytest_collection_modifyitems(config, items):
