@@ -180,8 +180,9 @@ def test_training_pictures_are_written(tmp_path):
     assert [p.name for p in pictures] == ["iter_0000001.png", "iter_0000002.png"]
     from PIL import Image
 
-    # input | prediction | prediction (colour) | label | label (colour)
-    assert Image.open(pictures[0]).size == (5 * 64, 64)
+    # photo | label | prediction | error tiles, upscaled 4x to 256 px (+ 2 px gaps), a 64 px
+    # colour bar, under a 22 px title bar (dmenet.visualize.defocus_panel)
+    assert Image.open(pictures[0]).size == (4 * (4 * 64 + 2) + 64, 22 + 4 * 64)
 
 
 def test_predict_step_returns_y_sigma_and_names(bdcs_template):
