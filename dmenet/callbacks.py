@@ -72,7 +72,9 @@ class ValidationPictures(pl.Callback):
             image = batch["image"][:1].float()
             y = pl_module(image).y[:1]
             label = batch["label"][0] if "label" in batch else None
-            panel = defocus_panel(image[0], y[0], label)
+            # the prediction is in the model's label space, evaluation labels in ours
+            space = getattr(pl_module, "hparams", {}).get("label_space", "ours")
+            panel = defocus_panel(image[0], y[0], label, prediction_space=space)
         name = str(batch.get("name", [f"{batch_idx:04d}"])[0]).replace("/", "_")
         out_dir = run_dir(trainer) / self.dirname
         out_dir.mkdir(parents=True, exist_ok=True)

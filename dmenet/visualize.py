@@ -65,22 +65,29 @@ def sigma_colour_bar(height_px: int, vmax_px: float = SIGMA_MAX_PX, cmap: str = 
 
 def defocus_panel(
     image: torch.Tensor, prediction_y: torch.Tensor, label_y: torch.Tensor | None = None,
-    min_height_px: int = PANEL_MIN_HEIGHT_PX,
+    min_height_px: int = PANEL_MIN_HEIGHT_PX, prediction_space: str = "ours",
+    label_space: str = "ours",
 ) -> torch.Tensor:
     """One titled picture of a sample: ``photo | label | prediction | error`` and a colour bar.
 
-    ``image (3, H, W)`` in ``[0, 1]``; ``prediction_y``, ``label_y``: ``(1, H, W)`` in ``[0, 1]``
-    (``y = sigma / SIGMA_MAX_PX``). The maps are shown as sigma in px on one colour scale
+    ``image (3, H, W)`` in ``[0, 1]``; ``prediction_y``, ``label_y``: ``(1, H, W)`` in their label
+    spaces (``prediction_space``, ``label_space``; ``"ours"``: ``y = sigma / SIGMA_MAX_PX``),
+    converted with :func:`dmenet.labels.to_sigma_px`. The maps are shown as sigma in px on one colour scale
     (``0 .. SIGMA_MAX_PX``, the bar on the right); ``error`` is ``|prediction - label|`` in px on
     the same scale. Without a label: ``photo | prediction``. Tiles are upscaled by a whole factor
     (nearest neighbour) to at least ``min_height_px`` rows. Returns ``(3, H', W')`` float in
     ``[0, 1]`` on the CPU.
     """
+    from dmenet.labels import to_sigma_px
+
+    def sigma_px(y: torch.Tensor, space: str) -> np.ndarray:
+        return to_sigma_px(y.detach().float().cpu(), space).clamp(0, SIGMA_MAX_PX).squeeze(0).numpy()
+
     photo = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-    sigma_pred = prediction_y.detach().float().cpu().clamp(0, 1).squeeze(0).numpy() * SIGMA_MAX_PX
+    sigma_pred = sigma_px(prediction_y, prediction_space)
     tiles = [("photo", (photo * 255.0 + 0.5).astype(np.uint8))]
     if label_y is not None:
-        sigma_label = label_y.detach().float().cpu().clamp(0, 1).squeeze(0).numpy() * SIGMA_MAX_PX
+        sigma_label = sigma_px(label_y, label_space)
         tiles.append(("label (sigma px)", colorize(sigma_label)))
     tiles.append(("prediction (sigma px)", colorize(sigma_pred)))
     if label_y is not None:
