@@ -29,10 +29,10 @@ Renderers (``renderer``):
 * ``"loop"`` (:func:`render_defocus_loop`): the straightforward per-layer loop, a full-frame
   blur of every layer and the fill solved exactly (sparse LU, scipy) before every layer.
 * ``"fast"`` (default): the same per-layer compositing, but every blur, composite,
-  un-premultiply and fill restricted to the boxes where it changes something; the fill solved
-  by preconditioned conjugate gradients warm-started from the previous fill, and repeated only
-  when the blur reach grew by a pixel since the last fill (consecutive layers of the same reach
-  form one fill *group*: the fill region and its boundary values barely move inside one).
+  un-premultiply and fill restricted to the boxes where it changes something, and the fill
+  solved once per *fill group* (layers whose signed CoC steps agree after ``//
+  FAST_FILL_EVERY``; inside a group the last fill's background stays premultiplied); on the
+  CPU exactly, elsewhere by conjugate gradients warm-started from the last fill.
 
 Known, deliberate differences from the generator: a blurred mask below ``1e-4`` is zeroed
 together with its colour (the generator keeps the colour, which breaks convexity by up to
@@ -73,6 +73,8 @@ __all__ = [
     "regionfill",
     "layer_decomposition",
     "blur_reach_px",
+    "fill_start_coc_px",
+    "pad_like_border",
 ]
 
 RENDER_MODES: tuple[str, ...] = ("paper", "reference")
@@ -151,6 +153,18 @@ def _pad_index(n: int, r: int, border: str, device) -> torch.Tensor:
     # symmetric: ... c b a | a b c ... c | c b a ..., any r (period 2n)
     m = idx.remainder(2 * n)
     return torch.where(m >= n, 2 * n - 1 - m, m)
+
+
+def pad_like_border(x: torch.Tensor, pad_px: int, render_mode: str = "paper") -> torch.Tensor:
+    """Extend ``(..., H, W)`` by ``pad_px`` on every side the way the render mode's blur
+    treats the image border (``replicate`` / ``symmetric``): blurring the extension equals
+    blurring with that border rule."""
+    _check_mode(render_mode)
+    border = _MODE_BORDER[render_mode]
+    h, w = x.shape[-2:]
+    rows = _pad_index(h, pad_px, border, x.device)
+    cols = _pad_index(w, pad_px, border, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
 
 
 def _blur(x: torch.Tensor, sigma_px: float, aperture: str = "gaussian",
@@ -406,11 +420,18 @@ def _box_meet(a, b):
     return box if box[0] < box[1] and box[2] < box[3] else None
 
 
-def _fill_start(cocs: list[float]) -> int:
-    """Index of the first (farthest) layer with ``c <= 1`` (the generator's ``coc_zero_idx``);
-    the sharpest layer when none is that sharp. The fill runs before the layers after it."""
-    limit = max(BINARY_COC_THRESHOLD_PX, min(cocs))
-    return next(i for i, c in enumerate(cocs) if c <= limit + 1e-9)
+def _fill_start_value(values: torch.Tensor) -> float:
+    """Signed CoC (px) of the layer the fill starts after: the first (farthest) of ``values``
+    (signed layer CoCs, far to near) with ``|c| <= 1`` (the generator's ``coc_zero_idx``), or
+    the sharpest when none is that sharp."""
+    limit = max(BINARY_COC_THRESHOLD_PX, float(values.abs().min()))
+    return float(values[values.abs() <= limit + 1e-9][0])
+
+
+def _fill_start(values: list[float], start_value: float) -> int:
+    """Index of the last layer (far to near) whose signed CoC is >= ``start_value``: the fill
+    runs before the layers after it (-1: before all)."""
+    return sum(v >= start_value - 1e-9 for v in values) - 1
 
 
 @dataclass(frozen=True)
@@ -421,12 +442,14 @@ class _Options:
     fill: bool
     fast: bool
     fill_every: int = 1
+    coc_step_px: float = 0.1
 
 
 def _composite_sample(image: torch.Tensor, layer_id: torch.Tensor, sigmas: list[float],
-                      cocs: list[float], opt: _Options) -> torch.Tensor:
+                      values: list[float], start_value: float, opt: _Options) -> torch.Tensor:
     """Composite one sample far to near. ``image (1,3,H,W)`` float32, ``layer_id (1,1,H,W)``
-    0 = farthest, ``sigmas`` / ``cocs`` (px) per layer. Returns ``(1,3,H,W)``."""
+    0 = farthest, ``sigmas`` / signed CoCs ``values`` (px) per layer, the fill after the layer
+    of ``start_value`` (:func:`_fill_start`). Returns ``(1,3,H,W)``."""
     _, _, h, w = image.shape
     n = len(sigmas)
     if max(sigmas) <= 1e-6:
@@ -435,7 +458,7 @@ def _composite_sample(image: torch.Tensor, layer_id: torch.Tensor, sigmas: list[
     acc = torch.zeros_like(image)
     alpha = torch.zeros_like(image[:, :1])
     union = torch.zeros_like(layer_id, dtype=torch.bool)
-    start = _fill_start(cocs) if opt.fill else n
+    start = _fill_start(values, start_value) if opt.fill else n
     boxes = _layer_boxes(layer_id, n) if opt.fast else None
     union_box = None  # bounding box of the union of the layers composited so far
     rest_box = [None] * (n + 1)  # bounding box of the layers >= i
@@ -443,6 +466,7 @@ def _composite_sample(image: torch.Tensor, layer_id: torch.Tensor, sigmas: list[
         for i in range(n - 1, -1, -1):
             rest_box[i] = _box_union(rest_box[i + 1], tuple(int(v) for v in boxes[i]))
     dirty = full  # where alpha may lie strictly between 0 and 1
+    last_group = None
     for i in range(n):
         sigma = sigmas[i]
         r = _kernel_radius(sigma, opt.aperture, opt.radius_px)
@@ -453,7 +477,12 @@ def _composite_sample(image: torch.Tensor, layer_id: torch.Tensor, sigmas: list[
                                                           _box_grow(rest_box[i], r, h, w))
                 if box is not None:
                     region = _fill_region(union, sigma, box, opt)
-            solve = region is not None and (i - start - 1) % opt.fill_every == 0
+            # a fill group: layers whose CoC steps (signed) agree after // fill_every; the
+            # fill is solved before the first layer of each group (by value, not index, so
+            # that a crop fills like its whole image)
+            group = math.floor(round(values[i] / opt.coc_step_px) / opt.fill_every)
+            solve = region is not None and group != last_group
+            last_group = group
             # un-premultiply: colour = Acc / A, A -> 1 where it was > 0; a skipped fill keeps
             # the last fill's (premultiplied) background in its region
             if dirty is not None:
@@ -598,31 +627,63 @@ def _check_renderer(renderer: str) -> None:
         raise ValueError(f"unknown renderer {renderer!r}; choose 'fast' or 'loop'")
 
 
-def _options(render_mode: str, renderer: str, aperture: str, fill: bool) -> _Options:
+def _options(render_mode: str, renderer: str, aperture: str, fill: bool,
+             coc_step_px: float = 0.1) -> _Options:
     _check_mode(render_mode)
     _check_renderer(renderer)
     _check_aperture(aperture)
     radius = REFERENCE_KERNEL_RADIUS_PX if render_mode == "reference" else None
     fast = renderer == "fast"
     return _Options(aperture, radius, _MODE_BORDER[render_mode], fill, fast,
-                    FAST_FILL_EVERY if fast else 1)
+                    FAST_FILL_EVERY if fast else 1, coc_step_px)
 
 
-def _composite(image, layer_id, layer_sigma, layer_coc, num_layers, opt) -> torch.Tensor:
+def _composite(image, layer_id, layer_sigma, layer_value, num_layers, opt,
+               fill_from_coc_px=None) -> torch.Tensor:
     outs = []
     for i in range(image.shape[0]):
         n = int(num_layers[i])
+        values = layer_value[i, :n].cpu()
+        start = (_fill_start_value(values) if fill_from_coc_px is None
+                 else float(fill_from_coc_px[i]))
         outs.append(_composite_sample(image[i:i + 1], layer_id[i:i + 1],
                                       [float(v) for v in layer_sigma[i, :n].cpu()],
-                                      [float(v) for v in layer_coc[i, :n].cpu()], opt))
+                                      [float(v) for v in values], start, opt))
     return torch.cat(outs)
+
+
+def _layers(depth: torch.Tensor, camera: Camera, render_mode: str, coc_step_px: float,
+            max_layers: int, c_max_px: float):
+    """Layers of a clean depth map: ``(LayerDecomposition, signed layer CoC (B, L) px)``."""
+    if render_mode == "reference":
+        coc_signed = camera.signed_coc_px(depth.double()).clamp(-c_max_px, c_max_px)
+        keys = _reference_keys(coc_signed, coc_step_px)
+        layers = layer_decomposition(keys, 1.0, max_layers)
+        return layers, (layers.layer_value * coc_step_px).float()
+    coc_signed = camera.signed_coc_px(depth).clamp(-c_max_px, c_max_px)
+    layers = layer_decomposition(coc_signed, coc_step_px, max_layers)
+    return layers, layers.layer_value
+
+
+def fill_start_coc_px(depth_mm: torch.Tensor, camera: Camera, *, render_mode: str = "paper",
+                      coc_step_px: float = 0.1, max_layers: int = 350,
+                      c_max_px: float = C_MAX_PX) -> torch.Tensor:
+    """``(B,)`` signed CoC (px) of the layer of ``depth_mm (B,1,H,W)`` after which the fill
+    starts (the first with ``c <= 1``). Give it, computed on the WHOLE image, to
+    :func:`render_defocus` when rendering a crop of it, so that the crop fills like the whole."""
+    _check_mode(render_mode)
+    layers, values = _layers(clean_depth_mm(depth_mm), camera, render_mode, coc_step_px,
+                             max_layers, c_max_px)
+    return torch.tensor([_fill_start_value(values[i, :int(layers.num_layers[i])].cpu())
+                         for i in range(values.shape[0])])
 
 
 def render_defocus(image: torch.Tensor, depth_mm: torch.Tensor, camera: Camera, *,
                    sigma_rule: str = "paper", render_mode: str = "paper",
                    renderer: str = "fast", max_layers: int = 350, coc_step_px: float = 0.1,
                    aperture: str = "gaussian", gamma: float | None = None,
-                   c_max_px: float = C_MAX_PX, fill: bool = True) -> SyndofOutput:
+                   c_max_px: float = C_MAX_PX, fill: bool = True,
+                   fill_from_coc_px: torch.Tensor | None = None) -> SyndofOutput:
     """Defocus ``image (B,3,H,W)`` in [0, 1] by the thin-lens model with ``depth_mm (B,1,H,W)``.
 
     ``camera``: one focus distance and CoC scale per sample (:class:`CameraSampler`).
@@ -632,28 +693,23 @@ def render_defocus(image: torch.Tensor, depth_mm: torch.Tensor, camera: Camera, 
     ``renderer``: ``"fast"`` or ``"loop"`` (the straightforward per-layer loop with the exact
     fill). ``aperture="disc"`` uses a pillbox of diameter = CoC. ``gamma``: blur in linear
     intensity ``image ** gamma`` (None: on the sRGB values, like the reference). Invalid depth
-    follows :func:`dmenet.data.thin_lens.clean_depth_mm`. ``fill``: the occlusion fill.
-    Half-precision inputs are rendered in float32 and returned in their dtype.
+    follows :func:`dmenet.data.thin_lens.clean_depth_mm`. ``fill``: the occlusion fill;
+    ``fill_from_coc_px (B,)``: where it starts (:func:`fill_start_coc_px` of the whole image
+    when ``image`` is a crop of it; default: this image's own). Half-precision inputs are rendered in float32 and returned in their dtype.
     """
     _check_image(image)
     _check_map(depth_mm, image, "depth_mm")
-    opt = _options(render_mode, renderer, aperture, fill)
+    opt = _options(render_mode, renderer, aperture, fill, coc_step_px)
     if len(camera) != image.shape[0]:
         raise DataError(f"camera has {len(camera)} samples but the batch has {image.shape[0]}")
     dtype = image.dtype
     img = _linear(image.float(), gamma)
     depth = clean_depth_mm(depth_mm.to(img.device))
-    if render_mode == "reference":
-        coc_signed = camera.signed_coc_px(depth.double()).clamp(-c_max_px, c_max_px)
-        keys = _reference_keys(coc_signed, coc_step_px)
-        layers = layer_decomposition(keys, 1.0, max_layers)
-        layer_coc = (layers.layer_value.abs() * coc_step_px).float()
-    else:
-        coc_signed = camera.signed_coc_px(depth).clamp(-c_max_px, c_max_px)
-        layers = layer_decomposition(coc_signed, coc_step_px, max_layers)
-        layer_coc = layers.layer_value.abs()
+    layers, layer_value = _layers(depth, camera, render_mode, coc_step_px, max_layers, c_max_px)
+    layer_coc = layer_value.abs()
     layer_sigma = sigma_from_coc(layer_coc, sigma_rule)
-    out = _composite(img, layers.layer_id, layer_sigma, layer_coc, layers.num_layers, opt)
+    out = _composite(img, layers.layer_id, layer_sigma, layer_value, layers.num_layers, opt,
+                     fill_from_coc_px)
     b, _, h, w = image.shape
     flat = layers.layer_id.flatten(1)
     coc_map = torch.gather(layer_coc, 1, flat).view(b, 1, h, w)
@@ -711,6 +767,15 @@ def _order_layers(sigma_px: torch.Tensor, order: torch.Tensor, step: float,
     return torch.stack(ids), torch.stack(sigmas), layers.num_layers
 
 
+def _signed_sigma_order(sigma: torch.Tensor, n: int) -> torch.Tensor:
+    """Signed CoC ``4 sigma`` of layers sorted far to near: positive down to the sharpest
+    layer, negative after it (so the fill starts after the sharpest layer)."""
+    c = 4.0 * sigma.clone()
+    sharp = int(torch.argmin(c[:n]))
+    c[sharp + 1:] = -c[sharp + 1:]
+    return c
+
+
 def render_from_sigma(image: torch.Tensor, sigma_px: torch.Tensor, order: torch.Tensor, *,
                       aperture: str = "gaussian", gamma: float | None = None,
                       max_layers: int = 350, sigma_step_px: float = 0.025,
@@ -729,7 +794,7 @@ def render_from_sigma(image: torch.Tensor, sigma_px: torch.Tensor, order: torch.
     _check_image(image)
     _check_map(sigma_px, image, "sigma_px")
     _check_map(order, image, "order")
-    opt = _options(render_mode, renderer, aperture, fill)
+    opt = _options(render_mode, renderer, aperture, fill, 4.0 * sigma_step_px)
     if not bool(torch.isfinite(sigma_px).all()) or bool((sigma_px < 0).any()):
         raise DataError("sigma_px must be finite and >= 0")
     dtype = image.dtype
@@ -737,7 +802,10 @@ def render_from_sigma(image: torch.Tensor, sigma_px: torch.Tensor, order: torch.
     order = torch.nan_to_num(order.float().to(img.device), nan=0.0, posinf=1e30, neginf=-1e30)
     layer_id, layer_sigma, num = _order_layers(sigma_px.float().to(img.device), order,
                                                sigma_step_px, max_layers)
-    out = _composite(img, layer_id, layer_sigma, 4.0 * layer_sigma, num, opt)
+    # signed "CoC" 4 sigma, negative in front of the sharpest pixels (ids: 0 = farthest)
+    value = torch.stack([_signed_sigma_order(layer_sigma[i], int(num[i]))
+                         for i in range(layer_sigma.shape[0])])
+    out = _composite(img, layer_id, layer_sigma, value, num, opt)
     return _delinear(out, gamma).to(dtype)
 
 
@@ -788,8 +856,8 @@ class SyndofRenderer(nn.Module):
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, depth_mm: torch.Tensor,
-                generator: torch.Generator | None = None,
-                camera: Camera | None = None) -> SyndofOutput:
+                generator: torch.Generator | None = None, camera: Camera | None = None,
+                fill_from_coc_px: torch.Tensor | None = None) -> SyndofOutput:
         _check_image(image)
         _check_map(depth_mm, image, "depth_mm")
         if camera is None:
@@ -797,4 +865,11 @@ class SyndofRenderer(nn.Module):
         return render_defocus(image, depth_mm, camera, sigma_rule=self.sigma_rule,
                               render_mode=self.render_mode, renderer=self.renderer,
                               max_layers=self.max_layers, coc_step_px=self.coc_step_px,
-                              aperture=self.aperture, gamma=self.gamma, c_max_px=self.c_max_px)
+                              aperture=self.aperture, gamma=self.gamma, c_max_px=self.c_max_px,
+                              fill_from_coc_px=fill_from_coc_px)
+
+    def fill_start_coc_px(self, depth_mm: torch.Tensor, camera: Camera) -> torch.Tensor:
+        """:func:`fill_start_coc_px` with this renderer's settings (give it the whole image)."""
+        return fill_start_coc_px(depth_mm, camera, render_mode=self.render_mode,
+                                 coc_step_px=self.coc_step_px, max_layers=self.max_layers,
+                                 c_max_px=self.c_max_px)
