@@ -554,6 +554,13 @@ def _solve_fill(acc, alpha, union, region, opt: _Options):
     if opt.fast and acc.device.type != "cpu":
         init = torch.cat([acc[0, :, sy0:sy1, sx0:sx1], alpha[0, :, sy0:sy1, sx0:sx1]], dim=0)
         filled = _regionfill_cg(values, reg, init)
+        # keep the iterate convex: colour within [min, max] of the known colours x alpha
+        a = filled[3:].clamp(0.0, 1.0)
+        known = u > 0
+        inf = torch.full_like(values[:3], float("inf"))
+        lo = torch.where(known, values[:3], inf).flatten(1).amin(1).view(3, 1, 1)
+        hi = torch.where(known, values[:3], -inf).flatten(1).amax(1).view(3, 1, 1)
+        filled = torch.cat([torch.minimum(torch.maximum(filled[:3], lo * a), hi * a), a])
     else:
         filled = torch.from_numpy(regionfill(values.cpu().double().numpy(), reg.cpu().numpy())
                                   ).to(acc)
