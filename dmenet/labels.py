@@ -14,7 +14,11 @@ Other label spaces met in the wild (SPEC section 2 and 5):
   ``sigma = (c - 1) / 4`` and ``c_max = 29``, read as ``y = sigma / 7``.
 * ``"ours"``: ``y = sigma / SIGMA_MAX_PX`` (7 px by default).
 
-Every conversion between spaces goes through :func:`to_sigma_px` / :func:`from_sigma_px`.
+Every conversion between spaces goes through :func:`to_sigma_px` / :func:`from_sigma_px`;
+:func:`convert_y` chains them. The data pipelines deliver labels in :data:`DATA_LABEL_SPACE`;
+training converts them once (:func:`training_label`) into the label space of the model, so
+L_B, L_aux and L_C compare prediction and label in the same space (a fine-tune of the public
+weights trains in ``"released"``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ PNG_LABEL_SCALE: float = 10.0
 
 LabelSpace = Literal["ours", "released", "generator"]
 LABEL_SPACES: tuple[str, ...] = ("ours", "released", "generator")
+
+DATA_LABEL_SPACE: str = "ours"
+"""The label space of every ``"label"`` the data pipelines deliver (``y = sigma_px / 7``)."""
 
 # largest value of each space's stored quantity, so that y = value / max
 _RELEASED_X_MAX = 15.0
@@ -97,3 +104,20 @@ def stored_png_to_y(value, space: str):
 def stored_png_to_sigma_px(value, space: str):
     """A ``blur_map`` PNG value -> sigma in pixels, through the space's own convention."""
     return to_sigma_px(stored_png_to_y(value, space), space)
+
+
+def convert_y(y, from_space: str, to_space: str, sigma_max_px: float = SIGMA_MAX_PX):
+    """A normalised map ``y`` of label space ``from_space`` as the ``y`` of ``to_space``
+    (through sigma in pixels; the identity when both are the same)."""
+    _check_space(from_space)
+    _check_space(to_space)
+    if from_space == to_space:
+        return y
+    return from_sigma_px(to_sigma_px(y, from_space, sigma_max_px), to_space, sigma_max_px)
+
+
+def training_label(label_y, model_space: str, sigma_max_px: float = SIGMA_MAX_PX):
+    """A data label (:data:`DATA_LABEL_SPACE`, ``(N, 1, H, W)``) in the model's label space: what
+    L_B, L_aux and L_C compare the prediction with. ``"released"`` maps ``sigma = 0`` to
+    ``y = 1/15`` and 7 px to 1."""
+    return convert_y(label_y, DATA_LABEL_SPACE, model_space, sigma_max_px)

@@ -10,6 +10,12 @@ Subnetworks are constructor arguments (anomalib style): ``True`` builds the pape
 ``False`` removes it (no parameters, no optimiser, no loss term), an ``nn.Module`` replaces it.
 Ablations are therefore configs (configs/ablation/*.yaml), not code branches.
 
+Fine-tuning: ``init_from`` loads the weights of B (and of D and S when the file has them and
+they are switched on) from a dmenet checkpoint or a ``dmenet convert-official`` file before
+training; a resume (``--ckpt_path``) still restores everything from its checkpoint. The model
+trains in the label space of those weights unless ``label_space`` says otherwise: the data's
+labels are converted once (:func:`dmenet.labels.training_label`) before L_B, L_aux and L_C.
+
 Step counting: ``trainer.global_step`` counts optimiser steps, i.e. two per batch while D is on
 (one per batch without D or during B-only pre-training). ``max_steps`` and
 ``ModelCheckpoint(every_n_train_steps)`` count the same way; see docs/training.md.
@@ -17,7 +23,6 @@ Step counting: ``trainer.global_step`` counts optimiser steps, i.e. two per batc
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,7 @@ import torch
 from torch import nn
 
 from dmenet.errors import DMENetError
-from dmenet.labels import LABEL_SPACES, to_sigma_px
+from dmenet.labels import LABEL_SPACES, to_sigma_px, training_label
 from dmenet.losses import (
     REFERENCE_LD_SCALE,
     adversarial_loss,
@@ -35,56 +40,28 @@ from dmenet.losses import (
     discriminator_loss,
     sharpness_loss,
 )
-from dmenet.modules._parts import init_args_of
 from dmenet.modules.blur_estimator import BlurEstimate, BlurEstimator
 from dmenet.modules.content_loss import ContentLoss
 from dmenet.modules.domain_discriminator import DomainDiscriminator
 from dmenet.modules.sharpness_calibrator import SharpnessCalibrator
+from dmenet.modules.spec import PART_NAMES, build, describe, load_strictly
 
-__all__ = ["DMENet", "PART_NAMES", "part_spec", "build_part"]
+__all__ = ["DMENet", "PART_NAMES"]
 
-PART_NAMES: tuple[str, ...] = (
-    "blur_estimator",
-    "domain_discriminator",
-    "content_loss",
-    "sharpness_calibrator",
-)
+# the parts init_from loads (C is a frozen ImageNet VGG19, never trained, so never loaded)
+INIT_FROM_PARTS: tuple[str, ...] = ("blur_estimator", "domain_discriminator", "sharpness_calibrator")
 
 # run-time options, not model configuration: kept out of the checkpoint's hyper_parameters, because
 # LightningCLI applies a checkpoint's hyper_parameters over the command line with --ckpt_path
 # (`dmenet test --ckpt_path X --model.results_dir Y` must write to Y)
-RUNTIME_OPTIONS: tuple[str, ...] = ("results_dir", "overwrite_results", "log_images_every_n_steps")
+# (init_from too: a checkpoint already holds the weights it loaded, and rebuilding the model from
+# that checkpoint must not need the file again)
+RUNTIME_OPTIONS: tuple[str, ...] = (
+    "results_dir", "overwrite_results", "log_images_every_n_steps", "init_from",
+)
 
 # names of the logged loss terms (unweighted values; "train/L_g" and "train/L_d" are weighted sums)
 _TERM_NAMES = {"blur": "L_B", "aux": "L_aux", "content": "L_C", "sharpness": "L_S", "adv": "L_adv"}
-
-
-def part_spec(module: nn.Module) -> dict[str, Any]:
-    """Plain-data description of a part: ``{"class_path", "init_args"}``, for checkpoints.
-
-    Weights arguments are stored as ``None``: the checkpoint's state_dict holds the trained
-    weights, so loading it never downloads ImageNet weights again.
-    """
-    cls = type(module)
-    init_args = init_args_of(module)
-    if "weights" in init_args:
-        init_args["weights"] = None
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
-
-
-def build_part(spec: dict[str, Any], role: str) -> nn.Module:
-    """Instantiate a part from :func:`part_spec`'s plain data (checkpoint loading)."""
-    class_path = spec.get("class_path")
-    if not isinstance(class_path, str) or "." not in class_path:
-        raise DMENetError(f"{role}: expected {{'class_path': ..., 'init_args': ...}}, got {spec!r}")
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise DMENetError(f"{role}: cannot import {class_path} ({exc})") from exc
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise DMENetError(f"{role}: {class_path} is not a torch.nn.Module")
-    return cls(**dict(spec.get("init_args") or {}))
 
 
 def _resolve_part(value: Any, role: str, default: Any) -> nn.Module | None:
@@ -92,7 +69,7 @@ def _resolve_part(value: Any, role: str, default: Any) -> nn.Module | None:
     if isinstance(value, nn.Module):
         return value
     if isinstance(value, dict):
-        return build_part(value, role)
+        return build(value, role)
     if value is True:
         return default()
     if value is False or value is None:
@@ -123,8 +100,13 @@ class DMENet(L.LightningModule):
         pretrain_b_steps: the first N batches train B alone on L_B (+ L_aux): no D, C, S.
         results_dir: ``test`` writes ``<results_dir>/<set>/`` (metrics, tables, PR plots).
         log_images_every_n_steps: write an image | label | prediction PNG every N batches (0: off).
-        label_space: the label space of ``y`` (``"ours"``); inference code reads it.
+        label_space: the label space of ``y``: ``"ours"``, or ``"released"`` (the public
+            weights'); ``None``: that of ``init_from``'s weights, else ``"ours"``. Training
+            converts the labels into it; evaluation and inference read it.
         overwrite_results: let ``test`` replace an existing ``<results_dir>/<set>/`` report.
+        init_from: a dmenet checkpoint (``dmenet fit``) or a ``dmenet convert-official`` file
+            whose weights of B (and D, S when it has them and they are on) are loaded now,
+            strictly, before training. Not a resume: use ``--ckpt_path`` for that.
     """
 
     def __init__(
@@ -149,11 +131,12 @@ class DMENet(L.LightningModule):
         pretrain_b_steps: int = 0,
         results_dir: str = "results",
         log_images_every_n_steps: int = 100,
-        label_space: str = "ours",
+        label_space: str | None = None,
         overwrite_results: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
-        if label_space not in LABEL_SPACES:
+        if label_space is not None and label_space not in LABEL_SPACES:
             raise DMENetError(f"label_space must be one of {LABEL_SPACES}, got {label_space!r}")
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=[*PART_NAMES, *RUNTIME_OPTIONS])
@@ -178,11 +161,37 @@ class DMENet(L.LightningModule):
         # checkpoints rebuild the parts from plain data (no pickled modules, no weight download)
         for name in PART_NAMES:
             part = getattr(self, name)
-            self.hparams[name] = part_spec(part) if part is not None else False
+            self.hparams[name] = describe(part) if part is not None else False
         self.hparams["vgg_weights"] = None
+        weights_space = self._init_from(init_from) if init_from else None
+        self.hparams["label_space"] = label_space or weights_space or "ours"
         # batches trained so far (drives pretrain_b_steps and image logging; saved and resumed)
         self.register_buffer("train_iteration", torch.zeros((), dtype=torch.long))
         self._evaluators: dict[str, Any] = {}
+
+    def _init_from(self, path: str) -> str:
+        """Load B (and D, S when the file has them and they are on) from ``path``; returns the
+        label space of the weights."""
+        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+        from dmenet.inference.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        loaded = []
+        for name in INIT_FROM_PARTS:
+            part = getattr(self, name)
+            if part is None or name not in ckpt.parts:
+                if part is not None:
+                    rank_zero_warn(f"init_from {path}: the file has no {name}; it starts untrained")
+                continue
+            load_strictly(part, ckpt.part_state(name), f"init_from {path}: {name}")
+            if ckpt.parts[name] != describe(part):
+                rank_zero_warn(f"init_from {path}: {name} was saved as {ckpt.parts[name]}, and is "
+                               f"loaded into {describe(part)}")
+            loaded.append(name)
+        rank_zero_info(f"init_from {path}: loaded {', '.join(loaded)} "
+                       f"(label space {ckpt.label_space!r})")
+        return ckpt.label_space
 
     # ---------------------------------------------------------------- inference
     def forward(self, image: torch.Tensor) -> BlurEstimate:
@@ -241,6 +250,8 @@ class DMENet(L.LightningModule):
 
         syn = batch["synthetic"]
         n = syn["image"].shape[0]
+        # the data's labels in the model's label space: what L_B, L_aux and L_C compare with
+        label = training_label(syn["label"], hp.label_space)
         out_syn = self.blur_estimator(syn["image"])
         # real streams seen by D: I_b ("blur") and I_r ("real"), each through B on its own
         real_outs: dict[str, BlurEstimate] = {}
@@ -276,14 +287,11 @@ class DMENet(L.LightningModule):
         with self.toggled_optimizer(opt_g):
             terms: dict[str, torch.Tensor] = {}
             weights: dict[str, float] = {}
-            terms["blur"], weights["blur"] = blur_loss(out_syn.y, syn["label"]), 1.0
+            terms["blur"], weights["blur"] = blur_loss(out_syn.y, label), 1.0
             if hp.lambda_aux > 0 and out_syn.aux:
-                terms["aux"], weights["aux"] = (
-                    auxiliary_loss(out_syn.aux, syn["label"]),
-                    hp.lambda_aux,
-                )
+                terms["aux"], weights["aux"] = auxiliary_loss(out_syn.aux, label), hp.lambda_aux
             if self.content_loss is not None and not pretraining:
-                terms["content"] = self.content_loss(out_syn.y, syn["label"])
+                terms["content"] = self.content_loss(out_syn.y, label)
                 weights["content"] = hp.lambda_c
             if calibrating:
                 logits_s = self.sharpness_calibrator(real_outs["blur"].y)
@@ -312,7 +320,8 @@ class DMENet(L.LightningModule):
         as a PNG under ``<log_dir>/train_images`` and as an image in the logger (W&B, TensorBoard)."""
         from dmenet.visualize import defocus_panel, log_panels
 
-        panel = defocus_panel(syn["image"][0], out.y[0], syn["label"][0])
+        label = training_label(syn["label"][0], self.hparams.label_space)  # the prediction's space
+        panel = defocus_panel(syn["image"][0], out.y[0], label)
         from dmenet.runs import run_dir
 
         base = run_dir(self.trainer) if self._trainer else Path(self.results_dir)

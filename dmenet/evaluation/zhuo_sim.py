@@ -176,7 +176,7 @@ class ZhuoSimEstimator(nn.Module):
         max_side_px: int = 200,
     ) -> None:
         super().__init__()
-        # the part convention (dmenet.modules._parts.init_args_of): checkpoints rebuild from it
+        # the part convention (dmenet.modules.spec.describe): checkpoints rebuild from it
         self.init_args = {
             "sigma0_px": sigma0_px, "gradient_sigma_px": gradient_sigma_px, "lam": lam,
             "max_side_px": max_side_px,
