@@ -259,7 +259,7 @@ def regionfill(values: np.ndarray, region: np.ndarray) -> np.ndarray:
 
 
 def _regionfill_cg(values: torch.Tensor, region: torch.Tensor, init: torch.Tensor,
-                   tol: float = 1e-5, max_iter: int = 400) -> torch.Tensor:
+                   tol: float = 1e-5, max_iter: int = 2000) -> torch.Tensor:
     """:func:`regionfill` by Jacobi-preconditioned conjugate gradients on the tensor's device,
     from ``init``. ``values``, ``init`` ``(C, h, w)``, ``region (h, w)`` bool; the window must
     hold every region pixel's in-image neighbours. Converges to the sparse solve's result."""
