@@ -144,7 +144,7 @@ class TestDepthEdges:
         assert t_nofill < inside_t - 0.1
 
     def test_matches_per_layer_loop_away_from_edges(self):
-        """Piecewise-planar scene (fronto-parallel planes): the grouped renderer equals the
+        """Piecewise-planar scene (fronto-parallel planes): the fast renderer equals the
         straightforward per-layer loop within 2/255 away from depth edges."""
         h, w = 96, 128
         image = texture(h=h, w=w, seed=3)
