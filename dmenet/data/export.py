@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "exact fill before every layer (slower)")
     ex.add_argument("--sigma-rule", choices=("paper", "reference"), default="paper",
                     help="sigma = c / 4 (paper) or (c - 1) / 4 where c > 1 (reference)")
+    ex.add_argument("--max-layers", type=int, default=350,
+                    help="at most this many CoC layers; neighbouring layers merge beyond it "
+                         "(default 350, the generator's cap; fewer renders faster)")
     ex.add_argument("--depth-scale", type=float, default=1.0,
                     help="folder source: multiply the depth files by this to get mm")
     ex.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"),
@@ -92,6 +95,8 @@ def export(args: argparse.Namespace) -> int:
 
     if args.num is not None and args.num < 1:
         raise DataError(f"--num must be >= 1, got {args.num}")
+    if args.max_layers < 1:
+        raise DataError(f"--max-layers must be >= 1, got {args.max_layers}")
     if not args.max_coc > 0:
         raise DataError(f"--max-coc must be > 0 px, got {args.max_coc}")
     device = torch.device(args.device)
@@ -101,7 +106,8 @@ def export(args: argparse.Namespace) -> int:
                               size=tuple(args.size), seed=args.seed)
     settings = _sampler_settings(args)
     renderer = SyndofRenderer(c_max_px=args.max_coc, sigma_rule=args.sigma_rule,
-                              render_mode=args.mode, renderer=args.renderer, **settings)
+                              render_mode=args.mode, renderer=args.renderer,
+                              max_layers=args.max_layers, **settings)
     out = check_output_dir(args.out, args.overwrite)
     for folder in SUBFOLDERS:
         (out / folder).mkdir(exist_ok=True)
