@@ -443,6 +443,7 @@ class _Options:
     fast: bool
     fill_every: int = 1
     coc_step_px: float = 0.1
+    iterative: bool | None = None  # the fill by conjugate gradients; None: fast and not CPU
 
 
 def _composite_sample(image: torch.Tensor, layer_id: torch.Tensor, sigmas: list[float],
@@ -551,7 +552,9 @@ def _solve_fill(acc, alpha, union, region, opt: _Options):
     reg = region[0, 0, sy0:sy1, sx0:sx1]
     u = union[0, :, sy0:sy1, sx0:sx1].to(acc.dtype)
     values = torch.cat([acc[0, :, sy0:sy1, sx0:sx1] * u, u], dim=0)
-    if opt.fast and acc.device.type != "cpu":
+    iterative = (opt.fast and acc.device.type != "cpu") if opt.iterative is None \
+        else opt.iterative
+    if iterative:
         init = torch.cat([acc[0, :, sy0:sy1, sx0:sx1], alpha[0, :, sy0:sy1, sx0:sx1]], dim=0)
         filled = _regionfill_cg(values, reg, init)
         # keep the iterate convex: colour within [min, max] of the known colours x alpha

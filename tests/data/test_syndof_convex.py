@@ -145,3 +145,33 @@ def test_iterative_fill_converges_to_the_exact_one():
     v = torch.from_numpy(values)
     got = _regionfill_cg(v, torch.from_numpy(region), torch.zeros_like(v), tol=1e-9)
     assert np.abs(got.numpy() - exact).max() < 1e-6
+
+
+def test_iterative_fill_path_renders_like_the_exact_one():
+    """The fast renderer's GPU path (conjugate-gradient fill, convexity clamp), forced on the
+    CPU: the same image as the exact fill, and a flat grey stays flat."""
+    from dmenet.data.syndof import _composite_sample, _Options
+
+    g = torch.Generator().manual_seed(5)
+    depth = random_depth("steps", g, 40, 56)
+    image = torch.rand(1, 3, 40, 56, generator=g)
+    camera = CameraSampler("reference", c_max_px=24.0, max_redraws=1).sample(depth, g)
+    base = render_defocus(image, depth, camera)
+    lid = base.layer_id
+    n = int(base.num_layers[0])
+    values, sigmas = [], []
+    for i in range(n):
+        sel = lid == i
+        c = float(base.coc_px[sel][0]) * (1 if float(camera.signed_coc_px(
+            depth.nan_to_num(5000.0).clamp(min=1))[sel].mean()) > 0 else -1)
+        values.append(round(c, 6))
+        sigmas.append(float(base.sigma_px[sel][0]))
+    start = next(v for v in values if abs(v) <= max(1.0, min(abs(x) for x in values)))
+    outs = {}
+    for iterative in (False, True):
+        opt = _Options("gaussian", None, "replicate", True, True, 2, 0.1, iterative)
+        outs[iterative] = _composite_sample(image, lid, sigmas, values, start, opt)
+        grey = _composite_sample(torch.full_like(image, GREY), lid, sigmas, values, start, opt)
+        assert float((grey - GREY).abs().max()) < TOL
+    assert torch.allclose(outs[False], base.image, atol=1e-5)
+    assert float((outs[True] - outs[False]).abs().max()) < 1.0 / 255
