@@ -45,7 +45,9 @@ from torch import nn
 
 from dmenet.modules._parts import crop_to_scale, pad_to_multiple
 
-__all__ = ["FastBlurEstimator", "FastPathUnsupported", "fast_blur_estimator", "verify_fast"]
+__all__ = [
+    "FastBlurEstimator", "FastPathUnsupported", "fast_blur_estimator", "fast_predictor", "verify_fast",
+]
 
 _PAD_MODES = ("zeros", "replicate")
 
@@ -212,7 +214,7 @@ class _Conv(nn.Module):
             self._packed.move_to_end(key)
         return w
 
-    def forward(self, x: torch.Tensor, backend: "_Backend", other: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, backend: _Backend, other: torch.Tensor | None = None) -> torch.Tensor:
         """``act(conv(x) + other)`` on a haloed map (the halo is filled here for 3x3 / 2x2)."""
         if self.k > 1:
             _fill_halo(x, self.pad_mode)
@@ -259,7 +261,7 @@ class _UpConcatConv(nn.Module):
         else:
             self.up = _Conv(_ConvSpec(w_up.clone(), spec.bias.new_zeros(self.out_channels), spec.pad_mode))
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, backend: "_Backend") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, backend: _Backend) -> torch.Tensor:
         n, _, hp, wp = skip.shape
         h, w = hp - 2, wp - 2
         if self.phase:
@@ -394,8 +396,10 @@ class FastBlurEstimator(nn.Module):
             for conv in rest:
                 x = conv(x, backend)
         for shortcut, conv1, conv2 in self.refine:
+            h = conv1(x, backend)
             s = shortcut(x, backend)
-            x = conv2(conv1(x, backend), backend)
+            x = conv2(h, backend)  # three full-resolution maps alive at most
+            del h
             x.add_(s)
             del s
         for conv in self.head:
@@ -442,3 +446,23 @@ def fast_blur_estimator(model: nn.Module, check: bool = True, **kwargs) -> FastB
         return fast
     except FastPathUnsupported:
         return None
+
+
+def fast_predictor(predictor: nn.Module) -> nn.Module:
+    """A :class:`~dmenet.inference.checkpoint.DefocusPredictor` running B on the fast path.
+
+    Same label space and checkpoint record; ``fast_path`` says whether the fast path is used
+    (``False``: the model is not supported or disagreed on the check, the reference runs).
+    """
+    from dmenet.inference.checkpoint import DefocusPredictor
+
+    fast = fast_blur_estimator(predictor.blur_estimator)
+    if fast is None:
+        predictor.fast_path = False  # type: ignore[attr-defined]
+        return predictor
+    out = DefocusPredictor(fast, predictor.label_space, predictor.sigma_max_px)
+    if hasattr(predictor, "checkpoint"):
+        out.checkpoint = predictor.checkpoint  # type: ignore[attr-defined]
+    out.fast_path = True  # type: ignore[attr-defined]
+    out.requires_grad_(False)
+    return out.eval()

@@ -32,25 +32,57 @@ from collections.abc import Callable
 import torch
 
 __all__ = [
-    "tile_starts", "blend_ramp", "blend_geometry", "needs_tiling", "predict_tiled", "predict_image",
+    "tile_starts", "tile_spans", "auto_tile_px", "blend_ramp", "blend_geometry", "needs_tiling", "predict_tiled", "predict_image",
 ]
 
 DEFAULT_TILE_PX = 1024
 DEFAULT_OVERLAP_PX = 384
 DEFAULT_ALIGN_PX = 16
+DEFAULT_MEMORY_GB = 4.0
+"""Peak-memory budget (GiB) from which ``--tile auto`` chooses the tile."""
+# measured on the CPU (bench/bench_inference.py, peak RSS): the process with torch and B
+# loaded, what each photo pixel costs (photo, blended output, weights, sigma map, writer), and
+# what each pixel of one tile costs while B runs on it (fast path / reference path)
+BASE_GB = 1.0
+PHOTO_BYTES_PER_PX = 48
+TILE_BYTES_PER_PX = {"fast": 1000, "reference": 1600}
+MIN_AUTO_TILE_PX = 512
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int = DEFAULT_ALIGN_PX) -> list[int]:
-    """Start offsets (pixels) of tiles of size ``tile`` covering ``[0, length)``.
+    """Start offsets (pixels) of the tiles of :func:`tile_spans`."""
+    return [start for start, _ in tile_spans(length, tile, overlap, align)]
 
-    Every start but the last is a multiple of ``align``; the last tile ends at ``length`` and its
-    start is rounded *down* to a multiple of ``align`` (so it may be up to ``align - 1`` pixels
-    longer than ``tile``). Neighbouring tiles overlap by at least ``overlap`` pixels.
+
+def tile_spans(length: int, tile: int, overlap: int, align: int = DEFAULT_ALIGN_PX) -> list[tuple[int, int]]:
+    """``(start, end)`` pixels of the fewest tiles of at most ``tile`` pixels covering ``[0, length)``.
+
+    Every start is a multiple of ``align``; the last tile ends at ``length`` (so it may be up
+    to ``align - 1`` pixels longer than the others). Neighbouring tiles overlap by at least
+    ``overlap`` pixels. The tiles are balanced: for ``n`` tiles each is about
+    ``(length + (n - 1) * overlap) / n`` long, so no pixels are recomputed beyond the overlaps
+    (a photo 10% longer than a tile gets two tiles of about 55%, not one full tile and a thin
+    one).
     """
     if tile <= 0 or length <= tile:
-        return [0]
+        return [(0, length)]
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap} px) must be smaller than the tile ({tile} px)")
+    slack = overlap + align - 1  # start offsets are rounded down to the alignment
+    for n in range(2, length // align + 2):
+        side = -(-(length + (n - 1) * slack) // n)
+        side = -(-side // align) * align  # every tile but the last: a multiple of align
+        if side > tile:
+            continue
+        starts = [((i * (length - side)) // (n - 1)) // align * align for i in range(n)]
+        if all(b > a for a, b in zip(starts, starts[1:])):
+            return [(a, a + side) for a in starts[:-1]] + [(starts[-1], length)]
+    starts = _tile_starts_greedy(length, tile, overlap, align)
+    return [(a, a + tile) for a in starts[:-1]] + [(starts[-1], length)]
+
+
+def _tile_starts_greedy(length: int, tile: int, overlap: int, align: int) -> list[int]:
+    """Tiles of exactly ``tile`` advancing by ``tile - overlap`` (the last one ends on the edge)."""
     step = max(align, ((tile - overlap) // align) * align)
     starts = [0]
     while starts[-1] + tile < length:
@@ -89,6 +121,20 @@ def blend_geometry(overlap: int) -> tuple[int, int]:
     return blend, (overlap - blend) // 2
 
 
+def auto_tile_px(height: int, width: int, memory_gb: float = DEFAULT_MEMORY_GB,
+                 path: str = "fast", align: int = DEFAULT_ALIGN_PX) -> int:
+    """The tile side (px) for a photo within a peak-memory budget: the biggest square tile whose
+    activations fit beside the process and the photo (``BASE_GB``, ``PHOTO_BYTES_PER_PX``,
+    ``TILE_BYTES_PER_PX[path]``, measured). Bigger tiles recompute less overlap. Returns 0
+    (no tiling) when the whole photo fits; at least ``MIN_AUTO_TILE_PX``."""
+    free = memory_gb * 2**30 - BASE_GB * 2**30 - PHOTO_BYTES_PER_PX * height * width
+    per_px = TILE_BYTES_PER_PX[path]
+    if free >= per_px * height * width:
+        return 0
+    side = int(math.sqrt(max(free, 0.0) / per_px)) // align * align
+    return max(MIN_AUTO_TILE_PX, side)
+
+
 def needs_tiling(height: int, width: int, tile: int, max_untiled_px: int | None = None) -> bool:
     """Whether a photo is tiled: it has more than ``max_untiled_px`` pixels (default
     ``tile * tile``: memory grows with the pixel count, so a photo no bigger than one tile runs
@@ -100,8 +146,7 @@ def needs_tiling(height: int, width: int, tile: int, max_untiled_px: int | None 
 
 
 def _tile_slices(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
-    starts = tile_starts(length, tile, overlap, align)
-    return [(s, length if i == len(starts) - 1 else s + tile) for i, s in enumerate(starts)]
+    return tile_spans(length, tile, overlap, align)
 
 
 @torch.no_grad()
