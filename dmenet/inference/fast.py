@@ -150,7 +150,7 @@ def _phase_weight(w_up: torch.Tensor) -> torch.Tensor:
     """
     rows = (torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]),
             torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
-    r = [m.to(w_up.dtype) for m in rows]
+    r = [m.to(w_up) for m in rows]
     blocks = [torch.einsum("ua,ocab,vb->ocuv", r[p], w_up, r[q]) for p in (0, 1) for q in (0, 1)]
     return torch.cat(blocks, 0)
 

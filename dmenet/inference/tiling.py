@@ -13,13 +13,15 @@ stitched result equal to running B on the whole photo (within 1e-3, tested):
   neighbouring pixels): the blending weight is 0 within ``margin`` pixels of a cut edge and
   rises smoothly (raised cosine) over the next ``blend`` pixels, with
   ``blend = min(64, overlap // 4)`` and ``margin = (overlap - blend) // 2``. Edges that are the
-  photo's own edges get full weight, as in untiled inference; the blended sum is divided by the
-  summed weights.
+  photo's own edges get full weight, as in untiled inference; the weights are normalised by
+  their sum (a product of 1-D sums, since the tiles form a grid).
 
-B's receptive field is large: measured on a randomly initialised B with calibrated BatchNorm,
-the output changes by 0.02 at 128 px from a cut edge, 1e-4 at 160 px and 0 beyond 192 px. The
-default overlap of 384 px (margin 160 px) therefore keeps tiled within 1e-3 of untiled; raise it
-for more safety, lower it for speed (each tile of 1024 px then advances by 640 px).
+B's receptive field is large: measured on a randomly initialised B with calibrated BatchNorm
+(``python bench/bench_inference.py --reach``, both padding modes), the output changes by 1e-2
+at 128 px from a cut edge, 2e-3 at 144 px, below 1e-4 from 160 px and not at all beyond 192 px.
+The default overlap of 384 px (margin 160 px) therefore keeps tiled within 1e-3 of untiled;
+raise it for more safety, lower it for speed. ``--tile auto`` (:func:`auto_tile_px`) picks the
+biggest tile a memory budget allows, so fewer pixels are recomputed.
 
 In eval mode BatchNorm is a per-channel affine map, so it does not couple tiles.
 """
@@ -183,24 +185,32 @@ def predict_tiled(
         raise ValueError("overlap must be at least 4 px for tiled inference")
     rows = _tile_slices(height, tile, overlap, align)
     cols = _tile_slices(width, tile, overlap, align)
+    ramps_y = [blend_ramp(y1 - y0, i > 0, i < len(rows) - 1, overlap) for i, (y0, y1) in enumerate(rows)]
+    ramps_x = [blend_ramp(x1 - x0, j > 0, j < len(cols) - 1, overlap) for j, (x0, x1) in enumerate(cols)]
+    # the tiles form a grid and each weight is a product of 1-D ramps, so the summed weight is
+    # the product of the 1-D sums: no full-size weight map (4 bytes per photo pixel saved)
+    sum_y = torch.zeros(height, dtype=torch.float64)
+    sum_x = torch.zeros(width, dtype=torch.float64)
+    for (y0, y1), wy in zip(rows, ramps_y):
+        sum_y[y0:y1] += wy
+    for (x0, x1), wx in zip(cols, ramps_x):
+        sum_x[x0:x1] += wx
     out: torch.Tensor | None = None
-    weight = torch.zeros(1, 1, height, width, dtype=torch.float32, device=image.device)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", unit="tile", leave=False)
-    for i, (y0, y1) in enumerate(rows):
-        wy = blend_ramp(y1 - y0, i > 0, i < len(rows) - 1, overlap)
-        for j, (x0, x1) in enumerate(cols):
-            wx = blend_ramp(x1 - x0, j > 0, j < len(cols) - 1, overlap)
-            w2 = (wy[:, None] * wx[None, :]).to(torch.float32).to(image.device)
+    for (y0, y1), wy in zip(rows, ramps_y):
+        for (x0, x1), wx in zip(cols, ramps_x):
+            # weights normalised here, so the blended sum needs no division afterwards
+            w2 = ((wy / sum_y[y0:y1])[:, None] * (wx / sum_x[x0:x1])[None, :]).to(
+                torch.float32).to(image.device)
             pred = predict(image[:, :, y0:y1, x0:x1].to(device)).float().to(image.device)
             if out is None:
                 out = torch.zeros(1, pred.shape[1], height, width, dtype=torch.float32,
                                   device=image.device)
-            out[:, :, y0:y1, x0:x1] += pred * w2
-            weight[:, :, y0:y1, x0:x1] += w2
+            out[:, :, y0:y1, x0:x1].addcmul_(pred, w2)
             del pred
             if bar is not None:
                 bar.update(1)
@@ -208,7 +218,7 @@ def predict_tiled(
         bar.close()
     assert out is not None
     # every pixel has weight > 0: each lies in some tile's fully-trusted core
-    return out / weight.clamp_min(1e-12)
+    return out
 
 
 def predict_image(
