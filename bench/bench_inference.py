@@ -86,6 +86,7 @@ class Floor:
         self.packed = torch.ops.mkldnn._reorder_convolution_weight(
             self.conv.weight.detach(), [1, 1], [1, 1], [1, 1], 1, list(self.x.shape))
         self.best = {"default": float("inf"), "strict": float("inf")}
+        self.best_cpu = {"default": float("inf"), "strict": float("inf")}
 
     def _strict(self):
         import torch
@@ -100,12 +101,29 @@ class Floor:
             for name, fn in (("default", lambda: self.conv(self.x)), ("strict", self._strict)):
                 fn()
                 for _ in range(repeats):
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     fn()
                     self.best[name] = min(self.best[name], time.perf_counter() - t)
+                    self.best_cpu[name] = min(self.best_cpu[name], time.process_time() - c)
 
     def gflops(self, name: str) -> float:
         return self.FLOPS / self.best[name] / 1e9
+
+    def cpu_gflops(self, name: str) -> float:
+        """Per CPU-second of this process (all its threads): robust to other jobs' load."""
+        return self.FLOPS / self.best_cpu[name] / 1e9
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB): ``VmHWM``. (``ru_maxrss`` is not reset by
+    ``exec``: a worker would report its parent's peak when the parent was bigger.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -122,32 +140,49 @@ def worker(args: argparse.Namespace) -> None:
         predictor(torch.rand(1, 3, 64, 64))  # warm-up: first-call allocations and kernel choice
     floor = Floor()
     floor.measure()  # just before the run: the machine is shared, load varies
-    rss_model_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss_model_mb = peak_rss_mb()
     image = torch.rand(1, 3, height, width)
-    best = float("inf")
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        with torch.inference_mode():
-            y = predict_image(predictor, image, tile=tile, overlap=args.overlap, progress=True)
-        best = min(best, time.perf_counter() - start)
-        assert y.shape == (1, 1, height, width) and torch.isfinite(y).all()
-        del y
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    floor.measure()  # and after it
     if needs_tiling(height, width, tile):
         rows, cols = tile_spans(height, tile, args.overlap), tile_spans(width, tile, args.overlap)
         tiled_px = sum(b - a for a, b in rows) * sum(b - a for a, b in cols)
         tiles = len(rows) * len(cols)
     else:
         tiled_px, tiles = height * width, 1
+    computed = {"px": 0, "calls": 0}
+
+    def run(x):  # with --max-tiles: the first tiles for real, the others skipped (zeros)
+        computed["calls"] += 1
+        if args.max_tiles and computed["calls"] > args.max_tiles:
+            return torch.zeros(1, 1, x.shape[-2], x.shape[-1])
+        computed["px"] += x.shape[-2] * x.shape[-1]
+        return predictor(x)
+
+    best = best_cpu = float("inf")
+    for _ in range(args.repeats):
+        computed.update(px=0, calls=0)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        with torch.inference_mode():
+            y = predict_image(run, image, tile=tile, overlap=args.overlap, progress=True)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        # extrapolated to every tile by computed pixels when only some ran
+        best = min(best, seconds * tiled_px / computed["px"])
+        best_cpu = min(best_cpu, cpu * tiled_px / computed["px"])
+        assert y.shape == (1, 1, height, width) and torch.isfinite(y).all()
+        del y
+    peak = peak_rss_mb()
+    floor.measure()  # and after it
     print(json.dumps({
         "mp": args.mp, "path": args.path, "height": height, "width": width, "seconds": best,
         "repeats": args.repeats, "ms_per_mp": best * 1000.0 / (height * width / 1e6),
         "conv_gflops": floor.gflops("default"), "conv_gflops_strict": floor.gflops("strict"),
+        "cpu_seconds": best_cpu, "cpu_ms_per_mp": best_cpu * 1000.0 / (height * width / 1e6),
+        "conv_cpu_gflops": floor.cpu_gflops("default"),
+        "conv_cpu_gflops_strict": floor.cpu_gflops("strict"),
         "tile": tile, "overlap": args.overlap, "memory_gb": args.memory_gb,
         "threads": args.threads, "peak_rss_mb": peak, "rss_after_model_mb": rss_model_mb,
         "tiles": tiles, "overhead": tiled_px / (height * width),
         "load_avg": os.getloadavg()[0],
+        "tiles_run": min(tiles, args.max_tiles) if args.max_tiles else tiles,
     }))
 
 
@@ -204,17 +239,32 @@ def ablation(args: argparse.Namespace) -> dict:
     model_cl.load_state_dict(model.state_dict())
     image = torch.rand(1, 3, height, width)
     image_cl = image.contiguous(memory_format=torch.channels_last)
+    steps = list(ABLATION)
+    if args.compile:
+        steps.append(("reference + torch.compile (inductor, freezing; compile time excluded)",
+                      "compiled", {}))
     fns = []
-    for _, kind, kwargs in ABLATION:
+    for _, kind, kwargs in steps:
         if kind == "reference":
             fns.append(lambda: model(image).y)
         elif kind == "reference_cl":
             fns.append(lambda: model_cl(image_cl).y)
+        elif kind == "compiled":
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            compiled = torch.compile(model_cl)
+            t = time.perf_counter()
+            with torch.no_grad():
+                compiled(image_cl)
+            print(f"torch.compile: first call {time.perf_counter() - t:.0f} s", flush=True)
+            fns.append(lambda compiled=compiled: compiled(image_cl).y)
         else:
             fast = FastBlurEstimator(model, **kwargs)
             fns.append(lambda fast=fast: fast(image))
     floor = Floor()
     best = [float("inf")] * len(fns)
+    best_cpu = [float("inf")] * len(fns)
     with torch.inference_mode():
         reference = fns[0]()
         for fn in fns[1:]:
@@ -222,15 +272,19 @@ def ablation(args: argparse.Namespace) -> dict:
         for _ in range(args.rounds):
             floor.measure(repeats=1)
             for i, fn in enumerate(fns):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 fn()
                 best[i] = min(best[i], time.perf_counter() - t)
+                best_cpu[i] = min(best_cpu[i], time.process_time() - c)
     mp = height * width / 1e6
     return {
         "mp": args.ablation_mp, "height": height, "width": width, "rounds": args.rounds,
         "threads": args.threads, "conv_gflops": floor.gflops("default"),
         "conv_gflops_strict": floor.gflops("strict"), "load_avg": os.getloadavg()[0],
-        "steps": [{"step": name, "ms_per_mp": 1000 * t / mp} for (name, _, _), t in zip(ABLATION, best)],
+        "conv_cpu_gflops": floor.cpu_gflops("default"),
+        "conv_cpu_gflops_strict": floor.cpu_gflops("strict"),
+        "steps": [{"step": name, "ms_per_mp": 1000 * t / mp, "cpu_ms_per_mp": 1000 * c / mp}
+                  for (name, _, _), t, c in zip(steps, best, best_cpu)],
     }
 
 
@@ -312,9 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-gb", type=float, default=None, help="budget for --tile auto")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap (default: infer's)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per photo (best is kept)")
+    parser.add_argument("--max-tiles", type=int, default=0,
+                        help="run only the first N tiles of big photos and extrapolate the time "
+                        "by computed pixels (peak memory is reached on the first tile)")
     parser.add_argument("--ablation", action="store_true", help="each optimisation's gain")
     parser.add_argument("--ablation-mp", type=float, default=0.25)
     parser.add_argument("--rounds", type=int, default=3, help="ablation rounds (best is kept)")
+    parser.add_argument("--compile", action="store_true", help="ablation: add torch.compile")
     parser.add_argument("--reach", action="store_true", help="B's error vs distance to a cut")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "inference.md"))
     parser.add_argument("--results", default=str(REPO / "docs" / "benchmarks" / "inference.json"),
@@ -360,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--worker", "--mp", str(mp), "--path", path,
                    "--threads", str(args.threads), "--tile", str(args.tile),
                    "--memory-gb", str(args.memory_gb), "--overlap", str(args.overlap),
-                   "--repeats", str(args.repeats if mp <= 4 else 1)]
+                   "--repeats", str(args.repeats if mp <= 4 else 1),
+                   "--max-tiles", str(args.max_tiles if mp > 4 else 0)]
             # the worker's stderr (its tile progress bar) goes straight to the terminal
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             if proc.returncode != 0:
@@ -375,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
             save()
     print(f"wrote {args.out} and {results_path}")
     return 0
+
+
+def _tiles(r: dict) -> str:
+    run = r.get("tiles_run", r["tiles"])
+    return str(r["tiles"]) if run == r["tiles"] else f"{r['tiles']} ({run} run, time extrapolated)"
 
 
 def _write_report(out: Path, store: dict) -> None:
@@ -396,24 +460,33 @@ def _write_report(out: Path, store: dict) -> None:
         "in oneDNN's fastest form (channels_last, prepacked weights)",
         "",
         "| photo | path | size (H x W) | tile / overlap (px) | tiles | px computed / photo px | "
-        "time (s) | ms / MP | conv GFLOP/s (default / strict) | x floor | x strict floor | "
-        "x floor per computed px | peak RSS (MB) | load avg | date |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "time (s) | ms / MP | x floor (wall) | x strict floor (wall) | x floor (CPU time) | "
+        "x strict floor (CPU time) | x strict floor per computed px (CPU time) | peak RSS (MB) | "
+        "load avg | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {"fast": 0, "reference": 1, "issue 9": 2}
     runs = sorted(store["runs"], key=lambda r: (r["mp"], order.get(r.get("path", "issue 9"), 3)))
+
+    def ratio(ms: float | None, gflops: float | None) -> float | None:
+        return ms / (gflop / gflops * 1000.0) if ms and gflops else None
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
     for r in runs:
-        floor_ms = gflop / r["conv_gflops"] * 1000.0
-        ratio = r["ms_per_mp"] / floor_ms
-        strict = r.get("conv_gflops_strict")
-        strict_ratio = f"{r['ms_per_mp'] / (gflop / strict * 1000.0):.2f}" if strict else "-"
-        conv = f"{r['conv_gflops']:.0f} / {strict:.0f}" if strict else f"{r['conv_gflops']:.0f} / -"
+        wall = ratio(r["ms_per_mp"], r["conv_gflops"])
+        wall_strict = ratio(r["ms_per_mp"], r.get("conv_gflops_strict"))
+        cpu = ratio(r.get("cpu_ms_per_mp"), r.get("conv_cpu_gflops"))
+        cpu_strict = ratio(r.get("cpu_ms_per_mp"), r.get("conv_cpu_gflops_strict"))
+        per_px = None if cpu_strict is None else cpu_strict / r["overhead"]
         load = f"{r['load_avg']:.1f}" if "load_avg" in r else "~1 (idle)"
         lines.append(
             f"| {r['mp']:g} MP | {r.get('path', 'issue 9')} | {r['height']} x {r['width']} | "
-            f"{r['tile']} / {r['overlap']} | {r['tiles']} | {r['overhead']:.2f} | "
-            f"{r['seconds']:.1f} | {r['ms_per_mp']:.0f} | {conv} | {ratio:.2f} | {strict_ratio} | "
-            f"{ratio / r['overhead']:.2f} | {r['peak_rss_mb']:.0f} | {load} | {r['date']} |"
+            f"{r['tile']} / {r['overlap']} | {_tiles(r)} | {r['overhead']:.2f} | "
+            f"{r['seconds']:.1f} | {r['ms_per_mp']:.0f} | {fmt(wall)} | {fmt(wall_strict)} | "
+            f"{fmt(cpu)} | {fmt(cpu_strict)} | {fmt(per_px)} | {r['peak_rss_mb']:.0f} | {load} | "
+            f"{r['date']} |"
         )
     commands = sorted({r["command"] for r in runs})
     lines += [
@@ -421,7 +494,8 @@ def _write_report(out: Path, store: dict) -> None:
         "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".",
         "",
         "Peak RSS is the whole worker process (Python, torch, B's weights, the photo, the output "
-        "and the largest tile's activations), from `resource.getrusage(RUSAGE_SELF).ru_maxrss`. "
+        "and the largest tile's activations): `VmHWM` for the issue 17 rows (issue 9 rows: "
+        "`ru_maxrss`, which a worker inherits from its parent when the parent was bigger). "
         "Times are the best of the repeats (one run at 24 MP). 'x floor per computed px' divides "
         "out the recomputed tile overlaps. 'load avg' is the 1-minute load average at the end of "
         "the run: the 2-core machine was shared with other jobs during the issue 17 runs, so "
@@ -432,26 +506,34 @@ def _write_report(out: Path, store: dict) -> None:
     if "ablation" in store:
         a = store["ablation"]
         floor_ms = gflop / a["conv_gflops"] * 1000.0
-        strict_ms = gflop / a["conv_gflops_strict"] * 1000.0
         lines += [
             f"## What each optimisation gives ({a['mp']:g} MP, {a['height']} x {a['width']}, "
             f"{a['threads']} threads, best of {a['rounds']} interleaved rounds, {a['date']})",
             "",
-            "| step | ms / MP | gain vs previous row | x reference | x floor | x strict floor |",
-            "|---|---|---|---|---|---|",
+            "| step | ms / MP (wall) | x floor (wall) | CPU ms / MP | gain vs previous row (CPU) | "
+            "x reference (CPU) | x floor (CPU time) | x strict floor (CPU time) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         prev = None
-        ref = a["steps"][0]["ms_per_mp"]
+        ref = a["steps"][0].get("cpu_ms_per_mp")
+        cpu_floor = gflop / a["conv_cpu_gflops"] * 1000.0 if "conv_cpu_gflops" in a else None
+        cpu_strict = gflop / a["conv_cpu_gflops_strict"] * 1000.0 if "conv_cpu_gflops" in a else None
         for step in a["steps"]:
             ms = step["ms_per_mp"]
-            gain = f"{prev / ms:.2f}x" if prev else "-"
-            lines.append(f"| {step['step']} | {ms:.0f} | {gain} | {ref / ms:.2f}x faster | "
-                         f"{ms / floor_ms:.2f} | {ms / strict_ms:.2f} |")
-            prev = ms
+            cms = step.get("cpu_ms_per_mp")
+            gain = f"{prev / cms:.2f}x" if prev and cms else "-"
+            lines.append(
+                f"| {step['step']} | {ms:.0f} | {ms / floor_ms:.2f} | "
+                + (f"{cms:.0f} | {gain} | {ref / cms:.2f}x faster | {cms / cpu_floor:.2f} | "
+                   f"{cms / cpu_strict:.2f} |" if cms and cpu_floor else "- | - | - | - | - |"))
+            prev = cms
         lines += [
             "",
-            f"Floor in this run: {a['conv_gflops']:.0f} GFLOP/s (default layout), "
-            f"{a['conv_gflops_strict']:.0f} GFLOP/s (strict); load average {a['load_avg']:.1f}. "
+            f"Floor in this run: {a['conv_gflops']:.0f} GFLOP/s wall (default layout), "
+            f"{a['conv_gflops_strict']:.0f} GFLOP/s wall (strict), "
+            f"{a.get('conv_cpu_gflops', float('nan')):.0f} / "
+            f"{a.get('conv_cpu_gflops_strict', float('nan')):.0f} GFLOP per CPU-second; "
+            f"load average {a['load_avg']:.1f}. "
             f"Command: `{a['command']}`. Every step's output equals the reference within 1e-4 "
             "(checked by the run).",
             "",

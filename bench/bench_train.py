@@ -48,7 +48,8 @@ class StepTimer(pl.Callback):
 
     def __init__(self, memory_format: str = "contiguous", count_flops: bool = True) -> None:
         self.times: list[float] = []
-        self._t0 = 0.0
+        self.cpu_times: list[float] = []
+        self._t0 = self._c0 = 0.0
         self.memory_format = memory_format
         self.count_flops = count_flops
         self.flops = 0
@@ -67,11 +68,12 @@ class StepTimer(pl.Callback):
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
         self._sync(pl_module)
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._sync(pl_module)
         self.times.append(time.perf_counter() - self._t0)
+        self.cpu_times.append(time.process_time() - self._c0)
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
             self.flops = self._counter.get_total_flops()
@@ -127,7 +129,9 @@ def measure(config: str, device: str, precision: str, crop: int, batch: int, ste
         "samples_per_s": images / statistics.median(step),
         "synthesis_share": statistics.median(synth) / statistics.median(step),
         "memory_format": memory_format, "gflop": timer.flops / 1e9,
-        "min_train_step_s": min(train),
+        "min_train_step_s": min(train), "min_train_step_cpu_s": min(timer.cpu_times[warmup:]),
+        "conv_cpu_gflops": floor.cpu_gflops("default") if floor else None,
+        "conv_cpu_gflops_strict": floor.cpu_gflops("strict") if floor else None,
         "conv_gflops": floor.gflops("default") if floor else None,
         "conv_gflops_strict": floor.gflops("strict") if floor else None,
         "load_avg": os.getloadavg()[0],
@@ -163,16 +167,18 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| config | device | precision | layout | step (s) | synthesis (s) | training_step (s) | "
         "samples/s | synthesis share | GFLOP / step | floor (s) | best step x floor | "
-        "x strict floor | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "x strict floor | CPU time: x floor | CPU time: x strict floor | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["conv_gflops"]:
             floor_s = r["gflop"] / r["conv_gflops"]
             vs = f"{floor_s:.2f} | {r['min_train_step_s'] / floor_s:.2f} | " \
-                 f"{r['min_train_step_s'] / (r['gflop'] / r['conv_gflops_strict']):.2f}"
+                 f"{r['min_train_step_s'] / (r['gflop'] / r['conv_gflops_strict']):.2f} | " \
+                 f"{r['min_train_step_cpu_s'] / (r['gflop'] / r['conv_cpu_gflops']):.2f} | " \
+                 f"{r['min_train_step_cpu_s'] / (r['gflop'] / r['conv_cpu_gflops_strict']):.2f}"
         else:
-            vs = "- | - | -"
+            vs = "- | - | - | - | -"
         lines.append(
             f"| {r['config']} | {r['device']} | {r['precision']} | {r['memory_format']} | "
             f"{r['step_s']:.3f} | {r['synthesis_s']:.3f} | {r['train_step_s']:.3f} | "
@@ -181,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines += ["", "The floor: the step's FLOPs (FlopCounterMode, forward + backward) / the 3x3 "
               "256-channel conv throughput measured in the same process (default layout; strict: "
-              "oneDNN channels_last, prepacked). 'best step' is the fastest timed training_step."]
+              "oneDNN channels_last, prepacked). 'best step' is the fastest timed training_step; "
+              "'CPU time' divides the step's process CPU time by the conv's (robust to other "
+              "jobs' load on a shared machine)."]
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -35,6 +35,7 @@ mode from the conv itself. A model with parts it does not know raises :class:`Fa
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -208,7 +209,7 @@ class _Conv(nn.Module):
             w = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, self.pad, [1, 1], [1, 1], 1, list(x.shape))
             self._packed[key] = w
-            while len(self._packed) > 4:  # a few tile shapes at most
+            while len(self._packed) > 1:  # one tile shape: repacking costs ~1% of a tile
                 self._packed.popitem(last=False)
         else:
             self._packed.move_to_end(key)
@@ -312,7 +313,7 @@ class FastBlurEstimator(nn.Module):
                      "refine", "head", "_skip_index"):
             if not hasattr(model, name):
                 raise FastPathUnsupported(f"the model has no {name!r}: not B's structure")
-        self.normalize = model.normalize
+        self.normalize = copy.deepcopy(model.normalize)  # not shared: .to(dtype) must not touch B
         self.size_multiple = int(getattr(model, "size_multiple", 16))
         self.fused = fused
         self.packed = packed
