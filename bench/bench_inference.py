@@ -297,10 +297,10 @@ def reach(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from dmenet.inference.checkpoint import set_padding_mode
     from dmenet.inference.fast import FastBlurEstimator
     from dmenet.modules.blur_estimator import BlurEstimator
     from tests.inference.conftest import calibrate_batchnorm
+    from tests.inference.test_fast import with_padding_mode
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -310,8 +310,7 @@ def reach(args: argparse.Namespace) -> dict:
     image = F.avg_pool2d(torch.rand(1, 3, height + 4, width + 4, generator=gen), 5, 1)
     out = {"height": height, "width": width, "cut": cut, "modes": {}}
     for mode in ("zeros", "replicate"):
-        model = copy.deepcopy(base)
-        set_padding_mode(model, mode)
+        model = with_padding_mode(copy.deepcopy(base), mode)
         fast = FastBlurEstimator(model.eval())
         with torch.inference_mode():
             whole = fast(image)[0, 0]

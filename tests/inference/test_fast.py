@@ -7,14 +7,23 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from dmenet.inference.checkpoint import DefocusPredictor, prepare_for_inference, set_padding_mode
+from dmenet.inference.checkpoint import DefocusPredictor, prepare_for_inference
 from dmenet.inference.fast import (
     FastBlurEstimator,
     _phase_weight,
     fast_blur_estimator,
     fast_predictor,
 )
+
+
+def with_padding_mode(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` with every padded conv set to ``mode`` ("zeros" or "replicate"), in place."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and any(p > 0 for p in module.padding):
+            module.padding_mode = mode
+    return model
 
 
 def _photo(height: int, width: int, seed: int = 1) -> torch.Tensor:
@@ -27,9 +36,7 @@ def b_models(random_b):
     """B (random VGG init, calibrated BatchNorm) with zero and with replicate padding."""
     models = {}
     for mode in ("zeros", "replicate"):
-        model = copy.deepcopy(random_b)
-        set_padding_mode(model, mode)
-        models[mode] = model.eval()
+        models[mode] = with_padding_mode(copy.deepcopy(random_b), mode).eval()
     return models
 
 
