@@ -134,8 +134,9 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     height, width = _size_for(args.mp)
     predictor = _predictor(args.path)
-    tile = (auto_tile_px(height, width, args.memory_gb, args.path) if args.tile == "auto"
-            else int(args.tile))
+    tile = (auto_tile_px(height, width, args.memory_gb, args.path, args.overlap)
+            if args.tile == "auto" else int(args.tile))
+    tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
     with torch.inference_mode():
         predictor(torch.rand(1, 3, 64, 64))  # warm-up: first-call allocations and kernel choice
     floor = Floor()
@@ -143,7 +144,7 @@ def worker(args: argparse.Namespace) -> None:
     rss_model_mb = peak_rss_mb()
     image = torch.rand(1, 3, height, width)
     if needs_tiling(height, width, tile):
-        rows, cols = tile_spans(height, tile, args.overlap), tile_spans(width, tile, args.overlap)
+        rows, cols = tile_spans(height, tile_h, args.overlap), tile_spans(width, tile_w, args.overlap)
         tiled_px = sum(b - a for a, b in rows) * sum(b - a for a, b in cols)
         tiles = len(rows) * len(cols)
     else:
@@ -178,7 +179,8 @@ def worker(args: argparse.Namespace) -> None:
         "cpu_seconds": best_cpu, "cpu_ms_per_mp": best_cpu * 1000.0 / (height * width / 1e6),
         "conv_cpu_gflops": floor.cpu_gflops("default"),
         "conv_cpu_gflops_strict": floor.cpu_gflops("strict"),
-        "tile": tile, "overlap": args.overlap, "memory_gb": args.memory_gb,
+        "tile": tile if isinstance(tile, int) else f"{tile_h} x {tile_w}", "overlap": args.overlap,
+        "memory_gb": args.memory_gb,
         "threads": args.threads, "peak_rss_mb": peak, "rss_after_model_mb": rss_model_mb,
         "tiles": tiles, "overhead": tiled_px / (height * width),
         "load_avg": os.getloadavg()[0],

@@ -143,7 +143,7 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
 
     def b(image: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            side = (auto_tile_px(image.shape[-2], image.shape[-1], memory_gb, path)
+            side = (auto_tile_px(image.shape[-2], image.shape[-1], memory_gb, path, args.overlap)
                     if tile == "auto" else tile)
             y = predict_image(run, image, tile=side, overlap=args.overlap, device=device,
                               progress=progress_tiles)

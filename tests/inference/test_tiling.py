@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmenet.inference.tiling import (
+    DEFAULT_OVERLAP_PX,
     auto_tile_px,
     blend_geometry,
     blend_ramp,
@@ -70,13 +71,23 @@ def test_auto_tile_fits_the_budget():
     from dmenet.inference import tiling
 
     assert auto_tile_px(800, 1200, memory_gb=4.0) == 0  # 1 MP: runs whole
-    side = auto_tile_px(4000, 6000, memory_gb=4.0)
-    assert 1024 <= side < 4000 and side % 16 == 0
+    tile_h, tile_w = auto_tile_px(4000, 6000, memory_gb=4.0)
+    assert tile_h % 16 == 0 and 1024 <= min(tile_h, tile_w) < 4000
+    rows, cols = tile_spans(4000, tile_h, DEFAULT_OVERLAP_PX), tile_spans(6000, tile_w, DEFAULT_OVERLAP_PX)
+    biggest = max(e - s for s, e in rows) * max(e - s for s, e in cols)
     peak = (tiling.BASE_GB * 2**30 + tiling.PHOTO_BYTES_PER_PX * 24e6
-            + tiling.TILE_BYTES_PER_PX["fast"] * (side + 15) ** 2)
-    assert peak <= 4.0 * 2**30 * 1.01
-    assert auto_tile_px(4000, 6000, memory_gb=8.0) > side  # more memory, bigger tiles
-    assert auto_tile_px(4000, 6000, memory_gb=4.0, path="reference") < side
+            + tiling.TILE_BYTES_PER_PX["fast"] * biggest)
+    assert peak <= 4.0 * 2**30
+    computed = sum(e - s for s, e in rows) * sum(e - s for s, e in cols)
+    # no square tile of the same area recomputes less
+    side = int((tile_h * tile_w) ** 0.5) // 16 * 16
+    square = (sum(e - s for s, e in tile_spans(4000, side, DEFAULT_OVERLAP_PX))
+              * sum(e - s for s, e in tile_spans(6000, side, DEFAULT_OVERLAP_PX)))
+    assert computed <= square
+    bigger = auto_tile_px(4000, 6000, memory_gb=8.0)  # more memory, bigger tiles
+    assert bigger[0] * bigger[1] > tile_h * tile_w
+    ref = auto_tile_px(4000, 6000, memory_gb=4.0, path="reference")
+    assert ref[0] * ref[1] < tile_h * tile_w
 
 
 def test_blend_weights_cover_every_pixel():
