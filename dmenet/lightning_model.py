@@ -8,7 +8,19 @@ Per training batch (manual optimisation, one D step then one G step on the same 
 
 Subnetworks are constructor arguments (anomalib style): ``True`` builds the paper's part,
 ``False`` removes it (no parameters, no optimiser, no loss term), an ``nn.Module`` replaces it.
-Ablations are therefore configs (configs/ablation/*.yaml), not code branches.
+Ablations are therefore configs (configs/ablation/*.yaml), not code branches. A lambda of 0
+switches its term off the same way: ``lambda_c = 0``, ``lambda_s = 0`` and ``lambda_adv = 0``
+build no C, S and D (as ``False`` would), ``lambda_aux = 0`` builds the default B without its
+auxiliary heads, and ``lambda_d = 0`` keeps D's weights as built (no D step, no D optimiser).
+
+Validation logs ``val/<set>/<metric>`` for each validation set; a callback that monitors a
+``val/`` metric no set logs (a CUHK-only run has no ``mse``) fails at the start of ``fit``.
+
+Fine-tuning: ``init_from`` loads the weights of B (and of D and S when the file has them and
+they are switched on) from a dmenet checkpoint or a ``dmenet convert-official`` file before
+training; a resume (``--ckpt_path``) still restores everything from its checkpoint. The model
+trains in the label space of those weights unless ``label_space`` says otherwise: the data's
+labels are converted once (:func:`dmenet.labels.training_label`) before L_B, L_aux and L_C.
 
 Step counting: ``trainer.global_step`` counts optimiser steps, i.e. two per batch while D is on
 (one per batch without D or during B-only pre-training). ``max_steps`` and
@@ -17,7 +29,6 @@ Step counting: ``trainer.global_step`` counts optimiser steps, i.e. two per batc
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +36,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from dmenet.errors import DMENetError
-from dmenet.labels import LABEL_SPACES, to_sigma_px
+from dmenet.errors import ConfigError, DMENetError
+from dmenet.labels import check_label_space, to_sigma_px, training_label
 from dmenet.losses import (
     REFERENCE_LD_SCALE,
     adversarial_loss,
@@ -35,56 +46,29 @@ from dmenet.losses import (
     discriminator_loss,
     sharpness_loss,
 )
-from dmenet.modules._parts import init_args_of
-from dmenet.modules.blur_estimator import BlurEstimate, BlurEstimator
+from dmenet.modules.blur_estimator import BlurEstimator
 from dmenet.modules.content_loss import ContentLoss
+from dmenet.modules.contracts import BlurEstimate
 from dmenet.modules.domain_discriminator import DomainDiscriminator
 from dmenet.modules.sharpness_calibrator import SharpnessCalibrator
+from dmenet.modules.spec import PART_NAMES, build, describe, load_strictly
 
-__all__ = ["DMENet", "PART_NAMES", "part_spec", "build_part"]
+__all__ = ["DMENet", "PART_NAMES"]
 
-PART_NAMES: tuple[str, ...] = (
-    "blur_estimator",
-    "domain_discriminator",
-    "content_loss",
-    "sharpness_calibrator",
-)
+# the parts init_from loads (C is a frozen ImageNet VGG19, never trained, so never loaded)
+INIT_FROM_PARTS: tuple[str, ...] = ("blur_estimator", "domain_discriminator", "sharpness_calibrator")
 
 # run-time options, not model configuration: kept out of the checkpoint's hyper_parameters, because
 # LightningCLI applies a checkpoint's hyper_parameters over the command line with --ckpt_path
 # (`dmenet test --ckpt_path X --model.results_dir Y` must write to Y)
-RUNTIME_OPTIONS: tuple[str, ...] = ("results_dir", "overwrite_results", "log_images_every_n_steps")
+# (init_from too: a checkpoint already holds the weights it loaded, and rebuilding the model from
+# that checkpoint must not need the file again)
+RUNTIME_OPTIONS: tuple[str, ...] = (
+    "results_dir", "overwrite_results", "log_images_every_n_steps", "init_from",
+)
 
 # names of the logged loss terms (unweighted values; "train/L_g" and "train/L_d" are weighted sums)
 _TERM_NAMES = {"blur": "L_B", "aux": "L_aux", "content": "L_C", "sharpness": "L_S", "adv": "L_adv"}
-
-
-def part_spec(module: nn.Module) -> dict[str, Any]:
-    """Plain-data description of a part: ``{"class_path", "init_args"}``, for checkpoints.
-
-    Weights arguments are stored as ``None``: the checkpoint's state_dict holds the trained
-    weights, so loading it never downloads ImageNet weights again.
-    """
-    cls = type(module)
-    init_args = init_args_of(module)
-    if "weights" in init_args:
-        init_args["weights"] = None
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
-
-
-def build_part(spec: dict[str, Any], role: str) -> nn.Module:
-    """Instantiate a part from :func:`part_spec`'s plain data (checkpoint loading)."""
-    class_path = spec.get("class_path")
-    if not isinstance(class_path, str) or "." not in class_path:
-        raise DMENetError(f"{role}: expected {{'class_path': ..., 'init_args': ...}}, got {spec!r}")
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise DMENetError(f"{role}: cannot import {class_path} ({exc})") from exc
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise DMENetError(f"{role}: {class_path} is not a torch.nn.Module")
-    return cls(**dict(spec.get("init_args") or {}))
 
 
 def _resolve_part(value: Any, role: str, default: Any) -> nn.Module | None:
@@ -92,7 +76,7 @@ def _resolve_part(value: Any, role: str, default: Any) -> nn.Module | None:
     if isinstance(value, nn.Module):
         return value
     if isinstance(value, dict):
-        return build_part(value, role)
+        return build(value, role)
     if value is True:
         return default()
     if value is False or value is None:
@@ -123,8 +107,13 @@ class DMENet(L.LightningModule):
         pretrain_b_steps: the first N batches train B alone on L_B (+ L_aux): no D, C, S.
         results_dir: ``test`` writes ``<results_dir>/<set>/`` (metrics, tables, PR plots).
         log_images_every_n_steps: write an image | label | prediction PNG every N batches (0: off).
-        label_space: the label space of ``y`` (``"ours"``); inference code reads it.
+        label_space: the label space of ``y``: ``"ours"``, or ``"released"`` (the public
+            weights'); ``None``: that of ``init_from``'s weights, else ``"ours"``. Training
+            converts the labels into it; evaluation and inference read it.
         overwrite_results: let ``test`` replace an existing ``<results_dir>/<set>/`` report.
+        init_from: a dmenet checkpoint (``dmenet fit``) or a ``dmenet convert-official`` file
+            whose weights of B (and D, S when it has them and they are on) are loaded now,
+            strictly, before training. Not a resume: use ``--ckpt_path`` for that.
     """
 
     def __init__(
@@ -149,12 +138,18 @@ class DMENet(L.LightningModule):
         pretrain_b_steps: int = 0,
         results_dir: str = "results",
         log_images_every_n_steps: int = 100,
-        label_space: str = "ours",
+        label_space: str | None = None,
         overwrite_results: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
-        if label_space not in LABEL_SPACES:
-            raise DMENetError(f"label_space must be one of {LABEL_SPACES}, got {label_space!r}")
+        if label_space is not None:
+            check_label_space(label_space, "--model.label_space")
+        lambdas = {"lambda_adv": lambda_adv, "lambda_d": lambda_d, "lambda_c": lambda_c,
+                   "lambda_s": lambda_s, "lambda_aux": lambda_aux}
+        for option, value in lambdas.items():
+            if not value >= 0:
+                raise ConfigError(f"--model.{option} must be >= 0 (0 switches its term off), got {value}")
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=[*PART_NAMES, *RUNTIME_OPTIONS])
         self.results_dir = results_dir
@@ -166,23 +161,55 @@ class DMENet(L.LightningModule):
             "blur_estimator",
             lambda: BlurEstimator(weights=vgg_weights, aux_heads=lambda_aux > 0),
         )
+        # a lambda of 0 switches its part off: not built, never run, not in the checkpoint
         self.domain_discriminator = _resolve_part(
-            domain_discriminator, "domain_discriminator", DomainDiscriminator
+            domain_discriminator if lambda_adv > 0 else False, "domain_discriminator",
+            DomainDiscriminator,
         )
         self.content_loss = _resolve_part(
-            content_loss, "content_loss", lambda: ContentLoss(weights=vgg_weights)
+            content_loss if lambda_c > 0 else False, "content_loss",
+            lambda: ContentLoss(weights=vgg_weights),
         )
         self.sharpness_calibrator = _resolve_part(
-            sharpness_calibrator, "sharpness_calibrator", SharpnessCalibrator
+            sharpness_calibrator if lambda_s > 0 else False, "sharpness_calibrator",
+            SharpnessCalibrator,
         )
+        if self.domain_discriminator is not None and lambda_d == 0:
+            self.domain_discriminator.requires_grad_(False)  # L_d is off: D's weights stay as built
         # checkpoints rebuild the parts from plain data (no pickled modules, no weight download)
         for name in PART_NAMES:
             part = getattr(self, name)
-            self.hparams[name] = part_spec(part) if part is not None else False
+            self.hparams[name] = describe(part) if part is not None else False
         self.hparams["vgg_weights"] = None
+        weights_space = self._init_from(init_from) if init_from else None
+        self.hparams["label_space"] = label_space or weights_space or "ours"
         # batches trained so far (drives pretrain_b_steps and image logging; saved and resumed)
         self.register_buffer("train_iteration", torch.zeros((), dtype=torch.long))
         self._evaluators: dict[str, Any] = {}
+
+    def _init_from(self, path: str) -> str:
+        """Load B (and D, S when the file has them and they are on) from ``path``; returns the
+        label space of the weights."""
+        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+        from dmenet.inference.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        loaded = []
+        for name in INIT_FROM_PARTS:
+            part = getattr(self, name)
+            if part is None or name not in ckpt.parts:
+                if part is not None:
+                    rank_zero_warn(f"init_from {path}: the file has no {name}; it starts untrained")
+                continue
+            load_strictly(part, ckpt.part_state(name), f"init_from {path}: {name}")
+            if ckpt.parts[name] != describe(part):
+                rank_zero_warn(f"init_from {path}: {name} was saved as {ckpt.parts[name]}, and is "
+                               f"loaded into {describe(part)}")
+            loaded.append(name)
+        rank_zero_info(f"init_from {path}: loaded {', '.join(loaded)} "
+                       f"(label space {ckpt.label_space!r})")
+        return ckpt.label_space
 
     # ---------------------------------------------------------------- inference
     def forward(self, image: torch.Tensor) -> BlurEstimate:
@@ -201,7 +228,7 @@ class DMENet(L.LightningModule):
         hp = self.hparams
         betas = (hp.beta1, hp.beta2)
         optimizers = [torch.optim.Adam(self.generator_parameters(), lr=hp.lr, betas=betas)]
-        if self.domain_discriminator is not None:
+        if self.domain_discriminator is not None and hp.lambda_d > 0:
             optimizers.append(
                 torch.optim.Adam(self.domain_discriminator.parameters(), lr=hp.lr, betas=betas)
             )
@@ -241,6 +268,8 @@ class DMENet(L.LightningModule):
 
         syn = batch["synthetic"]
         n = syn["image"].shape[0]
+        # the data's labels in the model's label space: what L_B, L_aux and L_C compare with
+        label = training_label(syn["label"], hp.label_space)
         out_syn = self.blur_estimator(syn["image"])
         # real streams seen by D: I_b ("blur") and I_r ("real"), each through B on its own
         real_outs: dict[str, BlurEstimate] = {}
@@ -250,8 +279,8 @@ class DMENet(L.LightningModule):
         adv_streams = [s for s in ("blur", "real") if s in real_outs] if adversarial else []
         logs: dict[str, torch.Tensor] = {}
 
-        # ---- D step: L_d = lambda_D * L_D on detached features
-        if adversarial and adv_streams:
+        # ---- D step: L_d = lambda_D * L_D on detached features (no D optimiser: lambda_D = 0)
+        if opt_d is not None and adv_streams:
             with self.toggled_optimizer(opt_d):
                 logits_syn = self.domain_discriminator(out_syn.feature.detach())
                 logits_real = [
@@ -276,14 +305,11 @@ class DMENet(L.LightningModule):
         with self.toggled_optimizer(opt_g):
             terms: dict[str, torch.Tensor] = {}
             weights: dict[str, float] = {}
-            terms["blur"], weights["blur"] = blur_loss(out_syn.y, syn["label"]), 1.0
-            if hp.lambda_aux > 0 and out_syn.aux:
-                terms["aux"], weights["aux"] = (
-                    auxiliary_loss(out_syn.aux, syn["label"]),
-                    hp.lambda_aux,
-                )
+            terms["blur"], weights["blur"] = blur_loss(out_syn.y, label), 1.0
+            if hp.lambda_aux > 0 and out_syn.aux:  # a given B may have heads; lambda 0: no term
+                terms["aux"], weights["aux"] = auxiliary_loss(out_syn.aux, label), hp.lambda_aux
             if self.content_loss is not None and not pretraining:
-                terms["content"] = self.content_loss(out_syn.y, syn["label"])
+                terms["content"] = self.content_loss(out_syn.y, label)
                 weights["content"] = hp.lambda_c
             if calibrating:
                 logits_s = self.sharpness_calibrator(real_outs["blur"].y)
@@ -312,7 +338,8 @@ class DMENet(L.LightningModule):
         as a PNG under ``<log_dir>/train_images`` and as an image in the logger (W&B, TensorBoard)."""
         from dmenet.visualize import defocus_panel, log_panels
 
-        panel = defocus_panel(syn["image"][0], out.y[0], syn["label"][0])
+        label = training_label(syn["label"][0], self.hparams.label_space)  # the prediction's space
+        panel = defocus_panel(syn["image"][0], out.y[0], label)
         from dmenet.runs import run_dir
 
         base = run_dir(self.trainer) if self._trainer else Path(self.results_dir)
@@ -350,12 +377,38 @@ class DMENet(L.LightningModule):
 
     def _log_evaluators(self) -> dict[str, dict[str, float]]:
         results = {name: ev.compute() for name, ev in self._evaluators.items()}
-        for index, (set_name, metrics) in enumerate(results.items()):
+        for set_name, metrics in results.items():
             for key, value in metrics.items():
-                if index == 0:  # the first set is what checkpoints monitor ("val/mse")
-                    self.log(f"val/{key}", float(value), add_dataloader_idx=False)
                 self.log(f"val/{set_name}/{key}", float(value), add_dataloader_idx=False)
         return results
+
+    def on_fit_start(self) -> None:
+        self._check_monitored_metrics()
+
+    def _check_monitored_metrics(self) -> None:
+        """Fail before training when a callback monitors a ``val/`` metric no validation set
+        will log (e.g. ``val/cuhk/mse``: CUHK has masks, no dense labels), not after an epoch."""
+        trainer = self.trainer
+        callbacks = [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]
+        monitors = sorted({m for cb in callbacks if (m := getattr(cb, "monitor", None))})
+        monitors = [m for m in monitors if m.startswith("val/")]
+        if not monitors or not trainer.enable_validation or trainer.datamodule is None:
+            return
+        from dmenet.evaluation.evaluator import metric_names
+
+        loaders = trainer.datamodule.val_dataloader()
+        logged = set()
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            item = loader.dataset[0]
+            set_name = str(item.get("set", "val"))
+            logged |= {f"val/{set_name}/{key}" for key in metric_names(set_name, item)}
+        for monitor in monitors:
+            if monitor not in logged:
+                raise ConfigError(
+                    f"a callback monitors {monitor!r}, which validation does not log; "
+                    f"it logs {', '.join(sorted(logged)) or 'nothing'} (set the callback's "
+                    "monitor to one of these, or choose --data.val_sets that have it)"
+                )
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluators()

@@ -373,3 +373,61 @@ def test_mixed_precision_with_clipping_trains(tmp_path):
     assert trainer.global_step == 4
     assert all(math.isfinite(float(v)) for v in trainer.callback_metrics.values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ------------------------------------------------------------------ init_from
+def _tiny_bds(**kwargs) -> DMENet:
+    from dmenet.modules import DomainDiscriminator, SharpnessCalibrator
+    from tests.inference.tiny_b import TinyB
+
+    return DMENet(blur_estimator=TinyB(), domain_discriminator=DomainDiscriminator(in_channels=8),
+                  content_loss=False, sharpness_calibrator=SharpnessCalibrator(channels=(4,)),
+                  log_images_every_n_steps=0, **kwargs)
+
+
+def test_init_from_loads_b_d_s_and_a_resume_stays_a_resume(tmp_path):
+    from dmenet.errors import DMENetError
+
+    torch.manual_seed(1)
+    source = _tiny_bds()
+    trainer = _trainer(tmp_path / "a")
+    trainer.strategy.connect(source)  # a Lightning checkpoint of the model as it is
+    ckpt = tmp_path / "source.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    torch.manual_seed(2)
+    model = _tiny_bds(init_from=str(ckpt))
+    assert model.hparams.label_space == "ours" and "init_from" not in model.hparams
+    for key, value in source.state_dict().items():
+        if not key.startswith("train_iteration"):
+            assert torch.equal(model.state_dict()[key], value), key
+    assert int(model.train_iteration) == 0  # weights only: a fine-tune starts its own counters
+
+    # with --ckpt_path as well, the run resumes from that checkpoint, not from init_from
+    torch.manual_seed(3)
+    other = _tiny_bds()
+    t2 = _trainer(tmp_path / "b")
+    t2.fit(other, TinyDataModule(n_batches=1, seed=5))
+    resume_ckpt = tmp_path / "other.ckpt"
+    t2.save_checkpoint(resume_ckpt)
+    resumed = _tiny_bds(init_from=str(ckpt))
+    t3 = _trainer(tmp_path / "c", max_epochs=1)
+    t3.fit(resumed, TinyDataModule(n_batches=1), ckpt_path=str(resume_ckpt))
+    assert int(resumed.train_iteration) == 1  # restored counter, no further batch (1 epoch done)
+    for key, value in other.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+    # a part whose weights do not fit is named; a part the file lacks starts untrained
+    from tests.inference.tiny_b import TinyB
+
+    with pytest.raises(DMENetError, match=r"init_from .*blur_estimator.*misshaped"):
+        DMENet(blur_estimator=TinyB(width=4), domain_discriminator=False, content_loss=False,
+               sharpness_calibrator=False, init_from=str(ckpt))
+    b_only = tmp_path / "b_only.ckpt"
+    from dmenet.inference.checkpoint import save_checkpoint
+
+    save_checkpoint(b_only, {"blur_estimator": source.blur_estimator}, label_space="released")
+    with pytest.warns(UserWarning, match="has no domain_discriminator"):
+        fine = _tiny_bds(init_from=str(b_only))
+    assert fine.hparams.label_space == "released"
+    assert _tiny_bds(init_from=str(b_only), label_space="ours").hparams.label_space == "ours"

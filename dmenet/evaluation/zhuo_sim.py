@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from dmenet.labels import SIGMA_MAX_PX, from_sigma_px
-from dmenet.modules.blur_estimator import BlurEstimate
+from dmenet.modules.contracts import BlurEstimate
 from dmenet.registry import CLASSICAL_ESTIMATORS
 
 __all__ = ["ZhuoSimEstimator", "edge_sigma_px", "estimate_sigma_px", "propagate"]
@@ -176,7 +176,7 @@ class ZhuoSimEstimator(nn.Module):
         max_side_px: int = 200,
     ) -> None:
         super().__init__()
-        # the part convention (dmenet.modules._parts.init_args_of): checkpoints rebuild from it
+        # the part convention (dmenet.modules.spec.describe): checkpoints rebuild from it
         self.init_args = {
             "sigma0_px": sigma0_px, "gradient_sigma_px": gradient_sigma_px, "lam": lam,
             "max_side_px": max_side_px,

@@ -11,15 +11,32 @@ from torch import nn
 LEAKY_SLOPE = 0.2
 """LeakyReLU slope of every decoder/discriminator activation (SPEC section 3)."""
 
+PADDING_MODES: tuple[str, ...] = ("replicate", "zeros")
+"""Padding of B's 3x3 convs: ``"replicate"`` (edge replication, what the reference's 1-px
+TensorFlow ``SYMMETRIC`` padding is) or ``"zeros"`` (what torchvision's ImageNet VGG19 saw)."""
+
+
+def check_padding_mode(padding_mode: str) -> str:
+    """``padding_mode`` if it is one of :data:`PADDING_MODES`, else a ``ValueError`` naming them."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode {padding_mode!r}: choose one of {', '.join(PADDING_MODES)}")
+    return padding_mode
+
 
 class ConvBNLReLU(nn.Sequential):
-    """``conv(k x k) -> BatchNorm -> LeakyReLU(0.2)``; module names ``conv``, ``bn``."""
+    """``conv(k x k) -> BatchNorm -> LeakyReLU(0.2)``; module names ``conv``, ``bn``.
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+    ``padding_mode``: how the ``k // 2`` pixels of padding are filled (:data:`PADDING_MODES`).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, padding_mode: str = "zeros"
+    ) -> None:
         super().__init__()
         # the conv has no bias: the BatchNorm that follows has its own shift
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False,
+            padding_mode=check_padding_mode(padding_mode),
         )
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
@@ -49,9 +66,3 @@ def crop_to_scale(x: torch.Tensor, size_hw: tuple[int, int], downsample: int) ->
     h = math.ceil(size_hw[0] / downsample)
     w = math.ceil(size_hw[1] / downsample)
     return x[..., :h, :w]
-
-
-def init_args_of(module: nn.Module) -> dict:
-    """The constructor arguments a part recorded in ``self.init_args`` (plain data), or ``{}``."""
-    args = getattr(module, "init_args", None)
-    return dict(args) if isinstance(args, dict) else {}

@@ -9,16 +9,21 @@ Layer by layer (module names are stable; docs/blur_estimator_layers.md lists eve
   bottleneck conv5_4 (512, H/16).
 * ``decoder3`` .. ``decoder0``: nearest x2 upsampling, concatenation with the skip, then 3x3
   conv + BN + LeakyReLU(0.2): 3 x 256, 3 x 128, 3 x 64, 1 x 64.
-* ``aux_heads.0`` .. ``aux_heads.4``: at H/16, H/8, H/4, H/2, H; two 3x3 convs (the last to one
-  channel) + sigmoid.
+* ``aux_heads.0`` .. ``aux_heads.4``: at H/16, H/8, H/4, H/2, H (on the bottleneck and the
+  outputs of decoder3 .. decoder0): 3x3 conv + BN + LReLU of width 256, 128, 64, 32, 32, then
+  3x3 conv to one channel + BN + sigmoid (the reference's layers and widths).
 * ``refine.0`` .. ``refine.6``: residual blocks, two 3x3 conv(64)+BN+LReLU plus a 1x1
   conv(64)+BN+LReLU projection shortcut.
 * ``head``: conv 64 -> conv 32 -> conv 1 -> sigmoid.
+
+Every 3x3 conv (encoder included) pads by one pixel with ``padding_mode``: ``"replicate"`` by
+default, which is the reference's 1-px TensorFlow ``SYMMETRIC`` padding, so the published weights
+(``dmenet convert-official``) load into the default B and compute what the reference does;
+``"zeros"`` is what torchvision's ImageNet VGG19 was trained with (docs/training.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,39 +32,34 @@ from torch import nn
 from dmenet.modules._parts import (
     LEAKY_SLOPE,
     ConvBNLReLU,
+    check_padding_mode,
     crop_to_scale,
     pad_to_multiple,
     upsample_concat,
 )
+from dmenet.modules.contracts import BlurEstimate
+from dmenet.modules.spec import Part
 from dmenet.modules.vgg import VGG19_LAYER_INDEX, ImageNetNormalize, vgg19_features
 from dmenet.registry import BLUR_ESTIMATORS
 
-__all__ = ["BlurEstimate", "BlurEstimator", "ResidualBlock", "AuxHead"]
+__all__ = ["AUX_HIDDEN_CHANNELS", "AuxHead", "BlurEstimate", "BlurEstimator", "ResidualBlock"]
+
+AUX_HIDDEN_CHANNELS: tuple[int, ...] = (256, 128, 64, 32, 32)
+"""Hidden widths of the reference's aux heads on the bottleneck, decoder3 .. decoder0 (SPEC 3)."""
 
 # outputs of these encoder layers are kept: four skips and the bottleneck (after ReLU)
 _SKIP_LAYERS = ("relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4")
 
 
-@dataclass
-class BlurEstimate:
-    """What every B returns.
-
-    y: ``(N, 1, H, W)`` in ``[0, 1]``, ``sigma_px / SIGMA_MAX_PX``.
-    aux: auxiliary predictions ``(N, 1, ceil(H/s), ceil(W/s))``, coarse to fine (may be empty).
-    feature: ``(N, 64, H, W)`` stage-0 feature, D's input.
-    """
-
-    y: torch.Tensor
-    aux: list[torch.Tensor] = field(default_factory=list)
-    feature: torch.Tensor | None = None
-
-
 class ResidualBlock(nn.Module):
     """Two 3x3 conv+BN+LReLU plus a 1x1 conv+BN+LReLU projection shortcut (``body``, ``shortcut``)."""
 
-    def __init__(self, channels: int = 64) -> None:
+    def __init__(self, channels: int = 64, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.body = nn.Sequential(ConvBNLReLU(channels, channels), ConvBNLReLU(channels, channels))
+        self.body = nn.Sequential(
+            ConvBNLReLU(channels, channels, padding_mode=padding_mode),
+            ConvBNLReLU(channels, channels, padding_mode=padding_mode),
+        )
         self.shortcut = ConvBNLReLU(channels, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,24 +67,30 @@ class ResidualBlock(nn.Module):
 
 
 class AuxHead(nn.Sequential):
-    """Scale-wise auxiliary prediction: 3x3 conv + LReLU, 3x3 conv to 1 channel, sigmoid."""
+    """Scale-wise auxiliary prediction (the reference's layers): 3x3 conv + BN + LReLU(0.2) to
+    ``hidden_channels`` (``conv1``, ``bn1``), then 3x3 conv to 1 channel + BN + sigmoid
+    (``conv2``, ``bn2``). The convs have no bias: the BatchNorm after each has its own shift."""
 
-    def __init__(self, in_channels: int, hidden_channels: int = 64) -> None:
+    def __init__(self, in_channels: int, hidden_channels: int, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False,
+                               padding_mode=padding_mode)
+        self.bn1 = nn.BatchNorm2d(hidden_channels)
         self.act1 = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
-        self.conv2 = nn.Conv2d(hidden_channels, 1, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden_channels, 1, 3, padding=1, bias=False, padding_mode=padding_mode)
+        self.bn2 = nn.BatchNorm2d(1)
         self.sigmoid = nn.Sigmoid()
 
 
-def _stage(in_channels: int, out_channels: int, n_convs: int) -> nn.Sequential:
-    layers = [ConvBNLReLU(in_channels, out_channels)]
-    layers += [ConvBNLReLU(out_channels, out_channels) for _ in range(n_convs - 1)]
+def _stage(in_channels: int, out_channels: int, n_convs: int, padding_mode: str) -> nn.Sequential:
+    layers = [ConvBNLReLU(in_channels, out_channels, padding_mode=padding_mode)]
+    layers += [ConvBNLReLU(out_channels, out_channels, padding_mode=padding_mode)
+               for _ in range(n_convs - 1)]
     return nn.Sequential(*layers)
 
 
 @BLUR_ESTIMATORS.register("dmenet_vgg19")
-class BlurEstimator(nn.Module):
+class BlurEstimator(Part):
     """The paper's B: VGG19 U-Net with auxiliary heads, refinement blocks and a sigmoid head.
 
     Args:
@@ -92,6 +98,8 @@ class BlurEstimator(nn.Module):
             torchvision VGG19 state_dict path, or ``None`` (random init; tests).
         aux_heads: build the five auxiliary heads (off for the "no aux" ablation).
         n_refine_blocks: residual refinement blocks after the last upsampling (paper: 7).
+        padding_mode: ``"replicate"`` (the reference's padding, default) or ``"zeros"``
+            (torchvision's), for every 3x3 conv.
 
     Input ``(N, 3, H, W)`` in ``[0, 1]`` of any size (padded to a multiple of 16, cropped back).
     """
@@ -103,29 +111,27 @@ class BlurEstimator(nn.Module):
         weights: str | Path | None = "imagenet",
         aux_heads: bool = True,
         n_refine_blocks: int = 7,
+        padding_mode: str = "replicate",
     ) -> None:
         super().__init__()
-        self.init_args = {
-            "weights": None if weights is None else str(weights),
-            "aux_heads": aux_heads,
-            "n_refine_blocks": n_refine_blocks,
-        }
+        pad = check_padding_mode(padding_mode)
         self.normalize = ImageNetNormalize()
-        self.encoder = vgg19_features(weights)[: VGG19_LAYER_INDEX["pool5"]]
+        self.encoder = vgg19_features(weights, pad)[: VGG19_LAYER_INDEX["pool5"]]
         self._skip_index = [VGG19_LAYER_INDEX[name] for name in _SKIP_LAYERS]
-        self.decoder3 = _stage(512 + 512, 256, 3)
-        self.decoder2 = _stage(256 + 256, 128, 3)
-        self.decoder1 = _stage(128 + 128, 64, 3)
-        self.decoder0 = _stage(64 + 64, 64, 1)
+        self.decoder3 = _stage(512 + 512, 256, 3, pad)
+        self.decoder2 = _stage(256 + 256, 128, 3, pad)
+        self.decoder1 = _stage(128 + 128, 64, 3, pad)
+        self.decoder0 = _stage(64 + 64, 64, 1, pad)
         # inputs of the aux heads, coarse to fine: bottleneck, decoder3 .. decoder0
         self.aux_heads = (
-            nn.ModuleList(AuxHead(c) for c in (512, 256, 128, 64, 64)) if aux_heads else None
+            nn.ModuleList(AuxHead(c, w, pad) for c, w in zip((512, 256, 128, 64, 64), AUX_HIDDEN_CHANNELS))
+            if aux_heads else None
         )
-        self.refine = nn.Sequential(*(ResidualBlock(64) for _ in range(n_refine_blocks)))
+        self.refine = nn.Sequential(*(ResidualBlock(64, pad) for _ in range(n_refine_blocks)))
         self.head = nn.Sequential(
-            ConvBNLReLU(64, 64),
-            ConvBNLReLU(64, 32),
-            nn.Conv2d(32, 1, 3, padding=1),
+            ConvBNLReLU(64, 64, padding_mode=pad),
+            ConvBNLReLU(64, 32, padding_mode=pad),
+            nn.Conv2d(32, 1, 3, padding=1, padding_mode=pad),
             nn.Sigmoid(),
         )
 

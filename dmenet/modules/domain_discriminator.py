@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmenet.modules._parts import LEAKY_SLOPE
+from dmenet.modules.spec import Part
 from dmenet.registry import DOMAIN_DISCRIMINATORS
 
 __all__ = ["DomainDiscriminator", "SameConv2d", "same_padding"]
@@ -56,14 +57,13 @@ class SameConv2d(nn.Module):
 
 
 @DOMAIN_DISCRIMINATORS.register("dmenet")
-class DomainDiscriminator(nn.Module):
+class DomainDiscriminator(Part):
     """D: ``feature (N, in_channels, H, W) -> logits (N, 1, ceil(H/32), ceil(W/32))`` (1 = synthetic)."""
 
     def __init__(
         self, in_channels: int = 64, channels: tuple[int, ...] = (64, 128, 256, 512)
     ) -> None:
         super().__init__()
-        self.init_args = {"in_channels": in_channels, "channels": list(channels)}
         layers = []
         c_in = in_channels
         for c_out in channels:

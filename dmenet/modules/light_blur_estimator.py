@@ -3,7 +3,7 @@
 It proves the plugin design end to end: it returns the same :class:`BlurEstimate` (``y``, five
 auxiliary maps H/16 .. H, the 64-channel full-resolution ``feature`` that D sees), so D, C, S
 and the LightningModule work with it unchanged. About 13.8 M parameters instead of the paper B's
-25.9 M, and much faster on a CPU.
+26.9 M, and much faster on a CPU.
 
 Choose it in a config::
 
@@ -23,7 +23,9 @@ from torch import nn
 
 from dmenet.errors import DMENetError
 from dmenet.modules._parts import ConvBNLReLU, crop_to_scale, pad_to_multiple, upsample_concat
-from dmenet.modules.blur_estimator import AuxHead, BlurEstimate
+from dmenet.modules.blur_estimator import AuxHead
+from dmenet.modules.contracts import BlurEstimate
+from dmenet.modules.spec import Part
 from dmenet.modules.vgg import ImageNetNormalize
 from dmenet.registry import BLUR_ESTIMATORS
 
@@ -54,17 +56,13 @@ def resnet18_backbone(weights: str | Path | None = "imagenet") -> nn.Module:
 
 
 @BLUR_ESTIMATORS.register("light_resnet18")
-class LightBlurEstimator(nn.Module):
+class LightBlurEstimator(Part):
     """ResNet18 U-Net B. Input ``(N, 3, H, W)`` in ``[0, 1]``, any size (padded to x32, cropped)."""
 
     size_multiple = 32
 
     def __init__(self, weights: str | Path | None = "imagenet", aux_heads: bool = True) -> None:
         super().__init__()
-        self.init_args = {
-            "weights": None if weights is None else str(weights),
-            "aux_heads": aux_heads,
-        }
         net = resnet18_backbone(weights)
         self.normalize = ImageNetNormalize()
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)  # 64, H/2

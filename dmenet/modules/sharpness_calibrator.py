@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dmenet.modules._parts import ConvBNLReLU
+from dmenet.modules.spec import Part
 from dmenet.registry import SHARPNESS_CALIBRATORS
 
 __all__ = ["SharpnessCalibrator"]
@@ -19,12 +20,11 @@ PAPER_CHANNELS: tuple[int, ...] = (64, 64, 64, 32, 32, 32, 16, 16, 16)
 
 
 @SHARPNESS_CALIBRATORS.register("dmenet")
-class SharpnessCalibrator(nn.Module):
+class SharpnessCalibrator(Part):
     """S: ``y (N, 1, H, W) -> sharpness logits (N, 1, H, W)``; sigmoid(logit) = P(sharp)."""
 
     def __init__(self, channels: tuple[int, ...] = PAPER_CHANNELS) -> None:
         super().__init__()
-        self.init_args = {"channels": list(channels)}
         layers = []
         c_in = 1
         for c_out in channels:

@@ -7,6 +7,9 @@ B's encoder and C's perceptual network both come from here. Weights:
 * a path to a local file: a torchvision VGG19 ``state_dict`` (``.pth``), loaded with
   ``weights_only=True`` (keys with or without the ``features.`` prefix);
 * ``None``: random initialisation (tests, or training from scratch).
+
+``padding_mode`` fills the 1-px padding of every 3x3 conv: ``"zeros"`` (torchvision, what the
+ImageNet weights were trained with) or ``"replicate"`` (the reference DMENet's B).
 """
 
 from __future__ import annotations
@@ -36,26 +39,33 @@ class ImageNetNormalize(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # constants, not weights: made on the CPU even when a part is built on the meta device
+        # (dmenet.modules.spec.build), since no state_dict sets them
+        mean = torch.tensor(IMAGENET_MEAN, device="cpu").view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device="cpu").view(1, 3, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
 
-def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
-    """Functional form of :class:`ImageNetNormalize`."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+def _vgg19_conv_layers(padding_mode: str = "zeros") -> nn.Sequential:
+    """torchvision's ``vgg19().features`` layout (37 layers, same indices), randomly initialised
+    as torchvision does, without building the 120M-parameter classifier (about 0.5 GB we never
+    use)."""
+    from torchvision.models.vgg import cfgs
 
-
-def _vgg19_conv_layers() -> nn.Sequential:
-    """torchvision's ``vgg19().features`` layout (37 layers), randomly initialised as torchvision
-    does, without building the 120M-parameter classifier (about 0.5 GB we never use)."""
-    from torchvision.models.vgg import cfgs, make_layers
-
-    features = make_layers(cfgs["E"], batch_norm=False)
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for v in cfgs["E"]:  # "E" is VGG19: channel counts, "M" = 2x2 max-pool
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_channels, int(v), kernel_size=3, padding=1,
+                                 padding_mode=padding_mode), nn.ReLU(inplace=True)]
+            in_channels = int(v)
+    features = nn.Sequential(*layers)
     for m in features.modules():
         if isinstance(m, nn.Conv2d):  # torchvision's VGG initialisation
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -63,11 +73,11 @@ def _vgg19_conv_layers() -> nn.Sequential:
     return features
 
 
-def vgg19_features(weights: str | Path | None = "imagenet") -> nn.Sequential:
-    """torchvision's ``vgg19().features`` (37 layers) with the requested weights."""
+def vgg19_features(weights: str | Path | None = "imagenet", padding_mode: str = "zeros") -> nn.Sequential:
+    """torchvision's ``vgg19().features`` (37 layers) with the requested weights and padding."""
     from torchvision.models import VGG19_Weights
 
-    features = _vgg19_conv_layers()
+    features = _vgg19_conv_layers(padding_mode)
     if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random", "")):
         return features
     if isinstance(weights, str) and weights.lower() == "imagenet":

@@ -33,13 +33,12 @@ def ckpt(request, tiny_ckpt, tmp_path):
     """Zero padding (our training) and edge replication (converted official weights)."""
     if request.param == "zeros":
         return tiny_ckpt
-    from dmenet.inference.checkpoint import save_inference_checkpoint, set_padding_mode
+    from dmenet.inference.checkpoint import save_inference_checkpoint
+    from tests.inference.tiny_b import TinyB
 
-    predictor = load_predictor(tiny_ckpt, fast=False)
-    model = predictor.blur_estimator
-    set_padding_mode(model, "replicate")
-    return save_inference_checkpoint(tmp_path / "replicate.ckpt", model, label_space="released",
-                                     padding_mode="replicate")
+    model = TinyB(padding_mode="replicate")
+    model.load_state_dict(load_predictor(tiny_ckpt, fast=False).blur_estimator.state_dict())
+    return save_inference_checkpoint(tmp_path / "replicate.ckpt", model, label_space="released")
 
 
 def test_export_has_dynamic_size_and_matches_pytorch(ckpt, tmp_path, capsys):

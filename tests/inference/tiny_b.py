@@ -9,21 +9,23 @@ from torch import nn
 
 from dmenet.modules._parts import ConvBNLReLU, crop_to_scale, pad_to_multiple
 from dmenet.modules.blur_estimator import BlurEstimate
+from dmenet.modules.spec import Part
 from dmenet.modules.vgg import ImageNetNormalize
 
 
-class TinyB(nn.Module):
+class TinyB(Part):
     """U-Net with 4 poolings: image (N, 3, H, W) in [0, 1] -> BlurEstimate(y (N, 1, H, W))."""
 
     size_multiple = 16
 
-    def __init__(self, weights=None, width: int = 8) -> None:
+    def __init__(self, weights=None, width: int = 8, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.init_args = {"weights": None, "width": width}
+        pad = padding_mode
         self.normalize = ImageNetNormalize()
-        self.encoder = nn.ModuleList(ConvBNLReLU(3 if i == 0 else width, width) for i in range(5))
-        self.decoder = nn.ModuleList(ConvBNLReLU(2 * width, width) for _ in range(4))
-        self.head = nn.Sequential(nn.Conv2d(width, 1, 3, padding=1), nn.Sigmoid())
+        self.encoder = nn.ModuleList(ConvBNLReLU(3 if i == 0 else width, width, padding_mode=pad)
+                                     for i in range(5))
+        self.decoder = nn.ModuleList(ConvBNLReLU(2 * width, width, padding_mode=pad) for _ in range(4))
+        self.head = nn.Sequential(nn.Conv2d(width, 1, 3, padding=1, padding_mode=pad), nn.Sigmoid())
 
     def forward(self, image: torch.Tensor) -> BlurEstimate:
         x, size_hw = pad_to_multiple(image, self.size_multiple)

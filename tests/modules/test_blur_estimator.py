@@ -92,9 +92,41 @@ class TestPaperBlurEstimator:
         paper_b.encoder.load_state_dict(ref_state, strict=True)
         assert len(paper_b.encoder) == 36  # conv1_1 .. relu5_4, no pool5
 
-    def test_parameter_count(self, paper_b):
-        # documented in docs/training.md; a change here must be a deliberate one
-        assert sum(p.numel() for p in paper_b.parameters()) == 25_942_054
+    def test_parameter_count_is_the_reference_b(self, paper_b):
+        # SPEC section 3: the official B has 26,939,819 trainable values (documented in
+        # docs/training.md); our conv without bias + BN (gamma, beta) counts as the reference's
+        # conv with bias + BN (beta only)
+        assert sum(p.numel() for p in paper_b.parameters() if p.requires_grad) == 26_939_819
+
+    def test_aux_heads_are_the_reference_layers(self, paper_b):
+        # conv -> BN -> LReLU(0.2), conv to 1 -> BN -> sigmoid; widths 256, 128, 64, 32, 32
+        assert [h.conv1.out_channels for h in paper_b.aux_heads] == [256, 128, 64, 32, 32]
+        assert [h.conv1.in_channels for h in paper_b.aux_heads] == [512, 256, 128, 64, 64]
+        for head in paper_b.aux_heads:
+            assert [type(m).__name__ for m in head] == [
+                "Conv2d", "BatchNorm2d", "LeakyReLU", "Conv2d", "BatchNorm2d", "Sigmoid"]
+            assert head.conv1.bias is None and head.conv2.bias is None
+            assert head.conv2.out_channels == 1 and head.act1.negative_slope == 0.2
+
+    def test_padding_is_edge_replication_by_default(self, paper_b):
+        padded = [m for m in paper_b.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+        assert len(padded) == 16 + 10 + 14 + 10 + 3  # encoder, decoder, refine, aux, head
+        assert {m.padding_mode for m in padded} == {"replicate"}
+        assert paper_b.init_args["padding_mode"] == "replicate"
+        zeros = BlurEstimator(weights=None, aux_heads=False, n_refine_blocks=1, padding_mode="zeros")
+        assert {m.padding_mode for m in zeros.modules() if isinstance(m, nn.Conv2d)} == {"zeros"}
+        with pytest.raises(ValueError, match="padding_mode"):
+            BlurEstimator(weights=None, padding_mode="reflect")
+
+    def test_edge_padding_sees_a_constant_image_as_constant(self):
+        # with edge replication a constant input gives a constant map (no border artefacts);
+        # zero padding does not
+        torch.manual_seed(0)
+        for mode, flat in (("replicate", True), ("zeros", False)):
+            b = BlurEstimator(weights=None, aux_heads=False, n_refine_blocks=1, padding_mode=mode).eval()
+            with torch.no_grad():
+                y = b(torch.full((1, 3, 32, 32), 0.3)).y
+            assert (float(y.max() - y.min()) < 1e-5) == flat, mode
 
     def test_decoder_layout_matches_spec(self, paper_b):
         def widths(stage):
