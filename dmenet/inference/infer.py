@@ -157,7 +157,7 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
         "label_space": predictor.label_space,
         "device": str(device),
         "dtype": "float16" if args.half else "float32",
-        "path": path,
+        "inference_path": path,  # "fast" (dmenet.inference.fast) or "reference"
         "tile_px": tile,
         "overlap_px": args.overlap,
     }
