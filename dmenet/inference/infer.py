@@ -23,7 +23,8 @@ import torch
 from dmenet.errors import DMENetError
 from dmenet.inference.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
-__all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator"]
+__all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator",
+           "gather_inputs", "report_failures"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,17 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from dmenet.data.io import read_image_tensor
-    from dmenet.inference.data import expand_paths
     from dmenet.inference.writer import check_outputs_free, write_defocus_outputs
 
-    failures: list[tuple[str, str]] = []
-    items = []
-    for entry in args.paths:
-        try:
-            items += expand_paths([entry], recursive=args.recursive)
-        except DMENetError as exc:
-            failures.append((entry, str(exc)))
-    items = _unique_names(items)
+    items, failures = gather_inputs(args.paths, args.recursive)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise DMENetError(f"{out_dir}: exists and is not a folder")
@@ -209,19 +202,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory on one photo
             failures.append((str(path), f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
     bar.close()
-    print(f"dmenet infer: wrote defocus maps of {written} photo(s) to {out_dir}", file=sys.stderr)
+    return report_failures("dmenet infer", f"wrote defocus maps of {written} photo(s) to {out_dir}",
+                           failures)
+
+
+def gather_inputs(paths: Sequence[str], recursive: bool) -> tuple[list[tuple[Path, str]],
+                                                                   list[tuple[str, str]]]:
+    """Expand every entry (file, folder, glob) on its own: ``(items, failures)``, where an entry
+    that cannot be expanded is a failure ``(entry, message)`` and the others still count."""
+    from dmenet.inference.data import deduplicate_names, expand_paths
+
+    failures: list[tuple[str, str]] = []
+    items: list[tuple[Path, str]] = []
+    for entry in paths:
+        try:
+            items += expand_paths([entry], recursive=recursive)
+        except DMENetError as exc:
+            failures.append((entry, str(exc)))
+    return deduplicate_names(items), failures
+
+
+def report_failures(prog: str, summary: str, failures: list[tuple[str, str]]) -> int:
+    """Print the summary line and each failed input; the exit status (1 if any failed)."""
+    print(f"{prog}: {summary}", file=sys.stderr)
     if failures:
-        print(f"dmenet infer: {len(failures)} input(s) failed:", file=sys.stderr)
+        print(f"{prog}: {len(failures)} input(s) failed:", file=sys.stderr)
         for where, why in failures:
             print(f"  {why}" if why.startswith(where) else f"  {where}: {why}", file=sys.stderr)
         return 1
     return 0
-
-
-def _unique_names(items: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
-    from dmenet.inference.data import deduplicate_names
-
-    return deduplicate_names(items)
 
 
 if __name__ == "__main__":
