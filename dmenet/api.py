@@ -4,7 +4,7 @@
     estimator = dmenet.load("runs/quickstart/version_0/checkpoints/last.ckpt", device="cpu")
     sigma_px = estimator.predict("photo.jpg")          # (H, W) float32 NumPy, sigma in px
 
-It runs exactly what ``dmenet infer`` runs (:func:`dmenet.inference.infer.build_estimator`:
+It runs exactly what ``dmenet infer`` runs (:func:`dmenet.inference.infer.make_estimator`:
 the checkpoint's B through :func:`dmenet.inference.checkpoint.load_predictor`, big photos in
 overlapping tiles by :mod:`dmenet.inference.tiling`), so ``predict`` equals the ``.npy`` that
 ``dmenet infer`` writes for the same photo and options.
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from dmenet.errors import DataError, DMENetError
-from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 
 __all__ = ["DefocusEstimator", "load"]
 
@@ -30,10 +29,7 @@ CLASSICAL = ("zhuo_sim",)
 def load(
     checkpoint: str | Path,
     device: str | torch.device = "auto",
-    tile: int = DEFAULT_TILE_PX,
-    overlap: int = DEFAULT_OVERLAP_PX,
-    half: bool = False,
-    trust_checkpoint: bool = False,
+    **options: Any,
 ) -> DefocusEstimator:
     """A defocus estimator from a checkpoint file, or ``"zhuo_sim"`` (the classical baseline).
 
@@ -41,25 +37,30 @@ def load(
         checkpoint: a ``dmenet fit`` checkpoint (``.ckpt``), the output of
             ``dmenet convert-official``, or ``"zhuo_sim"``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-        tile, overlap: tile side and overlap in px for big photos (``dmenet infer``'s
-            ``--tile`` / ``--overlap``; ``tile=0`` never tiles).
-        half: float16 on a GPU.
-        trust_checkpoint: allow a checkpoint that holds Python objects (runs code from it).
+        **options: ``dmenet infer``'s options by their Python names, with its defaults:
+            ``tile`` (``"auto"``, a side in px, or 0 = never tile), ``overlap``, ``memory_gb``,
+            ``half``, ``reference_path``, ``trust_checkpoint``.
 
     Raises:
         DMENetError: a missing or unreadable checkpoint, a bad device or option (one line).
     """
-    name = str(checkpoint)
-    from dmenet.inference.infer import build_estimator
+    from dmenet.inference.infer import build_parser, make_estimator
 
+    name = str(checkpoint)
+    # infer's own defaults, so that predict() equals `dmenet infer` with the same options
+    args = build_parser().parse_args(["photo", "--out", "unused"])
+    unknown = sorted(set(options) - set(vars(args)) - {"paths", "out", "recursive", "overwrite"})
+    if unknown or {"paths", "out", "recursive", "overwrite", "ckpt", "estimator"} & set(options):
+        raise DMENetError(f"dmenet.load: unknown option(s) {', '.join(sorted(options))}")
+    vars(args).update(options)
+    args.device = str(device)
     if name in CLASSICAL:
-        return DefocusEstimator(build_estimator(None, estimator=name))
-    if not Path(name).expanduser().is_file():
-        raise DMENetError(f"{name}: no such checkpoint file (or use one of {', '.join(CLASSICAL)})")
-    return DefocusEstimator(build_estimator(
-        Path(name).expanduser(), device=device, half=half, tile=tile, overlap=overlap,
-        trust=trust_checkpoint,
-    ))
+        args.estimator, args.ckpt = name, None
+    else:
+        if not Path(name).expanduser().is_file():
+            raise DMENetError(f"{name}: no such checkpoint file (or use one of {', '.join(CLASSICAL)})")
+        args.estimator, args.ckpt = "b", str(Path(name).expanduser())
+    return DefocusEstimator(make_estimator(args))
 
 
 class DefocusEstimator:

@@ -25,6 +25,7 @@ TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("dmenet.inference.infer", "defocus maps (sigma in px) for photos of any size"),
     "magnify": ("dmenet.inference.magnify", "defocus magnification: re-blur a photo with k * sigma"),
     "depth": ("dmenet.inference.depth", "relative depth map from the estimated defocus map"),
+    "deblur": ("dmenet.inference.deblur", "all-in-focus photos: deconvolution with the defocus map"),
     "export": ("dmenet.inference.onnx_export", "export B to ONNX with dynamic height and width"),
     "convert-official": (
         "dmenet.inference.convert_official",
@@ -56,18 +57,21 @@ def _top_level_help() -> str:
 
 
 def list_main(argv: Sequence[str] | None = None) -> int:
-    """``dmenet list``: every registered part with its class path."""
+    """``dmenet list``: every registered part, its registry name and its class path."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="dmenet list", description="List the registered subnetworks and their class paths."
+        prog="dmenet list",
+        description="List the registered subnetworks: registry names and class paths.",
     )
     parser.parse_args(argv)
-    from dmenet.registry import ALL_REGISTRIES, load_all
+    from dmenet.registry import ALL_REGISTRIES, PART_REGISTRIES
 
-    load_all()
+    print("Choose a part by registry name or class path, e.g. --model.blur_estimator light_resnet18")
+    print("(in a config: model: {blur_estimator: light_resnet18} or class_path: <name or path>).\n")
     for kind, registry in ALL_REGISTRIES.items():
-        print(f"{kind}  ({registry.description})")
+        option = f"--model.{kind}" if kind in PART_REGISTRIES else "--model.blur_estimator"
+        print(f"{kind}  ({registry.description}; {option} NAME)")
         for name in registry.names():
             print(f"  {name:<28}{registry.class_path(name)}")
     return 0

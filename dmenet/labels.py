@@ -18,7 +18,8 @@ Every conversion between spaces goes through :func:`to_sigma_px` / :func:`from_s
 :func:`convert_y` chains them. The data pipelines deliver labels in :data:`DATA_LABEL_SPACE`;
 training converts them once (:func:`training_label`) into the label space of the model, so
 L_B, L_aux and L_C compare prediction and label in the same space (a fine-tune of the public
-weights trains in ``"released"``).
+weights trains in ``"released"``). Every option that names a space is checked by
+:func:`check_label_space`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+
+from dmenet.errors import ConfigError
 
 C_MAX_PX: float = 28.0
 """Largest circle-of-confusion diameter in pixels (paper)."""
@@ -40,7 +43,12 @@ PNG_LABEL_SCALE: float = 10.0
 """Released SYNDOF ``blur_map/*.png`` store ``round(10 * value)`` as 16-bit integers."""
 
 LabelSpace = Literal["ours", "released", "generator"]
-LABEL_SPACES: tuple[str, ...] = ("ours", "released", "generator")
+_SPACE_MEANINGS = {
+    "ours": "dmenet's y = sigma_px / SIGMA_MAX_PX",
+    "released": "the SYNDOF dataset released with DMENet and its public checkpoint",
+    "generator": "files of the current SYNDOF generator",
+}
+LABEL_SPACES: tuple[str, ...] = tuple(_SPACE_MEANINGS)
 
 DATA_LABEL_SPACE: str = "ours"
 """The label space of every ``"label"`` the data pipelines deliver (``y = sigma_px / 7``)."""
@@ -55,14 +63,13 @@ def sigma_to_y(sigma_px: torch.Tensor, sigma_max_px: float = SIGMA_MAX_PX) -> to
     return sigma_px / sigma_max_px
 
 
-def y_to_sigma(y: torch.Tensor, sigma_max_px: float = SIGMA_MAX_PX) -> torch.Tensor:
-    """Inverse of :func:`sigma_to_y`: network output ``y`` -> sigma in pixels."""
-    return y * sigma_max_px
-
-
-def _check_space(space: str) -> None:
+def check_label_space(space: object, option: str = "label space") -> str:
+    """``space`` if it names a label space, else :class:`~dmenet.errors.ConfigError` naming
+    ``option`` (e.g. ``"--data.syndof_label_space"``) and every accepted value."""
     if space not in LABEL_SPACES:
-        raise ValueError(f"unknown label space {space!r}; choose one of {', '.join(LABEL_SPACES)}")
+        choices = ", ".join(f"{name!r} ({_SPACE_MEANINGS[name]})" for name in LABEL_SPACES)
+        raise ConfigError(f"unknown {option} {space!r}: choose one of {choices}")
+    return space
 
 
 def to_sigma_px(y, space: str = "ours", sigma_max_px: float = SIGMA_MAX_PX):
@@ -70,7 +77,7 @@ def to_sigma_px(y, space: str = "ours", sigma_max_px: float = SIGMA_MAX_PX):
 
     Works on tensors and numpy arrays.
     """
-    _check_space(space)
+    check_label_space(space)
     if space == "ours":
         return y * sigma_max_px
     if space == "released":
@@ -82,7 +89,7 @@ def to_sigma_px(y, space: str = "ours", sigma_max_px: float = SIGMA_MAX_PX):
 
 def from_sigma_px(sigma_px, space: str = "ours", sigma_max_px: float = SIGMA_MAX_PX):
     """Convert sigma in pixels into the normalised ``y`` of label space ``space``."""
-    _check_space(space)
+    check_label_space(space)
     if space == "ours":
         return sigma_px / sigma_max_px
     if space == "released":
@@ -92,7 +99,7 @@ def from_sigma_px(sigma_px, space: str = "ours", sigma_max_px: float = SIGMA_MAX
 
 def stored_png_to_y(value, space: str):
     """A released-SYNDOF ``blur_map`` PNG value (``10 * x``) -> normalised ``y`` of that space."""
-    _check_space(space)
+    check_label_space(space)
     x = value / PNG_LABEL_SCALE
     if space == "released":
         return x / _RELEASED_X_MAX
@@ -109,8 +116,8 @@ def stored_png_to_sigma_px(value, space: str):
 def convert_y(y, from_space: str, to_space: str, sigma_max_px: float = SIGMA_MAX_PX):
     """A normalised map ``y`` of label space ``from_space`` as the ``y`` of ``to_space``
     (through sigma in pixels; the identity when both are the same)."""
-    _check_space(from_space)
-    _check_space(to_space)
+    check_label_space(from_space)
+    check_label_space(to_space)
     if from_space == to_space:
         return y
     return from_sigma_px(to_sigma_px(y, from_space, sigma_max_px), to_space, sigma_max_px)

@@ -8,7 +8,13 @@ Per training batch (manual optimisation, one D step then one G step on the same 
 
 Subnetworks are constructor arguments (anomalib style): ``True`` builds the paper's part,
 ``False`` removes it (no parameters, no optimiser, no loss term), an ``nn.Module`` replaces it.
-Ablations are therefore configs (configs/ablation/*.yaml), not code branches.
+Ablations are therefore configs (configs/ablation/*.yaml), not code branches. A lambda of 0
+switches its term off the same way: ``lambda_c = 0``, ``lambda_s = 0`` and ``lambda_adv = 0``
+build no C, S and D (as ``False`` would), ``lambda_aux = 0`` builds the default B without its
+auxiliary heads, and ``lambda_d = 0`` keeps D's weights as built (no D step, no D optimiser).
+
+Validation logs ``val/<set>/<metric>`` for each validation set; a callback that monitors a
+``val/`` metric no set logs (a CUHK-only run has no ``mse``) fails at the start of ``fit``.
 
 Fine-tuning: ``init_from`` loads the weights of B (and of D and S when the file has them and
 they are switched on) from a dmenet checkpoint or a ``dmenet convert-official`` file before
@@ -30,8 +36,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from dmenet.errors import DMENetError
-from dmenet.labels import LABEL_SPACES, to_sigma_px, training_label
+from dmenet.errors import ConfigError, DMENetError
+from dmenet.labels import check_label_space, to_sigma_px, training_label
 from dmenet.losses import (
     REFERENCE_LD_SCALE,
     adversarial_loss,
@@ -40,8 +46,9 @@ from dmenet.losses import (
     discriminator_loss,
     sharpness_loss,
 )
-from dmenet.modules.blur_estimator import BlurEstimate, BlurEstimator
+from dmenet.modules.blur_estimator import BlurEstimator
 from dmenet.modules.content_loss import ContentLoss
+from dmenet.modules.contracts import BlurEstimate
 from dmenet.modules.domain_discriminator import DomainDiscriminator
 from dmenet.modules.sharpness_calibrator import SharpnessCalibrator
 from dmenet.modules.spec import PART_NAMES, build, describe, load_strictly
@@ -136,8 +143,13 @@ class DMENet(L.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        if label_space is not None and label_space not in LABEL_SPACES:
-            raise DMENetError(f"label_space must be one of {LABEL_SPACES}, got {label_space!r}")
+        if label_space is not None:
+            check_label_space(label_space, "--model.label_space")
+        lambdas = {"lambda_adv": lambda_adv, "lambda_d": lambda_d, "lambda_c": lambda_c,
+                   "lambda_s": lambda_s, "lambda_aux": lambda_aux}
+        for option, value in lambdas.items():
+            if not value >= 0:
+                raise ConfigError(f"--model.{option} must be >= 0 (0 switches its term off), got {value}")
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=[*PART_NAMES, *RUNTIME_OPTIONS])
         self.results_dir = results_dir
@@ -149,15 +161,21 @@ class DMENet(L.LightningModule):
             "blur_estimator",
             lambda: BlurEstimator(weights=vgg_weights, aux_heads=lambda_aux > 0),
         )
+        # a lambda of 0 switches its part off: not built, never run, not in the checkpoint
         self.domain_discriminator = _resolve_part(
-            domain_discriminator, "domain_discriminator", DomainDiscriminator
+            domain_discriminator if lambda_adv > 0 else False, "domain_discriminator",
+            DomainDiscriminator,
         )
         self.content_loss = _resolve_part(
-            content_loss, "content_loss", lambda: ContentLoss(weights=vgg_weights)
+            content_loss if lambda_c > 0 else False, "content_loss",
+            lambda: ContentLoss(weights=vgg_weights),
         )
         self.sharpness_calibrator = _resolve_part(
-            sharpness_calibrator, "sharpness_calibrator", SharpnessCalibrator
+            sharpness_calibrator if lambda_s > 0 else False, "sharpness_calibrator",
+            SharpnessCalibrator,
         )
+        if self.domain_discriminator is not None and lambda_d == 0:
+            self.domain_discriminator.requires_grad_(False)  # L_d is off: D's weights stay as built
         # checkpoints rebuild the parts from plain data (no pickled modules, no weight download)
         for name in PART_NAMES:
             part = getattr(self, name)
@@ -210,7 +228,7 @@ class DMENet(L.LightningModule):
         hp = self.hparams
         betas = (hp.beta1, hp.beta2)
         optimizers = [torch.optim.Adam(self.generator_parameters(), lr=hp.lr, betas=betas)]
-        if self.domain_discriminator is not None:
+        if self.domain_discriminator is not None and hp.lambda_d > 0:
             optimizers.append(
                 torch.optim.Adam(self.domain_discriminator.parameters(), lr=hp.lr, betas=betas)
             )
@@ -261,8 +279,8 @@ class DMENet(L.LightningModule):
         adv_streams = [s for s in ("blur", "real") if s in real_outs] if adversarial else []
         logs: dict[str, torch.Tensor] = {}
 
-        # ---- D step: L_d = lambda_D * L_D on detached features
-        if adversarial and adv_streams:
+        # ---- D step: L_d = lambda_D * L_D on detached features (no D optimiser: lambda_D = 0)
+        if opt_d is not None and adv_streams:
             with self.toggled_optimizer(opt_d):
                 logits_syn = self.domain_discriminator(out_syn.feature.detach())
                 logits_real = [
@@ -288,7 +306,7 @@ class DMENet(L.LightningModule):
             terms: dict[str, torch.Tensor] = {}
             weights: dict[str, float] = {}
             terms["blur"], weights["blur"] = blur_loss(out_syn.y, label), 1.0
-            if hp.lambda_aux > 0 and out_syn.aux:
+            if hp.lambda_aux > 0 and out_syn.aux:  # a given B may have heads; lambda 0: no term
                 terms["aux"], weights["aux"] = auxiliary_loss(out_syn.aux, label), hp.lambda_aux
             if self.content_loss is not None and not pretraining:
                 terms["content"] = self.content_loss(out_syn.y, label)
@@ -360,12 +378,38 @@ class DMENet(L.LightningModule):
 
     def _log_evaluators(self) -> dict[str, dict[str, float]]:
         results = {name: ev.compute() for name, ev in self._evaluators.items()}
-        for index, (set_name, metrics) in enumerate(results.items()):
+        for set_name, metrics in results.items():
             for key, value in metrics.items():
-                if index == 0:  # the first set is what checkpoints monitor ("val/mse")
-                    self.log(f"val/{key}", float(value), add_dataloader_idx=False)
                 self.log(f"val/{set_name}/{key}", float(value), add_dataloader_idx=False)
         return results
+
+    def on_fit_start(self) -> None:
+        self._check_monitored_metrics()
+
+    def _check_monitored_metrics(self) -> None:
+        """Fail before training when a callback monitors a ``val/`` metric no validation set
+        will log (e.g. ``val/cuhk/mse``: CUHK has masks, no dense labels), not after an epoch."""
+        trainer = self.trainer
+        callbacks = [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]
+        monitors = sorted({m for cb in callbacks if (m := getattr(cb, "monitor", None))})
+        monitors = [m for m in monitors if m.startswith("val/")]
+        if not monitors or not trainer.enable_validation or trainer.datamodule is None:
+            return
+        from dmenet.evaluation.evaluator import metric_names
+
+        loaders = trainer.datamodule.val_dataloader()
+        logged = set()
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            item = loader.dataset[0]
+            set_name = str(item.get("set", "val"))
+            logged |= {f"val/{set_name}/{key}" for key in metric_names(set_name, item)}
+        for monitor in monitors:
+            if monitor not in logged:
+                raise ConfigError(
+                    f"a callback monitors {monitor!r}, which validation does not log; "
+                    f"it logs {', '.join(sorted(logged)) or 'nothing'} (set the callback's "
+                    "monitor to one of these, or choose --data.val_sets that have it)"
+                )
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluators()

@@ -35,6 +35,25 @@ def test_unknown_space():
         labels.to_sigma_px(0.5, "nope")
 
 
+def test_every_label_space_option_is_checked_once_with_one_error_type(tmp_path):
+    from dmenet.data.real import ReleasedSyndof
+    from dmenet.errors import ConfigError
+    from dmenet.evaluation.evaluator import Evaluator
+    from dmenet.inference.checkpoint import DefocusPredictor
+    from dmenet.lightning_model import DMENet
+
+    assert labels.check_label_space("released") == "released"
+    for build in (
+        lambda: labels.to_sigma_px(torch.zeros(1), "tf"),
+        lambda: Evaluator("cuhk", label_space="tf", overwrite=True),
+        lambda: DMENet(vgg_weights=None, label_space="tf"),
+        lambda: ReleasedSyndof(tmp_path, "tf"),
+        lambda: DefocusPredictor(torch.nn.Identity(), label_space="tf"),
+    ):
+        with pytest.raises(ConfigError, match="'tf': choose one of 'ours' .*'released' .*'generator'"):
+            build()
+
+
 def test_training_labels_are_converted_into_the_models_space():
     # data labels are ours (y = sigma / 7): sigma 0, 1, 3.5, 7 px
     label = torch.tensor([0.0, 1 / 7, 0.5, 1.0])

@@ -50,3 +50,26 @@ def test_every_classical_estimator_has_bs_interface():
         out = CLASSICAL_ESTIMATORS.create(name)(image)
         assert out.y.shape == (1, 1, 40, 48), name
         assert 0 <= float(out.y.min()) and float(out.y.max()) <= 1 and torch.isfinite(out.y).all()
+
+
+PLUGIN_REGISTRY = Registry("plugin_widget", locations=("_dmenet_registry_plugin",))
+
+
+def test_a_registry_imports_its_locations_on_first_lookup(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "_dmenet_registry_plugin.py").write_text(
+        f"from {__name__} import PLUGIN_REGISTRY\n\nPLUGIN_REGISTRY.register('plugged')(dict)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "_dmenet_registry_plugin", raising=False)
+    assert PLUGIN_REGISTRY._entries == {}  # nothing imported yet
+    assert "plugged" in PLUGIN_REGISTRY and PLUGIN_REGISTRY.get("plugged") is dict
+    assert PLUGIN_REGISTRY.names() == ["plugged"] and "_dmenet_registry_plugin" in sys.modules
+
+
+def test_part_registries_are_the_four_lightning_module_arguments():
+    from dmenet.lightning_model import PART_NAMES
+    from dmenet.registry import PART_REGISTRIES
+
+    assert tuple(PART_REGISTRIES) == PART_NAMES

@@ -69,7 +69,7 @@ def test_offline_wandb_run_holds_losses_metrics_images_and_config(tmp_path):
     for run in runs:
         logged = read_run(next(run.glob("run-*.wandb")))
         for key in ("train/L_B", "train/L_aux", "train/L_C", "train/L_S", "train/L_adv",
-                    "train/L_D", "val/mse", "val/embedded/mse", "val/proxy/ap"):
+                    "train/L_D", "val/embedded/mse", "val/proxy/ap"):
             assert key in logged["history"], (key, sorted(logged["history"]))
         assert any(k.startswith("lr-") for k in logged["history"]), sorted(logged["history"])
         assert "cli" in logged["config"] and "lambda_adv" in logged["config"]
@@ -101,7 +101,7 @@ def test_two_process_ddp_on_cpu_logs_metrics_once(tmp_path):
     metrics_files = list((tmp_path / "runs" / "csv").rglob("metrics.csv"))
     assert len(metrics_files) == 1, metrics_files  # rank 0 alone writes
     rows = list(csv.DictReader(metrics_files[0].open()))
-    val_rows = [r for r in rows if r.get("val/mse")]
+    val_rows = [r for r in rows if r.get("val/embedded/mse")]
     assert len(val_rows) == 1, val_rows  # one validation epoch -> logged once
     assert any(r.get("train/L_B") for r in rows)
     # both ranks ran: Lightning reports the second process joining the group

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from dmenet.data.io import IMAGE_EXTENSIONS, is_image_file, read_gray, read_image, read_mask
 from dmenet.errors import DataError
 from dmenet.evaluation.metrics import rtf_disc_to_gauss
-from dmenet.labels import LABEL_SPACES, sigma_to_y, stored_png_to_sigma_px
+from dmenet.labels import check_label_space, sigma_to_y, stored_png_to_sigma_px
 
 __all__ = [
     "CUHK_LAYOUT",
@@ -448,13 +448,7 @@ class ReleasedSyndof(Dataset):
         set_name: str = "syndof",
     ) -> None:
         self.root = Path(root)
-        if label_space not in LABEL_SPACES:
-            raise DataError(
-                f"SYNDOF label_space {label_space!r}: choose one of {', '.join(LABEL_SPACES)} "
-                "('released' for the dataset released with DMENet, 'generator' for files of the "
-                "current SYNDOF generator)"
-            )
-        self.label_space = label_space
+        self.label_space = check_label_space(label_space, "SYNDOF label_space")
         layout = f"{SYNDOF_TRAIN_LAYOUT}, or {SYNDOF_TEST_LAYOUT}"
         _require_dir(self.root, "the SYNDOF root", layout)
         image_dir = _require_dir(self.root / "image", "the SYNDOF image folder", layout)

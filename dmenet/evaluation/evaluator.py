@@ -8,7 +8,7 @@ Evaluator, so every estimator lands in the same tables.
 Which metrics a set gets depends on what its batches carry:
 
 * ``set_name`` starting with ``"rtf"``: the RTF protocol on ``"sigma_px"`` (Gaussian sigma, px;
-  a raw ``"disc_radius_px"`` is mapped with the RTF table here): ``mse``, ``mae`` (of sigma /
+  the RTF reader maps the disc radii through the RTF table): ``mse``, ``mae`` (of sigma /
   3.275 px, the protocol's units) and ``mse_px``, ``mae_px`` (the same errors in px).
 * ``"label"`` (dense ``y``) or ``"sigma_px"``: SYNDOF ``mse``, ``mae`` (of ``y = sigma_px / 7``)
   and ``mse_px``, ``mae_px`` (of sigma in px); and, when no
@@ -25,18 +25,18 @@ from pathlib import Path
 import torch
 
 from dmenet.data.thin_lens import sigma_from_coc
-from dmenet.errors import OutputExistsError
+from dmenet.errors import DataError, OutputExistsError
 from dmenet.evaluation import metrics as M
 from dmenet.evaluation import report
 from dmenet.labels import (
     BINARY_COC_THRESHOLD_PX,
-    LABEL_SPACES,
     SIGMA_MAX_PX,
+    check_label_space,
     from_sigma_px,
     to_sigma_px,
 )
 
-__all__ = ["DERIVED_BLUR_SIGMA_PX", "Evaluator", "evaluate_estimator", "is_rtf_set"]
+__all__ = ["DERIVED_BLUR_SIGMA_PX", "Evaluator", "evaluate_estimator", "is_rtf_set", "metric_names"]
 
 DERIVED_BLUR_SIGMA_PX: float = float(sigma_from_coc(torch.tensor(BINARY_COC_THRESHOLD_PX), "paper"))
 """A dense label marks a pixel blurred when its sigma exceeds this (px): the binary map's CoC
@@ -48,6 +48,20 @@ REPORT_FILES = ("metrics.json", "table.md", "per_image.csv", "pr_curve.png", "pr
 def is_rtf_set(set_name: str) -> bool:
     """The RTF evaluation rules apply to sets whose name starts with ``"rtf"``."""
     return set_name.lower().startswith("rtf")
+
+
+def metric_names(set_name: str, item: Mapping) -> list[str]:
+    """The dataset metrics a set whose evaluation items look like ``item`` gets (e.g.
+    ``["mse", "mae"]`` for RTF, ``["accuracy", "f_measure", "ap"]`` for CUHK).
+
+    ``item`` is one unbatched sample (``"image" (3, H, W)`` and the set's labels); it is scored
+    once, with an all-zero prediction, by the same rules as the real evaluation.
+    """
+    batch = {k: v[None] for k, v in item.items() if isinstance(v, torch.Tensor) and v.ndim == 3}
+    evaluator = Evaluator(set_name, None, overwrite=True)
+    image = batch["image"]
+    evaluator.update(image.new_zeros(1, 1, *image.shape[-2:]), batch)
+    return list(evaluator.compute())
 
 
 class Evaluator:
@@ -75,8 +89,7 @@ class Evaluator:
         num_thresholds: int = 101,
         blurred_sigma_px: float = DERIVED_BLUR_SIGMA_PX,
     ) -> None:
-        if label_space not in LABEL_SPACES:
-            raise ValueError(f"unknown label space {label_space!r}; choose one of {LABEL_SPACES}")
+        check_label_space(label_space)
         self.set_name = str(set_name)
         self.out_dir = Path(out_dir) if out_dir is not None else Path("results") / self.set_name
         self.label_space = label_space
@@ -103,7 +116,7 @@ class Evaluator:
         Args:
             y_pred: ``(N, 1, H, W)`` predictions in ``self.label_space`` (normally N = 1).
             batch: the evaluation batch (``"image"``, ``"name"``, ``"set"`` and any of
-                ``"label"``, ``"sharp_mask"``, ``"sigma_px"``, ``"disc_radius_px"``).
+                ``"label"``, ``"sharp_mask"``, ``"sigma_px"``).
 
         Returns the image's metrics (the batch mean when N > 1).
         """
@@ -126,11 +139,9 @@ class Evaluator:
         y = from_sigma_px(sigma_pred_px, "ours")  # one label space from here on
         out: dict[str, float] = {}
         sigma_gt_px = _plane(item.get("sigma_px"))
-        if sigma_gt_px is None and item.get("disc_radius_px") is not None:
-            sigma_gt_px = M.rtf_disc_to_gauss(_plane(item["disc_radius_px"]))
         if self.rtf:
             if sigma_gt_px is None:
-                raise ValueError(f"{name}: an RTF set needs 'sigma_px' or 'disc_radius_px' in the batch")
+                raise DataError(f"{name}: an RTF set needs 'sigma_px' in the batch")
             out["mse"], out["mae"] = M.rtf_errors(sigma_pred_px, sigma_gt_px)
             _add_px(out, M.rtf_sigma_max_px())
         else:
@@ -148,7 +159,7 @@ class Evaluator:
                 blurred = to_sigma_px(label, "ours") > self.blurred_sigma_px
             if blurred is not None:
                 if blurred.shape != y.shape:
-                    raise ValueError(
+                    raise DataError(
                         f"{name}: prediction {tuple(y.shape)} and mask {tuple(blurred.shape)} differ in size"
                     )
                 out["accuracy"] = M.cuhk_accuracy(y, blurred)

@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from dmenet.labels import SIGMA_MAX_PX, from_sigma_px
-from dmenet.modules.blur_estimator import BlurEstimate
+from dmenet.modules.contracts import BlurEstimate
 from dmenet.registry import CLASSICAL_ESTIMATORS
 
 __all__ = ["ZhuoSimEstimator", "edge_sigma_px", "estimate_sigma_px", "propagate"]

@@ -4,9 +4,11 @@ Kept light: importing this package imports nothing heavy. The parts:
 
 * :mod:`~dmenet.inference.checkpoint`: load B + its label space from a checkpoint;
 * :mod:`~dmenet.inference.tiling`: tiled inference in bounded memory, equal to untiled;
-* :mod:`~dmenet.inference.data`: files / folders / globs as a dataset and a predict DataModule;
+* :mod:`~dmenet.inference.data`: files / folders / globs as a dataset;
 * :mod:`~dmenet.inference.writer`: the per-photo outputs (``.npy``, 16-bit PNG, colour PNG, JSON)
   and the Lightning prediction writer of ``dmenet predict``;
-* the commands ``dmenet infer | magnify | depth | export | convert-official``
-  (:mod:`~dmenet.inference.infer`, ``magnify``, ``depth``, ``onnx_export``, ``convert_official``).
+* :mod:`~dmenet.inference.deconvolution`: Gaussian non-blind deconvolution (K&F hyper-Laplacian);
+* the commands ``dmenet infer | magnify | depth | deblur | export | convert-official``
+  (:mod:`~dmenet.inference.infer`, ``magnify``, ``depth``, ``deblur``, ``onnx_export``,
+  ``convert_official``).
 """

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dmenet.errors import DMENetError
-from dmenet.labels import LABEL_SPACES, SIGMA_MAX_PX, to_sigma_px
+from dmenet.labels import SIGMA_MAX_PX, check_label_space, to_sigma_px
 from dmenet.modules.spec import PART_NAMES, build, describe
 
 __all__ = [
@@ -55,8 +55,7 @@ class DefocusPredictor(nn.Module):
         self, blur_estimator: nn.Module, label_space: str = "ours", sigma_max_px: float = SIGMA_MAX_PX
     ) -> None:
         super().__init__()
-        if label_space not in LABEL_SPACES:
-            raise DMENetError(f"unknown label space {label_space!r}; known: {', '.join(LABEL_SPACES)}")
+        check_label_space(label_space)
         self.blur_estimator = blur_estimator
         self.label_space = label_space
         self.sigma_max_px = float(sigma_max_px)
@@ -132,10 +131,7 @@ def _torch_load(path: Path, trust: bool) -> Any:
 
 
 def _label_space(value: Any, path: Path) -> str:
-    space = str(value)
-    if space not in LABEL_SPACES:
-        raise DMENetError(f"{path}: unknown label space {space!r}; known: {', '.join(LABEL_SPACES)}")
-    return space
+    return check_label_space(str(value), f"label space in {path}")
 
 
 def load_checkpoint(path: str | Path, trust: bool = False) -> LoadedCheckpoint:

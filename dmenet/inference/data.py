@@ -5,14 +5,12 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-import lightning.pytorch as pl
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from dmenet.data.io import is_image_file, read_image_tensor
 from dmenet.errors import DataError
 
-__all__ = ["expand_paths", "output_names", "ImagePathsDataset", "PredictDataModule"]
+__all__ = ["expand_paths", "deduplicate_names", "ImagePathsDataset"]
 
 _GLOB_CHARS = set("*?[")
 
@@ -79,11 +77,6 @@ def deduplicate_names(found: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
     return out
 
 
-def output_names(paths: list[str] | str, recursive: bool = False) -> list[str]:
-    """The output names :func:`expand_paths` gives, in order."""
-    return [name for _, name in expand_paths(paths, recursive)]
-
-
 class ImagePathsDataset(Dataset):
     """Photos from files, folders and globs, for prediction.
 
@@ -102,46 +95,3 @@ class ImagePathsDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         path, name = self.items[index]
         return {"image": read_image_tensor(path), "name": name, "set": "predict", "path": str(path)}
-
-
-class PredictDataModule(pl.LightningDataModule):
-    """A LightningDataModule with only a predict stream: the photos of ``paths``.
-
-    For ``dmenet predict --config configs/predict.yaml`` or
-    ``trainer.predict(model, datamodule=PredictDataModule(["photos/"]))``. Batch size is 1
-    because photos differ in size.
-
-    Args:
-        paths: files, folders and glob patterns (see :func:`expand_paths`).
-        recursive: also take images from subfolders of the folders given.
-        num_workers: DataLoader workers reading the photos.
-    """
-
-    def __init__(self, paths: list[str], recursive: bool = False, num_workers: int = 0) -> None:
-        super().__init__()
-        self.paths = [str(p) for p in paths]
-        self.recursive = recursive
-        self.num_workers = num_workers
-        self.dataset: ImagePathsDataset | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is None:
-            self.dataset = ImagePathsDataset(self.paths, self.recursive)
-
-    def predict_dataloader(self) -> DataLoader:
-        self.setup("predict")
-        return DataLoader(self.dataset, batch_size=1, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=collate_one)
-
-
-def collate_one(items: list[dict]) -> dict:
-    """Batch photos of the same size: ``image (N, 3, H, W)``, lists of names, sets and paths."""
-    shapes = {tuple(it["image"].shape) for it in items}
-    if len(shapes) != 1:
-        raise DataError(f"photos of different sizes in one batch: {sorted(shapes)}; use batch size 1")
-    return {
-        "image": torch.stack([it["image"] for it in items]),
-        "name": [it["name"] for it in items],
-        "set": [it["set"] for it in items],
-        "path": [it["path"] for it in items],
-    }

@@ -51,10 +51,13 @@ OUTPUT_SUFFIXES: dict[str, str] = {
 }
 
 
-def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
-    """Where the outputs of the photo ``name`` go (``name`` may hold ``/`` for subfolders)."""
+def output_paths(out_dir: str | Path, name: str,
+                 suffixes: dict[str, str] | None = None) -> dict[str, Path]:
+    """Where the outputs of the photo ``name`` go (``name`` may hold ``/`` for subfolders);
+    ``suffixes`` (kind -> suffix) default to :data:`OUTPUT_SUFFIXES`."""
     out_dir = Path(out_dir)
-    return {kind: out_dir / f"{name}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+    return {kind: out_dir / f"{name}{suffix}"
+            for kind, suffix in (OUTPUT_SUFFIXES if suffixes is None else suffixes).items()}
 
 
 def refuse_existing(paths: Sequence[str | Path], overwrite: bool) -> None:
@@ -81,9 +84,12 @@ def prepare_output(path: str | Path, overwrite: bool) -> Path:
     return check_output_file(path, overwrite)
 
 
-def check_outputs_free(out_dir: str | Path, names: Sequence[str], overwrite: bool) -> None:
-    """:func:`refuse_existing` for the outputs of these photos in ``out_dir`` (creates nothing)."""
-    refuse_existing([p for name in names for p in output_paths(out_dir, name).values()], overwrite)
+def check_outputs_free(out_dir: str | Path, names: Sequence[str], overwrite: bool,
+                       suffixes: dict[str, str] | None = None) -> None:
+    """:func:`refuse_existing` for the outputs of these photos in ``out_dir`` (the files of
+    :func:`output_paths` with these ``suffixes``); creates nothing."""
+    refuse_existing([p for name in names for p in output_paths(out_dir, name, suffixes).values()],
+                    overwrite)
 
 
 def write_defocus_outputs(
@@ -110,9 +116,8 @@ def write_defocus_outputs(
     if sigma_px.ndim != 2:
         raise ValueError(f"sigma_px must be (H, W), got {sigma_px.shape}")
     paths = output_paths(out_dir, name)
-    refuse_existing(list(paths.values()), overwrite)  # all or nothing: check them all first
-    for path in paths.values():
-        prepare_output(path, overwrite)
+    for path in paths.values():  # all or nothing: check every file before writing one
+        check_output_file(path, overwrite)
     np.save(paths["npy"], sigma_px, allow_pickle=False)
     write_png16(paths["png16"], sigma_px * PNG_SIGMA_SCALE)
     write_image(paths["color"], colorize(sigma_px))

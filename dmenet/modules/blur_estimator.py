@@ -24,7 +24,6 @@ default, which is the reference's 1-px TensorFlow ``SYMMETRIC`` padding, so the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from dmenet.modules._parts import (
     pad_to_multiple,
     upsample_concat,
 )
+from dmenet.modules.contracts import BlurEstimate
 from dmenet.modules.spec import Part
 from dmenet.modules.vgg import VGG19_LAYER_INDEX, ImageNetNormalize, vgg19_features
 from dmenet.registry import BLUR_ESTIMATORS
@@ -49,20 +49,6 @@ AUX_HIDDEN_CHANNELS: tuple[int, ...] = (256, 128, 64, 32, 32)
 
 # outputs of these encoder layers are kept: four skips and the bottleneck (after ReLU)
 _SKIP_LAYERS = ("relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4")
-
-
-@dataclass
-class BlurEstimate:
-    """What every B returns.
-
-    y: ``(N, 1, H, W)`` in ``[0, 1]``, ``sigma_px / SIGMA_MAX_PX``.
-    aux: auxiliary predictions ``(N, 1, ceil(H/s), ceil(W/s))``, coarse to fine (may be empty).
-    feature: ``(N, 64, H, W)`` stage-0 feature, D's input.
-    """
-
-    y: torch.Tensor
-    aux: list[torch.Tensor] = field(default_factory=list)
-    feature: torch.Tensor | None = None
 
 
 class ResidualBlock(nn.Module):

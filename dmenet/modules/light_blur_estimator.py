@@ -23,7 +23,8 @@ from torch import nn
 
 from dmenet.errors import DMENetError
 from dmenet.modules._parts import ConvBNLReLU, crop_to_scale, pad_to_multiple, upsample_concat
-from dmenet.modules.blur_estimator import AuxHead, BlurEstimate
+from dmenet.modules.blur_estimator import AuxHead
+from dmenet.modules.contracts import BlurEstimate
 from dmenet.modules.spec import Part
 from dmenet.modules.vgg import ImageNetNormalize
 from dmenet.registry import BLUR_ESTIMATORS

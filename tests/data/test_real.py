@@ -20,7 +20,7 @@ from dmenet.data.real import (
     cuhk_split_names,
     detect_mask_polarity,
 )
-from dmenet.errors import DataError
+from dmenet.errors import ConfigError, DataError
 from dmenet.evaluation.metrics import rtf_disc_to_gauss
 from dmenet.labels import SIGMA_MAX_PX, to_sigma_px
 
@@ -265,7 +265,7 @@ class TestReleasedSyndof:
 
     def test_bad_input(self, tmp_path):
         root = make_syndof(tmp_path)
-        with pytest.raises(DataError, match="label_space 'x'.*released"):
+        with pytest.raises(ConfigError, match="label_space 'x'.*released"):
             ReleasedSyndof(root, "x")
         write_png16(root / "blur_map" / "00001.png", np.zeros((H, W + 1)), channels=3)
         with pytest.raises(DataError, match="00001.png: size"):

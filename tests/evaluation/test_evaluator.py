@@ -71,8 +71,23 @@ class TestCUHKSet:
         # dense metric would reveal the mix-up; check the conversion with a labelled set below
 
     def test_unknown_label_space(self):
-        with pytest.raises(ValueError, match="label space"):
+        from dmenet.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="label space 'tf'.*'ours'.*'released'.*'generator'"):
             Evaluator("cuhk", label_space="tf", overwrite=True)
+
+
+def test_metric_names_follow_what_a_set_carries():
+    from dmenet.evaluation.evaluator import metric_names
+
+    image = torch.rand(3, 4, 6)
+    label = torch.rand(1, 4, 6)
+    mask = (label > 0.5).float()
+    dense = {"mse", "mae", "accuracy", "f_measure", "ap"}  # a dense label also gives a mask
+    assert set(metric_names("syndof", {"image": image, "label": label, "set": "syndof"})) == dense
+    assert set(metric_names("cuhk", {"image": image, "sharp_mask": mask})) == {"accuracy", "f_measure", "ap"}
+    assert set(metric_names("rtf", {"image": image, "sigma_px": 7 * label})) == {"mse", "mae"}
+    assert metric_names("photos", {"image": image, "name": "a"}) == []
 
 
 class TestDenseSets:
@@ -111,13 +126,6 @@ class TestDenseSets:
         mse, mae = M.rtf_errors(torch.tensor([[0.0, 7.0, 1.65]]), torch.tensor([[0.3, 3.275, 1.65]]))
         assert (out["mse"], out["mae"]) == pytest.approx((mse, mae))
         assert out["mae"] == pytest.approx((0.3 / 3.275) / 3, rel=1e-5)
-
-    def test_rtf_raw_disc_radius_is_looked_up(self):
-        disc = torch.tensor([[[[0.5, 6.0]]]])
-        pred = from_sigma_px(torch.tensor([[[[0.3, 3.275]]]]), "ours")
-        batch = {"image": torch.rand(1, 3, 1, 2), "name": ["r"], "disc_radius_px": disc}
-        out = Evaluator("rtf", overwrite=True).update(pred, batch)
-        assert out["mse"] == pytest.approx(0.0, abs=1e-10)
 
     def test_rtf_without_ground_truth_is_an_error(self):
         batch = {"image": torch.rand(1, 3, 2, 2), "name": ["r"]}

@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 
 from dmenet.evaluation.zhuo_sim import ZhuoSimEstimator, edge_sigma_px, estimate_sigma_px
 from dmenet.labels import SIGMA_MAX_PX
-from dmenet.modules.blur_estimator import BlurEstimate
+from dmenet.modules.contracts import BlurEstimate
 from dmenet.registry import CLASSICAL_ESTIMATORS
 
 

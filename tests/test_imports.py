@@ -1,0 +1,116 @@
+"""Every dmenet module imports on its own, and dmenet's import graph has no circle.
+
+The graph is read from the source with ``ast``: every ``import`` / ``from ... import`` of a
+dmenet module, at module level or inside a function (a lazy import is still a dependency).
+Importing ``a.b.c`` also runs the packages ``a.b`` and ``a``, so those are edges too, except
+a module's own enclosing packages (they are already being imported when it runs).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "dmenet"
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    """``{"dmenet.x.y": (path, is_package)}`` for every .py file under dmenet/."""
+    found = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        found[".".join(parts)] = (path, is_package)
+    return found
+
+
+MODULES = _modules()
+
+
+def _imported_names(name: str, path: Path, is_package: bool) -> set[str]:
+    """Dotted names this module imports (absolute; relative imports resolved)."""
+    package = name if is_package else name.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            # `from dmenet.modules import contracts` imports a submodule
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``{module: {dmenet modules whose import it triggers}}``."""
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in MODULES.items():
+        edges = set()
+        for target in _imported_names(name, path, is_package):
+            while target and target not in MODULES:  # `from m import function` -> m
+                target = target.rpartition(".")[0]
+            while target:  # the module and the packages it runs
+                if target != name and not name.startswith(target + "."):
+                    edges.add(target)
+                target = target.rpartition(".")[0]
+        graph[name] = edges
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_cycle_finder_sees_a_circle_through_a_package():
+    graph = {"p": {"p.a"}, "p.a": {"q"}, "q": {"p"}}
+    assert find_cycles(graph) == [["p", "p.a", "q", "p"]]
+
+
+def test_graph_reads_the_registry_edges():
+    graph = import_graph()
+    assert "dmenet.registry" in graph["dmenet.modules.blur_estimator"]
+    # zhuo_sim runs the dmenet.modules package to reach the shared contracts
+    assert {"dmenet.modules", "dmenet.modules.contracts"} <= graph["dmenet.evaluation.zhuo_sim"]
+
+
+def test_dmenet_import_graph_has_no_circle():
+    assert find_cycles(import_graph()) == []
+
+
+def test_registry_and_contracts_import_nothing_from_dmenet():
+    graph = import_graph()
+    assert graph["dmenet.registry"] == set()
+    assert graph["dmenet.modules.contracts"] == set()
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n != "dmenet.__main__"))
+def test_every_module_imports(name):
+    assert importlib.import_module(name).__name__ == name

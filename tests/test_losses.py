@@ -1,0 +1,199 @@
+"""The loss terms of SPEC section 4 against values worked out by hand, and their weighting.
+
+BCE with logits x: target 1 costs ln(1 + e^-x), target 0 costs ln(1 + e^x). With x = ln 3:
+target 1 -> ln(4/3), target 0 -> ln 4; with x = 0 either target costs ln 2; with x = -ln 3:
+target 1 -> ln 4, target 0 -> ln(4/3). Every expected number below is built from these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dmenet.losses import (
+    REFERENCE_LD_SCALE,
+    adversarial_loss,
+    auxiliary_loss,
+    blur_loss,
+    discriminator_loss,
+    sharpness_loss,
+)
+
+LN2, LN3, LN4, LN4_3 = math.log(2), math.log(3), math.log(4), math.log(4 / 3)
+
+
+def _map(*rows: list[float]) -> torch.Tensor:
+    """A ``(1, 1, H, W)`` map from its rows."""
+    return torch.tensor(rows, dtype=torch.float32)[None, None]
+
+
+LABEL = _map([0.2, 0.4], [0.6, 0.8])  # y, (1, 1, 2, 2)
+
+
+def test_blur_loss_is_the_mean_squared_error():
+    # (0.2^2 + 0.4^2 + 0.6^2 + 0.8^2) / 4 = (0.04 + 0.16 + 0.36 + 0.64) / 4
+    assert float(blur_loss(torch.zeros(1, 1, 2, 2), LABEL)) == pytest.approx(0.3)
+    # errors 0.1, -0.1, 0.3, 0: (0.01 + 0.01 + 0.09) / 4
+    pred = _map([0.3, 0.3], [0.9, 0.8])
+    assert float(blur_loss(pred, LABEL)) == pytest.approx(0.0275)
+
+
+def test_auxiliary_loss_sums_every_scale_against_the_nearest_resized_label():
+    label = _map([0.2, 0.2, 0.4, 0.4], [0.2, 0.2, 0.4, 0.4], [0.6, 0.6, 0.8, 0.8], [0.6, 0.6, 0.8, 0.8])
+    coarse = torch.zeros(1, 1, 1, 1)  # nearest 4x4 -> 1x1 keeps the top-left 0.2: 0.04
+    middle = torch.full((1, 1, 2, 2), 0.5)  # label at 2x2 is LABEL: (0.09 + 0.01 + 0.01 + 0.09) / 4
+    full = label.clone()  # the full-resolution prediction counts too: 0
+    assert float(auxiliary_loss([coarse, middle, full], label)) == pytest.approx(0.04 + 0.05)
+    assert float(auxiliary_loss([coarse], label)) == pytest.approx(0.04)
+    assert float(auxiliary_loss([], label)) == 0.0
+
+
+def test_sharpness_loss_is_bce_against_the_mask_one_is_sharp():
+    logits = _map([0.0, LN3], [LN3, -LN3])
+    mask = _map([1.0, 1.0], [0.0, 0.0])  # 1 = sharp: sharp pixels want a large logit
+    # ln 2 (x = 0), ln(4/3) (x = ln 3, sharp), ln 4 (x = ln 3, blurred), ln(4/3) (x = -ln 3, blurred)
+    expected = (LN2 + LN4_3 + LN4 + LN4_3) / 4
+    assert float(sharpness_loss(logits, mask)) == pytest.approx(expected)
+    assert float(sharpness_loss(logits, mask.bool())) == pytest.approx(expected)  # any mask dtype
+
+
+def test_discriminator_loss_synthetic_is_one_real_is_zero_and_synthetic_counts_per_real_stream():
+    syn = torch.full((1, 1, 2, 2), LN3)  # target 1: ln(4/3)
+    cuhk = torch.full((1, 1, 2, 2), LN3)  # target 0: ln 4
+    flickr = torch.full((1, 1, 2, 2), -LN3)  # target 0: ln(4/3)
+    # the reference: 0.5 * [2 BCE(syn, 1) + BCE(cuhk, 0) + BCE(flickr, 0)]
+    two_streams = 0.5 * (2 * LN4_3 + LN4 + LN4_3)
+    assert float(discriminator_loss(syn, [cuhk, flickr])) == pytest.approx(two_streams)
+    # one real stream: 0.5 * [BCE(syn, 1) + BCE(cuhk, 0)]
+    assert float(discriminator_loss(syn, [cuhk])) == pytest.approx(0.5 * (LN4_3 + LN4))
+    # logits of 0 everywhere: every BCE is ln 2, so 0.5 * (2 + 2) ln 2
+    zeros = torch.zeros(1, 1, 2, 2)
+    assert float(discriminator_loss(zeros, [zeros, zeros])) == pytest.approx(2 * LN2)
+    with pytest.raises(ValueError, match="at least one real stream"):
+        discriminator_loss(syn, [])
+
+
+def test_adversarial_loss_wants_real_features_called_synthetic_summed_over_streams():
+    cuhk = torch.full((1, 1, 2, 2), LN3)  # target 1: ln(4/3)
+    flickr = _map([0.0, 0.0], [-LN3, -LN3])  # target 1: (ln 2 + ln 2 + ln 4 + ln 4) / 4
+    assert float(adversarial_loss([cuhk])) == pytest.approx(LN4_3)
+    expected = LN4_3 + (2 * LN2 + 2 * LN4) / 4
+    assert float(adversarial_loss([cuhk, flickr])) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="at least one real stream"):
+        adversarial_loss([])
+
+
+def test_reference_ld_scale_is_the_reference_codes_1e_3():
+    assert REFERENCE_LD_SCALE == 1e-3
+
+
+def test_losses_are_differentiable_scalars():
+    pred = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    loss = blur_loss(pred, LABEL) + adversarial_loss([pred]) + sharpness_loss(pred, LABEL > 0.5)
+    assert loss.ndim == 0
+    loss.backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all()
+
+
+# --------------------------------------------------------------- the weighting in DMENet
+
+# distinct weights, so that exchanging any two of them changes L_g
+LAMBDAS = {"lambda_aux": 0.2, "lambda_c": 3.0, "lambda_s": 0.05, "lambda_adv": 0.7, "lambda_d": 1.7}
+TERM_WEIGHTS = {"L_B": 1.0, "L_aux": 0.2, "L_C": 3.0, "L_S": 0.05, "L_adv": 0.7}
+
+
+@pytest.mark.parametrize("reference_ld_scaling", [False, True])
+def test_logged_totals_are_the_lambda_weighted_sums_of_the_logged_terms(tmp_path, reference_ld_scaling):
+    from dmenet.lightning_model import DMENet
+    from dmenet.modules import LightBlurEstimator
+    from tests.helpers.tiny_data import TinyDataModule, cpu_trainer
+
+    model = DMENet(
+        blur_estimator=LightBlurEstimator(weights=None),
+        vgg_weights=None,
+        reference_ld_scaling=reference_ld_scaling,
+        log_images_every_n_steps=0,
+        **LAMBDAS,
+    )
+    trainer = cpu_trainer(tmp_path, max_steps=2)
+    trainer.fit(model, TinyDataModule(size=64, n_batches=1))
+    logged = {
+        k.removeprefix("train/"): float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("train/")
+    }
+    assert set(TERM_WEIGHTS) | {"L_g", "L_D", "L_d"} <= set(logged)
+    # the check below can tell lambda_C from lambda_S only if L_C and L_S differ
+    assert abs(logged["L_C"] - logged["L_S"]) > 0.1 * max(logged["L_C"], logged["L_S"])
+    expected_g = sum(weight * logged[term] for term, weight in TERM_WEIGHTS.items())
+    assert logged["L_g"] == pytest.approx(expected_g, rel=1e-5)
+    scale = 1.7 * (1e-3 if reference_ld_scaling else 1.0)
+    assert logged["L_d"] == pytest.approx(scale * logged["L_D"], rel=1e-5)
+
+
+# ------------------------------------------------------------ a lambda of 0 switches off
+
+
+def _model(**kwargs):
+    from dmenet.lightning_model import DMENet
+    from dmenet.modules import LightBlurEstimator
+
+    return DMENet(
+        blur_estimator=LightBlurEstimator(weights=None, aux_heads=False),
+        vgg_weights=None,
+        log_images_every_n_steps=0,
+        **kwargs,
+    )
+
+
+def _fit_one_batch(tmp_path, model):
+    from tests.helpers.tiny_data import TinyDataModule, cpu_trainer
+
+    trainer = cpu_trainer(tmp_path, max_steps=2)
+    trainer.fit(model, TinyDataModule(size=64, n_batches=1))
+    logged = {k.removeprefix("train/") for k in trainer.callback_metrics if k.startswith("train/")}
+    return trainer, logged
+
+
+def test_lambda_c_zero_never_builds_or_runs_vgg19(tmp_path, monkeypatch):
+    from dmenet.modules import content_loss, vgg
+
+    built = []
+    original = vgg.vgg19_features
+    monkeypatch.setattr(content_loss, "vgg19_features", lambda *a, **k: built.append(1) or original(*a, **k))
+    model = _model(lambda_c=0.0)
+    trainer, logged = _fit_one_batch(tmp_path, model)
+    assert built == [] and model.content_loss is None
+    assert model.hparams.content_loss is False  # the checkpoint rebuilds no C either
+    assert "L_C" not in logged and {"L_B", "L_S", "L_adv", "L_D"} <= logged
+    # lambda_c > 0 builds C (and training_step then runs it): the spy above is live
+    assert _model(lambda_c=1e-4).content_loss is not None and built == [1]
+
+
+def test_lambda_s_and_lambda_adv_zero_remove_s_and_d(tmp_path):
+    model = _model(lambda_s=0.0, lambda_adv=0.0, content_loss=False)
+    trainer, logged = _fit_one_batch(tmp_path, model)
+    assert model.sharpness_calibrator is None and model.domain_discriminator is None
+    assert len(trainer.optimizers) == 1 and trainer.global_step == 1  # G step only
+    assert logged == {"L_B", "L_g"}
+
+
+def test_lambda_d_zero_keeps_d_fixed_and_still_trains_b_against_it(tmp_path):
+    model = _model(lambda_d=0.0, content_loss=False)
+    assert not any(p.requires_grad for p in model.domain_discriminator.parameters())
+    before = {n: p.detach().clone() for n, p in model.domain_discriminator.named_parameters()}
+    trainer, logged = _fit_one_batch(tmp_path, model)
+    assert len(trainer.optimizers) == 1 and trainer.global_step == 1
+    assert "L_adv" in logged and not {"L_D", "L_d"} & logged
+    after = dict(model.domain_discriminator.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # weights as built
+
+
+def test_negative_lambda_is_a_config_error():
+    from dmenet.errors import ConfigError
+    from dmenet.lightning_model import DMENet
+
+    with pytest.raises(ConfigError, match="--model.lambda_s must be >= 0"):
+        DMENet(vgg_weights=None, lambda_s=-1.0)
