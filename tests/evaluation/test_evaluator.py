@@ -83,10 +83,11 @@ def test_metric_names_follow_what_a_set_carries():
     image = torch.rand(3, 4, 6)
     label = torch.rand(1, 4, 6)
     mask = (label > 0.5).float()
-    dense = {"mse", "mae", "accuracy", "f_measure", "ap"}  # a dense label also gives a mask
+    px = {"mse_px", "mae_px"}  # the errors in px beside those in y
+    dense = {"mse", "mae", *px, "accuracy", "f_measure", "ap"}  # a dense label also gives a mask
     assert set(metric_names("syndof", {"image": image, "label": label, "set": "syndof"})) == dense
     assert set(metric_names("cuhk", {"image": image, "sharp_mask": mask})) == {"accuracy", "f_measure", "ap"}
-    assert set(metric_names("rtf", {"image": image, "sigma_px": 7 * label})) == {"mse", "mae"}
+    assert set(metric_names("rtf", {"image": image, "sigma_px": 7 * label})) == {"mse", "mae", *px}
     assert metric_names("photos", {"image": image, "name": "a"}) == []
 
 
