@@ -8,12 +8,16 @@ validation epoch, also sent to the logger (W&B, TensorBoard).
 :class:`TrainingSummary` ends ``dmenet fit`` with what was trained: iterations done of planned,
 time, the held-out metrics in px, where the pictures and checkpoints are; and says loudly when
 a time cap (``--trainer.max_time``) cut the plan short.
+
+:class:`ModelCheckpoint` is Lightning's, with ``last.ckpt`` always the NEWEST training state
+(what ``--ckpt_path`` resumes) and never a second copy of a file saved at the same step.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,46 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-__all__ = ["TrainingSummary", "ValidationPictures"]
+__all__ = ["ModelCheckpoint", "TrainingSummary", "ValidationPictures"]
+
+
+class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose ``last.ckpt`` is the newest state, stored once.
+
+    Lightning's ``save_last="link"`` links ``last.ckpt`` to the last *top-k* checkpoint, which
+    is an older state whenever the monitored metric did not improve: resuming from it would
+    silently drop the epochs since. Here ``last.ckpt`` is a link to the checkpoint written at
+    the same optimiser step when there is one (no second copy of the same file), and a file
+    of its own otherwise. Same arguments as Lightning's class; ``save_last`` defaults to True.
+    """
+
+    def __init__(self, *args: Any, save_last: bool | str | None = True, **kwargs: Any) -> None:
+        # "link" internally: Lightning 2.6 only calls the last-checkpoint step at a save of its
+        # own when save_last is "link"; with True, last.ckpt is written only when a top-k file is
+        super().__init__(*args, save_last="link" if save_last else save_last, **kwargs)
+        self._newest: tuple[int, str] | None = None  # (global step, path) of the newest file
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if os.path.islink(filepath):  # never write through a link into the file it names
+            os.remove(filepath)
+        super()._save_checkpoint(trainer, filepath)
+        self._newest = (trainer.global_step, filepath)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        if not self.save_last:
+            return
+        newest = self._newest
+        same_step = (newest is not None and newest[0] == trainer.global_step
+                     and os.path.isfile(newest[1]) and self.save_top_k != 0)
+        if same_step:  # link to the file of this very step
+            self._last_checkpoint_saved = newest[1]
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+            return
+        self.save_last = True  # a file of its own: nothing else holds this state
+        try:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+        finally:
+            self.save_last = "link"
 
 
 class ValidationPictures(pl.Callback):

@@ -130,7 +130,7 @@ def test_configs_parse(repo_root, config, capsys):
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "DMENetDataModule" in printed or "crop_size" in printed
-    assert "save_last: link" in printed and "TrainingSummary" in printed
+    assert "dmenet.callbacks.ModelCheckpoint" in printed and "TrainingSummary" in printed
 
 
 def test_quickstart_is_budgeted_by_iterations(repo_root):
