@@ -162,7 +162,7 @@ class ProxyRealDomain(Dataset):
             depth = clean_depth_mm(torch.stack([c["depth_mm"] for c in chunk]).float())
             # cameras first, so that switching a gap ingredient off keeps the same labels
             camera = sampler.sample(depth, generator)
-            signed = camera.signed_coc_px(depth).clamp(-sampler.c_max_px, sampler.c_max_px)
+            signed = camera.signed_coc_px(depth, c_max_px=sampler.c_max_px)
             coc = signed.abs()
             if self.grade:
                 linear = colour_grade(image.clamp(0, 1) ** gamma, generator)
