@@ -102,7 +102,7 @@ def coc_from_sigma(sigma_px):
 def sigma_max_px(c_max_px: float = C_MAX_PX, rule: str = "paper") -> float:
     """The largest sigma (px) a render can hold: that of the CoC clip ``c_max_px``
     (``SIGMA_MAX_PX`` = 7 px for the paper's 28 px and rule)."""
-    return float(sigma_from_coc(torch.tensor(float(c_max_px), dtype=torch.float64), rule))
+    return float(sigma_from_coc(torch.tensor(float(c_max_px)), rule))
 
 
 def binary_from_coc(coc_px: torch.Tensor) -> torch.Tensor:
