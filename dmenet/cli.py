@@ -25,6 +25,7 @@ TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("dmenet.inference.infer", "defocus maps (sigma in px) for photos of any size"),
     "magnify": ("dmenet.inference.magnify", "defocus magnification: re-blur a photo with k * sigma"),
     "depth": ("dmenet.inference.depth", "relative depth map from the estimated defocus map"),
+    "deblur": ("dmenet.inference.deblur", "all-in-focus photos: deconvolution with the defocus map"),
     "export": ("dmenet.inference.onnx_export", "export B to ONNX with dynamic height and width"),
     "convert-official": (
         "dmenet.inference.convert_official",

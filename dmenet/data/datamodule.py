@@ -111,6 +111,68 @@ class _RGBDView(Dataset):
         return item
 
 
+CAMERA_KEYS: tuple[str, ...] = ("focus_mm", "alpha_px", "focal_mm", "f_number",
+                                 "depth_offset_mm")
+
+
+class WholeImageCameraCrops(Dataset):
+    """Synthetic training crops with whole-image cameras (SPEC section 2 step 6).
+
+    Per item: the source image is resized (short side, as :class:`TrainingCrops`), its depth
+    cleaned, the camera drawn from the WHOLE image's depth (the renderer's sampler) with the
+    whole image's fill start; then a window of ``crop_size + 2 * margin`` is cut around a random
+    crop, ``margin`` = the renderer's blur reach, the image extended beyond its border by the
+    render mode's border rule; flips/rot90 as :class:`TrainingCrops` (the renderer commutes
+    with them). :meth:`DMENetDataModule.render_synthetic` renders the window and keeps its
+    centre, which equals the same crop of the whole-image render (tested within 1/255).
+
+    Items: ``{"image" (3,S,S), "depth_mm" (1,S,S), "margin_px", "fill_from_coc_px", camera
+    fields}`` with ``S = crop_size + 2 * margin_px``. Randomness: torch's global generator
+    (seeded per DataLoader worker).
+    """
+
+    def __init__(self, dataset: Dataset, crop_size: int, renderer_kwargs: dict,
+                 short_side_range: Sequence[int] | None = PAPER_SHORT_SIDE_RANGE,
+                 vertical_flip: bool = True, rot90: bool = True,
+                 length: int | None = None) -> None:
+        from dmenet.data.syndof import SyndofRenderer
+
+        if len(dataset) == 0:
+            raise DataError("a training stream has no images")
+        self.dataset = dataset
+        self.crop_size = int(crop_size)
+        self.renderer = SyndofRenderer(**renderer_kwargs)
+        self.margin = self.renderer.blur_reach_px()
+        self.short_side_range = short_side_range
+        self.vertical_flip, self.rot90 = vertical_flip, rot90
+        self.length = int(length) if length else len(dataset)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        from dmenet.data.augment import random_crop_flip_rot, resize_short_side
+        from dmenet.data.syndof import pad_like_border
+        from dmenet.data.thin_lens import clean_depth_mm
+
+        item = self.dataset[index % len(self.dataset)]
+        sample = resize_short_side({"image": item["image"], "depth_mm": item["depth_mm"]},
+                                   self.crop_size, self.short_side_range)
+        depth = clean_depth_mm(sample["depth_mm"][None].float())
+        camera = self.renderer.sample_camera(depth)
+        fill_from = self.renderer.fill_start_coc_px(depth, camera)
+        m, mode = self.margin, self.renderer.render_mode
+        padded = {"image": pad_like_border(sample["image"], m, mode),
+                  "depth_mm": pad_like_border(depth[0], m, mode)}
+        # a random window of crop + 2 m in the extended image = a random crop with its margin
+        window = random_crop_flip_rot(padded, self.crop_size + 2 * m, None, self.vertical_flip,
+                                      self.rot90)
+        out = {"image": window["image"], "depth_mm": window["depth_mm"],
+               "margin_px": torch.tensor(m), "fill_from_coc_px": fill_from[0]}
+        out.update({k: getattr(camera, k)[0] for k in CAMERA_KEYS})
+        return out
+
+
 class RenderedEvalSet(Dataset):
     """A fixed, fully labelled evaluation set rendered once with SYNDOF from an RGB-D source.
 
@@ -336,9 +398,10 @@ class DMENetDataModule(pl.LightningDataModule):
         if self.batch_sizes["synthetic"] > 0:
             if self.rgbd_source is not None:
                 embedded = self.rgbd_source in ("", "embedded")
-                streams["synthetic"] = self._crops(
-                    _RGBDView(self._rgbd_training_source(), cache=embedded), ("image", "depth_mm")
-                )
+                streams["synthetic"] = WholeImageCameraCrops(
+                    _RGBDView(self._rgbd_training_source(), cache=embedded), self.crop_size,
+                    self.renderer_kwargs, short_side_range=self.short_side_range,
+                    length=self.samples_per_epoch)
             if self.syndof_root:
                 files = ReleasedSyndof(self.syndof_root, self.syndof_label_space)
                 key = "synthetic_files" if "synthetic" in streams else "synthetic"
@@ -498,10 +561,25 @@ class DMENetDataModule(pl.LightningDataModule):
 
     def render_synthetic(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw RGB-D crops ``{"image" (N,3,H,W), "depth_mm" (N,1,H,W)}`` -> the synthetic
-        contract ``{"image", "label" y, "binary" 1 = blurred}``, on the crops' device."""
+        contract ``{"image", "label" y, "binary" 1 = blurred}``, on the crops' device.
+
+        Windows of :class:`WholeImageCameraCrops` (with ``"margin_px"`` and their whole-image
+        cameras) are rendered with those cameras and their margin cut off; plain crops get a
+        camera drawn from the crop (seeded per step and rank)."""
         image, depth_mm = raw["image"], raw["depth_mm"]
         renderer = self.renderer.to(image.device)
         with torch.no_grad():
+            if "margin_px" in raw:
+                from dmenet.data.thin_lens import Camera
+
+                camera = Camera(*(raw[k].cpu() for k in CAMERA_KEYS))
+                out = renderer(image, depth_mm, camera=camera,
+                               fill_from_coc_px=raw["fill_from_coc_px"].cpu())
+                m = int(raw["margin_px"][0])
+                h, w = image.shape[-2:]
+                return {key: getattr(out, key)[..., m:h - m, m:w - m].contiguous()
+                        for key in ("image", "label", "binary")} | {
+                    "image": out.image[..., m:h - m, m:w - m].clamp(0.0, 1.0).contiguous()}
             out = renderer(image, depth_mm, generator=self._synthesis_generator(image.device))
         return {
             "image": out.image.clamp(0.0, 1.0),

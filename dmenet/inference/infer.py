@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from dmenet.errors import DMENetError
-from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
+from dmenet.inference.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
-__all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator"]
+__all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator",
+           "gather_inputs", "report_failures"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,15 +54,29 @@ def add_model_arguments(parser: argparse.ArgumentParser, estimator_choice: bool 
                             "Zhuo & Sim estimator (no checkpoint, CPU, slow on big photos)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--half", action="store_true", help="float16 on a GPU (faster, ~1e-3 less exact)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE_PX,
-                        help=f"tile side in px for big photos; 0 = never tile (default {DEFAULT_TILE_PX}); "
-                        "memory grows with its square")
+    parser.add_argument("--tile", type=_tile_arg, default="auto",
+                        help="tile side in px for big photos; auto (default): the biggest tile that "
+                        "fits --memory-gb; 0 = never tile; peak memory grows with its square")
+    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB,
+                        help=f"peak memory budget for --tile auto (default {DEFAULT_MEMORY_GB:g})")
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP_PX,
                         help=f"tile overlap in px (default {DEFAULT_OVERLAP_PX}; smaller is faster, "
                         "less exact)")
+    parser.add_argument("--reference-path", action="store_true",
+                        help="run B's reference forward instead of the fast inference path "
+                        "(dmenet.inference.fast; same output within 1e-4, slower)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow loading a checkpoint that holds Python objects (runs code from "
                         "the file; only for files you trust)")
+
+
+def _tile_arg(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a tile size: {value!r} (px, 0 or auto)") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,14 +121,21 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
     if not args.ckpt:
         raise DMENetError("--ckpt is required (or use --estimator zhuo_sim)")
     from dmenet.inference.checkpoint import load_predictor
-    from dmenet.inference.tiling import predict_image
+    from dmenet.inference.tiling import auto_tile_px, predict_image
 
     device = resolve_device(args.device)
     if args.half and device.type != "cuda":
         raise DMENetError("--half needs a GPU (--device cuda); on the CPU float32 is used")
-    if args.tile < 0 or args.overlap < 0 or (args.tile > 0 and args.overlap >= args.tile):
-        raise DMENetError(f"--tile {args.tile} / --overlap {args.overlap}: need 0 <= overlap < tile")
+    tile = getattr(args, "tile", "auto")
+    if tile != "auto" and (tile < 0 or args.overlap < 0 or (tile > 0 and args.overlap >= tile)):
+        raise DMENetError(f"--tile {tile} / --overlap {args.overlap}: need 0 <= overlap < tile")
     predictor = load_predictor(args.ckpt, device=device, trust=args.trust_checkpoint)
+    if not getattr(args, "reference_path", False):
+        from dmenet.inference.fast import fast_predictor
+
+        predictor = fast_predictor(predictor)
+    path = "fast" if getattr(predictor, "fast_path", False) else "reference"
+    memory_gb = getattr(args, "memory_gb", DEFAULT_MEMORY_GB)
     dtype = torch.float16 if args.half else torch.float32
     predictor = predictor.to(dtype)
 
@@ -122,7 +144,9 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
 
     def b(image: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            y = predict_image(run, image, tile=args.tile, overlap=args.overlap, device=device,
+            side = (auto_tile_px(image.shape[-2], image.shape[-1], memory_gb, path, args.overlap)
+                    if tile == "auto" else tile)
+            y = predict_image(run, image, tile=side, overlap=args.overlap, device=device,
                               progress=progress_tiles)
             sigma = predictor.sigma_px(y.float())
         return sigma[0, 0].cpu().numpy().astype(np.float32)
@@ -134,7 +158,8 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
         "label_space": predictor.label_space,
         "device": str(device),
         "dtype": "float16" if args.half else "float32",
-        "tile_px": args.tile,
+        "inference_path": path,  # "fast" (dmenet.inference.fast) or "reference"
+        "tile_px": tile,
         "overlap_px": args.overlap,
     }
     if ckpt is not None and ckpt.record.get("source"):
@@ -149,17 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from dmenet.data.io import read_image_tensor
-    from dmenet.inference.data import expand_paths
     from dmenet.inference.writer import check_outputs_free, write_defocus_outputs
 
-    failures: list[tuple[str, str]] = []
-    items = []
-    for entry in args.paths:
-        try:
-            items += expand_paths([entry], recursive=args.recursive)
-        except DMENetError as exc:
-            failures.append((entry, str(exc)))
-    items = _unique_names(items)
+    items, failures = gather_inputs(args.paths, args.recursive)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise DMENetError(f"{out_dir}: exists and is not a folder")
@@ -185,19 +202,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory on one photo
             failures.append((str(path), f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
     bar.close()
-    print(f"dmenet infer: wrote defocus maps of {written} photo(s) to {out_dir}", file=sys.stderr)
+    return report_failures("dmenet infer", f"wrote defocus maps of {written} photo(s) to {out_dir}",
+                           failures)
+
+
+def gather_inputs(paths: Sequence[str], recursive: bool) -> tuple[list[tuple[Path, str]],
+                                                                   list[tuple[str, str]]]:
+    """Expand every entry (file, folder, glob) on its own: ``(items, failures)``, where an entry
+    that cannot be expanded is a failure ``(entry, message)`` and the others still count."""
+    from dmenet.inference.data import deduplicate_names, expand_paths
+
+    failures: list[tuple[str, str]] = []
+    items: list[tuple[Path, str]] = []
+    for entry in paths:
+        try:
+            items += expand_paths([entry], recursive=recursive)
+        except DMENetError as exc:
+            failures.append((entry, str(exc)))
+    return deduplicate_names(items), failures
+
+
+def report_failures(prog: str, summary: str, failures: list[tuple[str, str]]) -> int:
+    """Print the summary line and each failed input; the exit status (1 if any failed)."""
+    print(f"{prog}: {summary}", file=sys.stderr)
     if failures:
-        print(f"dmenet infer: {len(failures)} input(s) failed:", file=sys.stderr)
+        print(f"{prog}: {len(failures)} input(s) failed:", file=sys.stderr)
         for where, why in failures:
             print(f"  {why}" if why.startswith(where) else f"  {where}: {why}", file=sys.stderr)
         return 1
     return 0
-
-
-def _unique_names(items: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
-    from dmenet.inference.data import deduplicate_names
-
-    return deduplicate_names(items)
 
 
 if __name__ == "__main__":

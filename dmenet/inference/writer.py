@@ -49,21 +49,27 @@ OUTPUT_SUFFIXES: dict[str, str] = {
 }
 
 
-def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
-    """Where the outputs of the photo ``name`` go (``name`` may hold ``/`` for subfolders)."""
+def output_paths(out_dir: str | Path, name: str,
+                 suffixes: dict[str, str] | None = None) -> dict[str, Path]:
+    """Where the outputs of the photo ``name`` go (``name`` may hold ``/`` for subfolders);
+    ``suffixes`` (kind -> suffix) default to :data:`OUTPUT_SUFFIXES`."""
     out_dir = Path(out_dir)
-    return {kind: out_dir / f"{name}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+    return {kind: out_dir / f"{name}{suffix}"
+            for kind, suffix in (OUTPUT_SUFFIXES if suffixes is None else suffixes).items()}
 
 
-def check_outputs_free(out_dir: str | Path, names: Sequence[str], overwrite: bool) -> None:
-    """Refuse, before any work is done, when outputs of these photos already exist.
+def check_outputs_free(out_dir: str | Path, names: Sequence[str], overwrite: bool,
+                       suffixes: dict[str, str] | None = None) -> None:
+    """Refuse, before any work is done, when outputs of these photos already exist
+    (the files of :func:`output_paths` with these ``suffixes``).
 
     Raises:
         OutputExistsError: naming the first existing files, unless ``overwrite``.
     """
     if overwrite:
         return
-    existing = [p for name in names for p in output_paths(out_dir, name).values() if p.exists()]
+    existing = [p for name in names for p in output_paths(out_dir, name, suffixes).values()
+                if p.exists()]
     if existing:
         shown = ", ".join(str(p) for p in existing[:3])
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""

@@ -106,7 +106,11 @@ class TestEmbeddedDefault:
         iter(loader)
         assert len(loader) == 2  # 4 crops per epoch / batch 2
         batch, _, _ = next(iter(loader))
-        assert set(batch["synthetic"]) == {"image", "depth_mm"}  # raw until transfer
+        from dmenet.data.datamodule import CAMERA_KEYS
+
+        raw = batch["synthetic"]  # raw until transfer: windows with their whole-image cameras
+        assert set(raw) == {"image", "depth_mm", "margin_px", "fill_from_coc_px", *CAMERA_KEYS}
+        assert raw["image"].shape[-1] == 32 + 2 * int(raw["margin_px"][0])
         batch = embedded_dm.on_after_batch_transfer(batch, 0)
         _check_training_batch(batch, {"synthetic": 2, "real": 2, "blur": 2}, 32)
         # the rendered images are blurred versions, not the raw crops
@@ -249,3 +253,41 @@ def test_shared_rgbd_samples_as_synthetic_source(rgbd_samples, kind, folder):
     assert batch["synthetic"]["image"].shape == (2, 3, 32, 32)
     assert torch.isfinite(batch["synthetic"]["label"]).all()
     assert batch["synthetic"]["label"].max() > 0  # a real scene has depth, hence defocus
+
+
+@pytest.mark.parametrize("render_mode", ["paper", "reference"])
+def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode):
+    """A training crop is rendered with the whole image's camera and fill start and a margin of
+    the blur reach: it equals the same crop of the whole-image render within 1/255."""
+    from dmenet.data.datamodule import CAMERA_KEYS, DMENetDataModule, WholeImageCameraCrops
+    from dmenet.data.rgbd import EmbeddedRGBD
+    from dmenet.data.syndof import SyndofRenderer, pad_like_border
+    from dmenet.data.thin_lens import Camera, clean_depth_mm
+
+    kwargs = {"mode": "reference" if render_mode == "reference" else "paper",
+              "render_mode": render_mode, "sigma_rule": render_mode}
+    source = EmbeddedRGBD(num_scenes=1, size=(72, 96), seed=4, include_motorcycle=False)
+    crops = WholeImageCameraCrops(source, 32, kwargs, short_side_range=None,
+                                  vertical_flip=False, rot90=False)
+    dm = DMENetDataModule(renderer=kwargs)
+    whole = source[0]
+    depth = clean_depth_mm(whole["depth_mm"][None])
+    m = crops.margin
+    assert m == (14 if render_mode == "reference" else 21)
+    padded = pad_like_border(whole["image"][None], m, render_mode)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        item = crops[0]
+        batch = {k: v[None] for k, v in item.items()}
+        rendered = dm.render_synthetic(batch)["image"]
+        assert rendered.shape == (1, 3, 32, 32)
+        # where the window lies in the extended image
+        s = 32 + 2 * m
+        hits = [(y, x) for y in range(padded.shape[-2] - s + 1)
+                for x in range(padded.shape[-1] - s + 1)
+                if torch.equal(padded[0, :, y:y + s, x:x + s], item["image"])]
+        assert len(hits) == 1
+        y, x = hits[0]
+        camera = Camera(*(item[k][None] for k in CAMERA_KEYS))
+        ref = SyndofRenderer(**kwargs)(whole["image"][None], depth, camera=camera).image
+        assert float((rendered - ref[..., y:y + 32, x:x + 32]).abs().max()) <= 1.0 / 255
