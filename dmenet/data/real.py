@@ -43,7 +43,6 @@ from dmenet.data.io import (
     require_dir,
     to_chw_tensor,
 )
-from dmenet.data.syndof_files import ReleasedSyndof  # noqa: F401  (until datamodule.py imports it from there)
 from dmenet.errors import DataError
 from dmenet.labels import sigma_to_y
 

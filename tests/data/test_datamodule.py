@@ -135,7 +135,7 @@ class TestEmbeddedDefault:
             assert item["set"] == [name]
         val = embedded_dm.eval_dataset("embedded", "val")[0]
         test = embedded_dm.eval_dataset("embedded", "test")[0]
-        train_scene = embedded_dm.build_training_streams()["synthetic"].dataset[0]["image"]
+        train_scene = embedded_dm.build_training_streams()["synthetic"].dataset.dataset[0]["image"]
         assert not torch.equal(val["image"], test["image"])
         assert val["image"].shape != train_scene.shape or not torch.equal(val["image"], train_scene)
         # deterministic across DataModules (seeded rendering)
@@ -169,7 +169,10 @@ class TestRealRoots:
         dm.setup("fit")
         streams = dm._train_streams
         assert set(streams) == {"synthetic", "synthetic_files", "real", "blur"}
-        assert len(streams["blur"].dataset) == 2 and len(streams["real"].dataset) == 3
+        assert len(streams["blur"].dataset.dataset) == 2 and len(streams["real"].dataset.dataset) == 3
+        # the files fill the smaller half of the synthetic batch, appended to the rendered rows
+        assert (streams["synthetic"].batch_size, streams["synthetic_files"].batch_size) == (1, 1)
+        assert streams["synthetic_files"].append_to == "synthetic"
         batch, _, _ = next(iter(dm.train_dataloader()))
         batch = dm.on_after_batch_transfer(batch, 0)
         # synthetic batch split between on-the-fly synthesis (1) and the files (1)
@@ -267,9 +270,10 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
     kwargs = {"mode": "reference" if render_mode == "reference" else "paper",
               "render_mode": render_mode, "sigma_rule": render_mode}
     source = EmbeddedRGBD(num_scenes=1, size=(72, 96), seed=4, include_motorcycle=False)
-    crops = WholeImageCameraCrops(source, 32, kwargs, short_side_range=None,
+    renderer = SyndofRenderer(**kwargs)
+    crops = WholeImageCameraCrops(source, 32, renderer, short_side_range=None,
                                   vertical_flip=False, rot90=False)
-    dm = DMENetDataModule(renderer=kwargs)
+    dm = DMENetDataModule(renderer=renderer)
     whole = source[0]
     depth = clean_depth_mm(whole["depth_mm"][None])
     m = crops.margin
