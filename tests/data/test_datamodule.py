@@ -295,3 +295,34 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
         camera = Camera(*(item[k][None] for k in CAMERA_KEYS))
         ref = SyndofRenderer(**kwargs)(whole["image"][None], depth, camera=camera).image
         assert float((rendered - ref[..., y:y + 32, x:x + 32]).abs().max()) <= 1.0 / 255
+
+
+def _parse_data_options(args):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(DMENetDataModule, "data")
+    return parser, parser.parse_args(args)
+
+
+def test_renderer_and_proxy_are_typed_parts_with_checked_fields():
+    from dmenet.data.proxy import ProxyLook
+    from dmenet.data.syndof import SyndofRenderer
+
+    parser, config = _parse_data_options(
+        ["--data.renderer.mode", "reference", "--data.proxy", "{jpeg_quality: null, noise: false}"])
+    assert config.data.renderer.class_path == "dmenet.data.syndof.SyndofRenderer"
+    dm = parser.instantiate(config).data
+    assert isinstance(dm.renderer, SyndofRenderer) and dm.renderer.sampler.mode == "reference"
+    assert dm.proxy_look == ProxyLook(jpeg_quality=None, noise=False)
+    for typo in (["--data.renderer.modee", "reference"], ["--data.proxy", "{nois: false}"]):
+        with pytest.raises(Exception, match="modee|nois"):
+            _parse_data_options(typo)
+    # the hyper-parameters stay plain data: a checkpoint holding them loads with weights_only
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(dict(dm.hparams), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert loaded["proxy"]["noise"] is False and "mode='reference'" in loaded["renderer"]
