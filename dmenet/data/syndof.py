@@ -55,7 +55,9 @@ from dmenet.data.thin_lens import (
     CameraSampler,
     binary_from_coc,
     clean_depth_mm,
+    coc_from_sigma,
     sigma_from_coc,
+    sigma_max_px,
 )
 from dmenet.errors import DataError
 from dmenet.labels import BINARY_COC_THRESHOLD_PX, C_MAX_PX, sigma_to_y
@@ -666,11 +668,11 @@ def _layers(depth: torch.Tensor, camera: Camera, render_mode: str, coc_step_px: 
             max_layers: int, c_max_px: float):
     """Layers of a clean depth map: ``(LayerDecomposition, signed layer CoC (B, L) px)``."""
     if render_mode == "reference":
-        coc_signed = camera.signed_coc_px(depth.double()).clamp(-c_max_px, c_max_px)
+        coc_signed = camera.signed_coc_px(depth.double(), c_max_px=c_max_px)
         keys = _reference_keys(coc_signed, coc_step_px)
         layers = layer_decomposition(keys, 1.0, max_layers)
         return layers, (layers.layer_value * coc_step_px).float()
-    coc_signed = camera.signed_coc_px(depth).clamp(-c_max_px, c_max_px)
+    coc_signed = camera.signed_coc_px(depth, c_max_px=c_max_px)
     layers = layer_decomposition(coc_signed, coc_step_px, max_layers)
     return layers, layers.layer_value
 
@@ -780,7 +782,7 @@ def _order_layers(sigma_px: torch.Tensor, order: torch.Tensor, step: float,
 def _signed_sigma_order(sigma: torch.Tensor, n: int) -> torch.Tensor:
     """Signed CoC ``4 sigma`` of layers sorted far to near: positive down to the sharpest
     layer, negative after it (so the fill starts after the sharpest layer)."""
-    c = 4.0 * sigma.clone()
+    c = coc_from_sigma(sigma.clone())
     sharp = int(torch.argmin(c[:n]))
     c[sharp + 1:] = -c[sharp + 1:]
     return c
@@ -804,7 +806,7 @@ def render_from_sigma(image: torch.Tensor, sigma_px: torch.Tensor, order: torch.
     _check_image(image)
     _check_map(sigma_px, image, "sigma_px")
     _check_map(order, image, "order")
-    opt = _options(render_mode, renderer, aperture, fill, 4.0 * sigma_step_px)
+    opt = _options(render_mode, renderer, aperture, fill, coc_from_sigma(sigma_step_px))
     if not bool(torch.isfinite(sigma_px).all()) or bool((sigma_px < 0).any()):
         raise DataError("sigma_px must be finite and >= 0")
     dtype = image.dtype
@@ -861,8 +863,8 @@ class SyndofRenderer(nn.Module):
 
     def blur_reach_px(self) -> int:
         """The margin (px) a crop needs to render like the same crop of the whole image."""
-        sigma_max = float(sigma_from_coc(torch.tensor(self.c_max_px), self.sigma_rule))
-        return blur_reach_px(sigma_max, self.render_mode, self.aperture)
+        return blur_reach_px(sigma_max_px(self.c_max_px, self.sigma_rule), self.render_mode,
+                             self.aperture)
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, depth_mm: torch.Tensor,
