@@ -1,21 +1,27 @@
-"""Inference benchmark (issue 9 item 3): ms per megapixel and peak memory of B on the CPU.
+"""Inference benchmark (issues 9 and 17): ms per megapixel and peak memory of B on the CPU.
 
-For each photo size (default 0.25, 1, 4 and 24 megapixels, 3:2) a fresh subprocess builds B
-(random weights: speed and memory do not depend on the values), runs ``dmenet infer``'s code
-path (:func:`dmenet.inference.tiling.predict_image`, tiled where the photo is larger than a tile)
-and reports its wall time and its peak resident memory (``resource.getrusage``, ``ru_maxrss``).
+For each photo size (default 0.25, 1, 4 and 24 megapixels, 3:2) and path (``fast``:
+:mod:`dmenet.inference.fast`, what ``dmenet infer`` runs; ``reference``: B's own forward with
+BatchNorm folded, ``--reference-path``) a fresh subprocess builds B (random weights: speed and
+memory do not depend on the values), runs ``dmenet infer``'s code path
+(:func:`dmenet.inference.tiling.predict_image`, tiled where the photo does not fit the memory
+budget, ``--tile auto``) and reports its wall time and peak resident memory (``ru_maxrss``).
 
-The floor: B's FLOPs per megapixel, counted with ``torch.utils.flop_counter.FlopCounterMode``
-on a 512 x 512 input, divided by this machine's convolution throughput measured in the same run
-(a 3x3, 256 -> 256 channel convolution on a 256 x 256 map, best of several). Tiling recomputes
-the overlaps; the table shows that factor (pixels processed / pixels of the photo) separately.
+The floor: B's FLOPs per megapixel (``FlopCounterMode`` on a 512 x 512 input; the reference
+forward's count, the fast path computes fewer) divided by this machine's convolution throughput
+measured in the same process just before and after the photo (a 3x3, 256 -> 256 channel conv on
+a 256 x 256 map, best of several): ``floor`` as in issue 9 (``nn.Conv2d``, default layout) and
+``strict floor`` (the same conv in oneDNN's best form: channels_last, prepacked weights), the
+higher throughput of the two. Tiling recomputes the overlaps; the table shows that factor.
 
-    python bench/bench_inference.py                       # all sizes, writes the report
-    python bench/bench_inference.py --sizes 0.25 1 --out /tmp/x.md
+    python bench/bench_inference.py                         # sizes x paths, writes the report
+    python bench/bench_inference.py --sizes 0.25 1 --paths fast reference
+    python bench/bench_inference.py --ablation              # each optimisation's gain, 0.25 MP
+    python bench/bench_inference.py --reach                 # B's reach: error vs distance to a cut
 
-Measurements accumulate in ``docs/benchmarks/inference.json`` (one per size, newest wins) and
-the report ``docs/benchmarks/inference.md`` (machine, command, date, numbers) is rebuilt from it
-after every size, so sizes can be measured in separate runs.
+Measurements accumulate in ``docs/benchmarks/inference.json`` (one per size and path, newest
+wins; the ablation and reach tables too) and the report ``docs/benchmarks/inference.md`` is
+rebuilt from it after every measurement, so parts can be measured in separate runs.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def _size_for(megapixels: float) -> tuple[int, int]:
@@ -42,83 +50,291 @@ def _size_for(megapixels: float) -> tuple[int, int]:
     return height, width
 
 
+def _reference_model():
+    """B as the reference path runs it: eval mode, auxiliary heads dropped, BatchNorm folded."""
+    from dmenet.inference.checkpoint import prepare_for_inference
+    from dmenet.modules.blur_estimator import BlurEstimator
+
+    return prepare_for_inference(BlurEstimator(weights=None))
+
+
+def _predictor(path: str):
+    """``image -> y`` as ``dmenet infer`` runs it on ``path`` ("fast" or "reference")."""
+    from dmenet.inference.checkpoint import DefocusPredictor
+    from dmenet.inference.fast import fast_predictor
+
+    predictor = DefocusPredictor(_reference_model()).eval()
+    if path == "fast":
+        predictor = fast_predictor(predictor)
+        assert predictor.fast_path, "the fast path does not support B"
+    return predictor
+
+
+class Floor:
+    """This machine's 3x3 256 -> 256 conv throughput on a 256 x 256 map (GFLOP/s), best so far:
+    ``default`` as issue 9 measured it (``nn.Conv2d``, default layout) and ``strict`` (oneDNN,
+    channels_last, prepacked weights, the fastest form of the same conv)."""
+
+    FLOPS = 2.0 * 256 * 256 * 9 * 256 * 256
+
+    def __init__(self) -> None:
+        import torch
+
+        self.conv = torch.nn.Conv2d(256, 256, 3, padding=1)
+        self.x = torch.rand(1, 256, 256, 256)
+        self.x_cl = self.x.contiguous(memory_format=torch.channels_last)
+        self.packed = torch.ops.mkldnn._reorder_convolution_weight(
+            self.conv.weight.detach(), [1, 1], [1, 1], [1, 1], 1, list(self.x.shape))
+        self.best = {"default": float("inf"), "strict": float("inf")}
+        self.best_cpu = {"default": float("inf"), "strict": float("inf")}
+
+    def _strict(self):
+        import torch
+
+        return torch.ops.mkldnn._convolution_pointwise(
+            self.x_cl, self.packed, self.conv.bias.detach(), [1, 1], [1, 1], [1, 1], 1, "none", [], "")
+
+    def measure(self, repeats: int = 3) -> None:
+        import torch
+
+        with torch.inference_mode():
+            for name, fn in (("default", lambda: self.conv(self.x)), ("strict", self._strict)):
+                fn()
+                for _ in range(repeats):
+                    t, c = time.perf_counter(), time.process_time()
+                    fn()
+                    self.best[name] = min(self.best[name], time.perf_counter() - t)
+                    self.best_cpu[name] = min(self.best_cpu[name], time.process_time() - c)
+
+    def gflops(self, name: str) -> float:
+        return self.FLOPS / self.best[name] / 1e9
+
+    def cpu_gflops(self, name: str) -> float:
+        """Per CPU-second of this process (all its threads): robust to other jobs' load."""
+        return self.FLOPS / self.best_cpu[name] / 1e9
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB): ``VmHWM``. (``ru_maxrss`` is not reset by
+    ``exec``: a worker would report its parent's peak when the parent was bigger.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from dmenet.inference.tiling import needs_tiling, predict_image, tile_starts
+    from dmenet.inference.tiling import auto_tile_px, needs_tiling, predict_image, tile_spans
 
     torch.set_num_threads(args.threads)
     height, width = _size_for(args.mp)
-    predictor = _predictor()
+    predictor = _predictor(args.path)
+    tile = (auto_tile_px(height, width, args.memory_gb, args.path, args.overlap)
+            if args.tile == "auto" else int(args.tile))
+    tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
     with torch.inference_mode():
         predictor(torch.rand(1, 3, 64, 64))  # warm-up: first-call allocations and kernel choice
-    conv_gflops = conv_throughput()  # just before the run: the machine is shared, load varies
-    rss_model_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    floor = Floor()
+    floor.measure()  # just before the run: the machine is shared, load varies
+    rss_model_mb = peak_rss_mb()
     image = torch.rand(1, 3, height, width)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        y = predict_image(predictor, image, tile=args.tile, overlap=args.overlap, progress=True)
-    seconds = time.perf_counter() - start
-    assert y.shape == (1, 1, height, width) and torch.isfinite(y).all()
-    rows = tile_starts(height, args.tile, args.overlap)
-    cols = tile_starts(width, args.tile, args.overlap)
-    if needs_tiling(height, width, args.tile):
-        tiled_px = _covered(height, rows, args.tile) * _covered(width, cols, args.tile)
+    if needs_tiling(height, width, tile):
+        rows, cols = tile_spans(height, tile_h, args.overlap), tile_spans(width, tile_w, args.overlap)
+        tiled_px = sum(b - a for a, b in rows) * sum(b - a for a, b in cols)
+        tiles = len(rows) * len(cols)
     else:
-        tiled_px = height * width
+        tiled_px, tiles = height * width, 1
+    computed = {"px": 0, "calls": 0}
+
+    def run(x):  # with --max-tiles: the first tiles for real, the others skipped (zeros)
+        computed["calls"] += 1
+        if args.max_tiles and computed["calls"] > args.max_tiles:
+            return torch.zeros(1, 1, x.shape[-2], x.shape[-1])
+        computed["px"] += x.shape[-2] * x.shape[-1]
+        return predictor(x)
+
+    best = best_cpu = float("inf")
+    for _ in range(args.repeats):
+        computed.update(px=0, calls=0)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        with torch.inference_mode():
+            y = predict_image(run, image, tile=tile, overlap=args.overlap, progress=True)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        # extrapolated to every tile by computed pixels when only some ran
+        best = min(best, seconds * tiled_px / computed["px"])
+        best_cpu = min(best_cpu, cpu * tiled_px / computed["px"])
+        assert y.shape == (1, 1, height, width) and torch.isfinite(y).all()
+        del y
+    peak = peak_rss_mb()
+    floor.measure()  # and after it
     print(json.dumps({
-        "mp": args.mp, "height": height, "width": width, "seconds": seconds,
-        "ms_per_mp": seconds * 1000.0 / (height * width / 1e6),
-        "conv_gflops": conv_gflops, "tile": args.tile, "overlap": args.overlap,
-        "threads": args.threads,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "rss_after_model_mb": rss_model_mb,
-        "tiles": len(rows) * len(cols) if tiled_px != height * width else 1,
-        "overhead": tiled_px / (height * width),
+        "mp": args.mp, "path": args.path, "height": height, "width": width, "seconds": best,
+        "repeats": args.repeats, "ms_per_mp": best * 1000.0 / (height * width / 1e6),
+        "conv_gflops": floor.gflops("default"), "conv_gflops_strict": floor.gflops("strict"),
+        "cpu_seconds": best_cpu, "cpu_ms_per_mp": best_cpu * 1000.0 / (height * width / 1e6),
+        "conv_cpu_gflops": floor.cpu_gflops("default"),
+        "conv_cpu_gflops_strict": floor.cpu_gflops("strict"),
+        "tile": tile if isinstance(tile, int) else f"{tile_h} x {tile_w}", "overlap": args.overlap,
+        "memory_gb": args.memory_gb,
+        "threads": args.threads, "peak_rss_mb": peak, "rss_after_model_mb": rss_model_mb,
+        "tiles": tiles, "overhead": tiled_px / (height * width),
+        "load_avg": os.getloadavg()[0],
+        "tiles_run": min(tiles, args.max_tiles) if args.max_tiles else tiles,
     }))
 
 
-def _covered(length: int, starts: list[int], tile: int) -> int:
-    """Pixels processed along one axis, overlaps counted every time."""
-    return sum((length if i == len(starts) - 1 else s + tile) - s for i, s in enumerate(starts))
-
-
-def _predictor():
-    """B as ``dmenet infer`` runs it: eval mode, auxiliary heads dropped, BatchNorm folded."""
-    from dmenet.inference.checkpoint import DefocusPredictor, prepare_for_inference
-    from dmenet.modules.blur_estimator import BlurEstimator
-
-    return DefocusPredictor(prepare_for_inference(BlurEstimator(weights=None))).eval()
-
-
-def conv_throughput(repeats: int = 3) -> float:
-    """GFLOP/s of a big convolution (3x3, 256 -> 256 channels, 256 x 256 map), best of ``repeats``."""
-    import torch
-
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1)
-    x = torch.rand(1, 256, 256, 256)
-    flops = 2.0 * 256 * 256 * 9 * 256 * 256
-    best = float("inf")
-    with torch.inference_mode():
-        conv(x)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            conv(x)
-            best = min(best, time.perf_counter() - t)
-    return flops / best / 1e9
-
-
 def flops_per_mp(threads: int) -> float:
-    """B's FLOPs per megapixel as infer runs it (FlopCounterMode on a 512 x 512 input)."""
+    """B's FLOPs per megapixel as the reference path runs it (FlopCounterMode, 512 x 512)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(threads)
-    predictor = _predictor()
+    model = _reference_model()
     side = 512
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        predictor(torch.rand(1, 3, side, side))
+        model(torch.rand(1, 3, side, side))
     return counter.get_total_flops() / (side * side / 1e6)
+
+
+def fast_flops_per_mp(threads: int) -> float:
+    """FLOPs per megapixel the fast path computes (phase convs do fewer), by the same counter
+    on its plain-conv2d form."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dmenet.inference.fast import FastBlurEstimator
+
+    torch.set_num_threads(threads)
+    fast = FastBlurEstimator(_reference_model(), fused=False)
+    side = 512
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fast(torch.rand(1, 3, side, side))
+    return counter.get_total_flops() / (side * side / 1e6)
+
+
+ABLATION = [
+    ("reference (BN folded, as issue 9)", "reference", {}),
+    ("+ channels_last (reference forward)", "reference_cl", {}),
+    ("fast: halo padding, split/phase up-conv, in-place adds (plain conv2d)", "fast",
+     {"fused": False}),
+    ("+ oneDNN fused conv + activation / add", "fast", {"packed": False}),
+    ("+ prepacked weights", "fast", {"phase_upsample": False}),
+    ("+ phase-conv upsampling (= the fast path)", "fast", {}),
+]
+
+
+def ablation(args: argparse.Namespace) -> dict:
+    """Every step's time on one photo, the steps interleaved round by round (best of rounds)."""
+    import torch
+
+    from dmenet.inference.fast import FastBlurEstimator
+
+    torch.set_num_threads(args.threads)
+    height, width = _size_for(args.ablation_mp)
+    model = _reference_model()
+    model_cl = _reference_model().to(memory_format=torch.channels_last)
+    model_cl.load_state_dict(model.state_dict())
+    image = torch.rand(1, 3, height, width)
+    image_cl = image.contiguous(memory_format=torch.channels_last)
+    steps = list(ABLATION)
+    if args.compile:
+        steps.append(("reference + torch.compile (inductor, freezing; compile time excluded)",
+                      "compiled", {}))
+    fns = []
+    for _, kind, kwargs in steps:
+        if kind == "reference":
+            fns.append(lambda: model(image).y)
+        elif kind == "reference_cl":
+            fns.append(lambda: model_cl(image_cl).y)
+        elif kind == "compiled":
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            compiled = torch.compile(model_cl)
+            t = time.perf_counter()
+            with torch.no_grad():
+                compiled(image_cl)
+            print(f"torch.compile: first call {time.perf_counter() - t:.0f} s", flush=True)
+            fns.append(lambda compiled=compiled: compiled(image_cl).y)
+        else:
+            fast = FastBlurEstimator(model, **kwargs)
+            fns.append(lambda fast=fast: fast(image))
+    floor = Floor()
+    best = [float("inf")] * len(fns)
+    best_cpu = [float("inf")] * len(fns)
+    with torch.inference_mode():
+        reference = fns[0]()
+        for fn in fns[1:]:
+            assert float((fn() - reference).abs().max()) < 1e-4
+        for _ in range(args.rounds):
+            floor.measure(repeats=1)
+            for i, fn in enumerate(fns):
+                t, c = time.perf_counter(), time.process_time()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - t)
+                best_cpu[i] = min(best_cpu[i], time.process_time() - c)
+    mp = height * width / 1e6
+    return {
+        "mp": args.ablation_mp, "height": height, "width": width, "rounds": args.rounds,
+        "threads": args.threads, "conv_gflops": floor.gflops("default"),
+        "conv_gflops_strict": floor.gflops("strict"), "load_avg": os.getloadavg()[0],
+        "conv_cpu_gflops": floor.cpu_gflops("default"),
+        "conv_cpu_gflops_strict": floor.cpu_gflops("strict"),
+        "steps": [{"step": name, "ms_per_mp": 1000 * t / mp, "cpu_ms_per_mp": 1000 * c / mp}
+                  for (name, _, _), t, c in zip(steps, best, best_cpu)],
+    }
+
+
+def reach(args: argparse.Namespace) -> dict:
+    """How far a tile's cut edge changes B's output: B (random VGG init, BatchNorm calibrated on
+    smooth random images, so activations have unit scale) on a strip, whole and cut at a
+    multiple of 16; the largest change at each distance from the cut, both padding modes."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from dmenet.inference.fast import FastBlurEstimator
+    from dmenet.modules.blur_estimator import BlurEstimator
+    from tests.inference.conftest import calibrate_batchnorm
+    from tests.inference.test_fast import with_padding_mode
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = calibrate_batchnorm(BlurEstimator(weights=None))
+    gen = torch.Generator().manual_seed(3)
+    height, width, cut = 64, 1024, 512
+    image = F.avg_pool2d(torch.rand(1, 3, height + 4, width + 4, generator=gen), 5, 1)
+    out = {"height": height, "width": width, "cut": cut, "modes": {}}
+    for mode in ("zeros", "replicate"):
+        model = with_padding_mode(copy.deepcopy(base), mode)
+        fast = FastBlurEstimator(model.eval())
+        with torch.inference_mode():
+            whole = fast(image)[0, 0]
+            left = fast(image[..., :cut])[0, 0]  # cut on its right
+            right = fast(image[..., cut:])[0, 0]  # cut on its left
+        err_left = (left - whole[:, :cut]).abs().amax(0).flip(0)  # index = distance to the cut
+        err_right = (right - whole[:, cut:]).abs().amax(0)
+        err = torch.maximum(err_left, err_right)
+        # the change at distance >= d (what a tile keeps beyond a margin of d)
+        beyond = err.flip(0).cummax(0).values.flip(0)
+        out["modes"][mode] = {
+            "output_std": float(whole.std()),
+            "max_change_beyond_px": {str(d): float(beyond[d]) for d in range(0, cut, 16)},
+        }
+    return out
+
+
+def _margin_for(profile: dict, tol: float) -> int:
+    for d, v in sorted(((int(k), v) for k, v in profile.items())):
+        if v <= tol:
+            return d
+    return -1
 
 
 def _machine() -> str:
@@ -142,20 +358,33 @@ def _machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=float, nargs="+", default=[0.25, 1.0, 4.0, 24.0],
+    parser.add_argument("--sizes", type=float, nargs="*", default=[0.25, 1.0, 4.0, 24.0],
                         help="photo sizes in megapixels")
+    parser.add_argument("--paths", nargs="+", default=["fast", "reference"],
+                        choices=["fast", "reference"])
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--tile", type=int, default=None, help="tile side (default: infer's)")
+    parser.add_argument("--tile", default="auto", help="tile side in px, 0, or auto (default)")
+    parser.add_argument("--memory-gb", type=float, default=None, help="budget for --tile auto")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap (default: infer's)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per photo (best is kept)")
+    parser.add_argument("--max-tiles", type=int, default=0,
+                        help="run only the first N tiles of big photos and extrapolate the time "
+                        "by computed pixels (peak memory is reached on the first tile)")
+    parser.add_argument("--ablation", action="store_true", help="each optimisation's gain")
+    parser.add_argument("--ablation-mp", type=float, default=0.25)
+    parser.add_argument("--rounds", type=int, default=3, help="ablation rounds (best is kept)")
+    parser.add_argument("--compile", action="store_true", help="ablation: add torch.compile")
+    parser.add_argument("--reach", action="store_true", help="B's error vs distance to a cut")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "inference.md"))
     parser.add_argument("--results", default=str(REPO / "docs" / "benchmarks" / "inference.json"),
-                        help="measurements accumulate here (one per size; the report is built from it)")
+                        help="measurements accumulate here (the report is built from it)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mp", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--path", default="fast", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
+    from dmenet.inference.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
-    args.tile = DEFAULT_TILE_PX if args.tile is None else args.tile
+    args.memory_gb = DEFAULT_MEMORY_GB if args.memory_gb is None else args.memory_gb
     args.overlap = DEFAULT_OVERLAP_PX if args.overlap is None else args.overlap
     if args.worker:
         worker(args)
@@ -164,70 +393,175 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/bench_inference.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results_path = Path(args.results)
     store = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": []}
-    print("counting B's FLOPs ...", flush=True)
-    store["gflop_per_mp"] = flops_per_mp(args.threads) / 1e9
     store["machine"] = _machine()
-    for mp in args.sizes:
-        cmd = [sys.executable, __file__, "--worker", "--mp", str(mp), "--threads", str(args.threads),
-               "--tile", str(args.tile), "--overlap", str(args.overlap)]
-        # the worker's stderr (its tile progress bar) goes straight to the terminal
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"worker for {mp} MP failed")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        result["date"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-        result["command"] = command.strip()
-        # one row per size: a new measurement replaces an older one
-        store["runs"] = [r for r in store["runs"] if r["mp"] != mp] + [result]
+    now = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+    def save() -> None:
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(store, indent=1) + "\n")
-        print(json.dumps(result), flush=True)
         _write_report(Path(args.out), store)
+
+    if args.reach:
+        print("measuring B's reach ...", flush=True)
+        store["reach"] = reach(args) | {"date": now, "command": command.strip()}
+        save()
+    if args.ablation:
+        print("ablation ...", flush=True)
+        store["ablation"] = ablation(args) | {"date": now, "command": command.strip()}
+        print(json.dumps(store["ablation"]), flush=True)
+        save()
+    if args.sizes:
+        print("counting B's FLOPs ...", flush=True)
+        store["gflop_per_mp"] = flops_per_mp(args.threads) / 1e9
+        store["fast_gflop_per_mp"] = fast_flops_per_mp(args.threads) / 1e9
+    for mp in args.sizes:
+        for path in args.paths:
+            cmd = [sys.executable, __file__, "--worker", "--mp", str(mp), "--path", path,
+                   "--threads", str(args.threads), "--tile", str(args.tile),
+                   "--memory-gb", str(args.memory_gb), "--overlap", str(args.overlap),
+                   "--repeats", str(args.repeats if mp <= 4 else 1),
+                   "--max-tiles", str(args.max_tiles if mp > 4 else 0)]
+            # the worker's stderr (its tile progress bar) goes straight to the terminal
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"worker for {mp} MP ({path}) failed")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result["date"] = now
+            result["command"] = command.strip()
+            # one row per size and path: a new measurement replaces an older one
+            store["runs"] = [r for r in store["runs"]
+                             if (r["mp"], r.get("path", "issue 9")) != (mp, path)] + [result]
+            print(json.dumps(result), flush=True)
+            save()
     print(f"wrote {args.out} and {results_path}")
     return 0
 
 
+def _tiles(r: dict) -> str:
+    run = r.get("tiles_run", r["tiles"])
+    return str(r["tiles"]) if run == r["tiles"] else f"{r['tiles']} ({run} run, time extrapolated)"
+
+
 def _write_report(out: Path, store: dict) -> None:
-    gflop = store["gflop_per_mp"]
-    runs = sorted(store["runs"], key=lambda r: r["mp"])
+    gflop = store.get("gflop_per_mp", 2458.0)
     lines = [
         "# Inference benchmark (CPU)",
         "",
         f"- machine: {store['machine']}",
-        "- model: B (`dmenet_vgg19`, random weights) as `dmenet infer` runs it (auxiliary heads "
-        "dropped, BatchNorm folded into the convs), float32, `torch.inference_mode`, tiled where "
-        "the photo is larger than a tile",
-        f"- B's cost: {gflop:.0f} GFLOP per megapixel (`FlopCounterMode`, 512 x 512 input)",
-        "- floor = cost / this machine's convolution throughput, measured by each run just "
-        "before it ran (3x3 conv, 256 -> 256 channels, 256 x 256 map, best of 3)",
+        "- model: B (`dmenet_vgg19`, random weights), float32, `torch.inference_mode`; paths: "
+        "`fast` = `dmenet.inference.fast` (what `dmenet infer` runs), `reference` = B's own forward "
+        "with auxiliary heads dropped and BatchNorm folded (`--reference-path`); `issue 9` rows: "
+        "the reference path as measured for issue 9 (1024 px tiles, idle machine)",
+        f"- B's cost: {gflop:.0f} GFLOP per megapixel (`FlopCounterMode`, 512 x 512 input, reference "
+        f"forward); the fast path computes {store.get('fast_gflop_per_mp', float('nan')):.0f} "
+        "(phase convs for the upsampled halves of the decoder convs)",
+        "- floor = B's cost / this machine's 3x3 256 -> 256 conv throughput (256 x 256 map), best of "
+        "the measurements just before and after each run in the same process: `floor` with "
+        "`nn.Conv2d` in the default layout (issue 9's definition), `strict` with the same conv "
+        "in oneDNN's fastest form (channels_last, prepacked weights)",
         "",
-        "| photo | size (H x W) | tile / overlap (px) | tiles | px processed / photo px | "
-        "time (s) | ms / MP | conv GFLOP/s | floor ms / MP | x floor | x floor per processed px | "
-        "peak RSS (MB) | date |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| photo | path | size (H x W) | tile / overlap (px) | tiles | px computed / photo px | "
+        "time (s) | ms / MP | x floor (wall) | x strict floor (wall) | x floor (CPU time) | "
+        "x strict floor (CPU time) | x strict floor per computed px (CPU time) | peak RSS (MB) | "
+        "load avg | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    order = {"fast": 0, "reference": 1, "issue 9": 2}
+    runs = sorted(store["runs"], key=lambda r: (r["mp"], order.get(r.get("path", "issue 9"), 3)))
+
+    def ratio(ms: float | None, gflops: float | None) -> float | None:
+        return ms / (gflop / gflops * 1000.0) if ms and gflops else None
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
     for r in runs:
-        floor_ms = gflop / r["conv_gflops"] * 1000.0
-        ratio = r["ms_per_mp"] / floor_ms
+        wall = ratio(r["ms_per_mp"], r["conv_gflops"])
+        wall_strict = ratio(r["ms_per_mp"], r.get("conv_gflops_strict"))
+        cpu = ratio(r.get("cpu_ms_per_mp"), r.get("conv_cpu_gflops"))
+        cpu_strict = ratio(r.get("cpu_ms_per_mp"), r.get("conv_cpu_gflops_strict"))
+        per_px = None if cpu_strict is None else cpu_strict / r["overhead"]
+        load = f"{r['load_avg']:.1f}" if "load_avg" in r else "~1 (idle)"
         lines.append(
-            f"| {r['mp']:g} MP | {r['height']} x {r['width']} | {r['tile']} / {r['overlap']} | "
-            f"{r['tiles']} | {r['overhead']:.2f} | {r['seconds']:.1f} | {r['ms_per_mp']:.0f} | "
-            f"{r['conv_gflops']:.0f} | {floor_ms:.0f} | {ratio:.2f} | {ratio / r['overhead']:.2f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['date']} |"
+            f"| {r['mp']:g} MP | {r.get('path', 'issue 9')} | {r['height']} x {r['width']} | "
+            f"{r['tile']} / {r['overlap']} | {_tiles(r)} | {r['overhead']:.2f} | "
+            f"{r['seconds']:.1f} | {r['ms_per_mp']:.0f} | {fmt(wall)} | {fmt(wall_strict)} | "
+            f"{fmt(cpu)} | {fmt(cpu_strict)} | {fmt(per_px)} | {r['peak_rss_mb']:.0f} | {load} | "
+            f"{r['date']} |"
         )
     commands = sorted({r["command"] for r in runs})
     lines += [
         "",
-        "Commands: " + "; ".join(f"`{c}`" for c in commands) + f" ({runs[0]['threads']} torch threads).",
+        "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".",
         "",
         "Peak RSS is the whole worker process (Python, torch, B's weights, the photo, the output "
-        "and the largest tile's activations), from `resource.getrusage(RUSAGE_SELF).ru_maxrss`.",
-        "'x floor per processed px' divides out the recomputed tile overlaps: it is how close "
-        "B's own forward pass comes to the big convolution's throughput. The machine is shared "
-        "with other jobs, so times vary from run to run; each run's floor is measured under the "
-        "load of its own moment.",
+        "and the largest tile's activations): `VmHWM` for the issue 17 rows (issue 9 rows: "
+        "`ru_maxrss`, which a worker inherits from its parent when the parent was bigger). "
+        "Times are the best of the repeats (one run at 24 MP). 'x floor per computed px' divides "
+        "out the recomputed tile overlaps. 'load avg' is the 1-minute load average at the end of "
+        "the run: the 2-core machine was shared with other jobs during the issue 17 runs, so "
+        "times vary; each run's floor is measured in the same process under the load of its "
+        "own moment.",
         "",
     ]
+    if "ablation" in store:
+        a = store["ablation"]
+        floor_ms = gflop / a["conv_gflops"] * 1000.0
+        lines += [
+            f"## What each optimisation gives ({a['mp']:g} MP, {a['height']} x {a['width']}, "
+            f"{a['threads']} threads, best of {a['rounds']} interleaved rounds, {a['date']})",
+            "",
+            "| step | ms / MP (wall) | x floor (wall) | CPU ms / MP | gain vs previous row (CPU) | "
+            "x reference (CPU) | x floor (CPU time) | x strict floor (CPU time) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        prev = None
+        ref = a["steps"][0].get("cpu_ms_per_mp")
+        cpu_floor = gflop / a["conv_cpu_gflops"] * 1000.0 if "conv_cpu_gflops" in a else None
+        cpu_strict = gflop / a["conv_cpu_gflops_strict"] * 1000.0 if "conv_cpu_gflops" in a else None
+        for step in a["steps"]:
+            ms = step["ms_per_mp"]
+            cms = step.get("cpu_ms_per_mp")
+            gain = f"{prev / cms:.2f}x" if prev and cms else "-"
+            lines.append(
+                f"| {step['step']} | {ms:.0f} | {ms / floor_ms:.2f} | "
+                + (f"{cms:.0f} | {gain} | {ref / cms:.2f}x faster | {cms / cpu_floor:.2f} | "
+                   f"{cms / cpu_strict:.2f} |" if cms and cpu_floor else "- | - | - | - | - |"))
+            prev = cms
+        lines += [
+            "",
+            f"Floor in this run: {a['conv_gflops']:.0f} GFLOP/s wall (default layout), "
+            f"{a['conv_gflops_strict']:.0f} GFLOP/s wall (strict), "
+            f"{a.get('conv_cpu_gflops', float('nan')):.0f} / "
+            f"{a.get('conv_cpu_gflops_strict', float('nan')):.0f} GFLOP per CPU-second; "
+            f"load average {a['load_avg']:.1f}. "
+            f"Command: `{a['command']}`. Every step's output equals the reference within 1e-4 "
+            "(checked by the run).",
+            "",
+        ]
+    if "reach" in store:
+        rc = store["reach"]
+        lines += [
+            f"## B's reach: how far a tile's cut changes the output ({rc['date']})",
+            "",
+            f"B (random VGG init, BatchNorm calibrated on smooth random images) on a "
+            f"{rc['height']} x {rc['width']} strip, whole and cut at x = {rc['cut']}; the largest "
+            "|change| of y at distance >= d from the cut (what a tile keeps beyond a margin of d):",
+            "",
+            "| d (px) | " + " | ".join(rc["modes"]) + " |",
+            "|---|" + "---|" * len(rc["modes"]),
+        ]
+        ds = sorted(int(d) for d in next(iter(rc["modes"].values()))["max_change_beyond_px"])
+        for d in ds:
+            if d > 256:
+                break
+            vals = [m["max_change_beyond_px"][str(d)] for m in rc["modes"].values()]
+            lines.append(f"| {d} | " + " | ".join(f"{v:.1e}" for v in vals) + " |")
+        for tol in (1e-3, 1e-4):
+            margins = {k: _margin_for(m["max_change_beyond_px"], tol) for k, m in rc["modes"].items()}
+            lines.append("")
+            lines.append(f"Margin for {tol:g}: " + ", ".join(f"{k} {v} px" for k, v in margins.items()) + ".")
+        lines += ["", f"Command: `{rc['command']}`.", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
 

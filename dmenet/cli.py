@@ -78,10 +78,18 @@ def list_main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_lightning_cli(args: Sequence[str]) -> None:
-    """Run LightningCLI on ``args`` (e.g. ``["fit", "--config", "x.yaml"]``)."""
-    from dmenet.lightning_cli import DMENetCLI
+    """Run LightningCLI on ``args`` (e.g. ``["fit", "--config", "x.yaml"]``).
 
-    DMENetCLI(args=list(args))
+    It runs in a copy of the current ``contextvars`` context: jsonargparse leaves its parser in a
+    context variable, which would otherwise keep the run's model and Trainer alive after it
+    (hundreds of MB per run in a notebook or a test session).
+    """
+    import contextvars
+
+    from dmenet.lightning_cli import DMENetCLI, quiet_lightning
+
+    with quiet_lightning():
+        contextvars.copy_context().run(DMENetCLI, args=list(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

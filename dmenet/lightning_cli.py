@@ -1,5 +1,17 @@
 """LightningCLI for ``dmenet fit|validate|test|predict``.
 
+Besides Lightning's own behaviour, :class:`DMENetCLI`
+
+* refuses a missing or unreadable ``--ckpt_path`` with one line naming the file;
+* turns ``--trainer.strategy ddp`` (and ``ddp_spawn`` / ``ddp_fork``) into its
+  ``..._find_unused_parameters_true`` form, and says so: each batch makes two backward passes
+  (D's, then B + S's), each leaving some parameters without a gradient;
+* runs ``test`` on a run's checkpoint (``RUN/checkpoints/X.ckpt``) inside that run:
+  the report goes to ``RUN/results/X/<set>/`` and no new logger version is opened.
+
+:func:`quiet_lightning` hides the messages of Lightning and torch that a dmenet user cannot act
+on (listed in :data:`UNACTIONABLE_WARNINGS`); ``dmenet``'s commands run inside it.
+
 Parts may be named by their registry name (``dmenet list``) wherever a class path is accepted:
 ``--model.blur_estimator light_resnet18``, ``--model.domain_discriminator.class_path dmenet``,
 or in a config file ``model: {blur_estimator: light_resnet18}`` /
@@ -11,9 +23,14 @@ files in the ``"dmenet"`` parser mode: OmegaConf loading plus the same replaceme
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -22,7 +39,103 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from dmenet.errors import DMENetError
 from dmenet.runs import run_dir
+
+UNACTIONABLE_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # dmenet passes its own argv to LightningCLI on purpose (the `dmenet` command, tests)
+    (r"LightningCLI's args parameter is intended to run from within Python", UserWarning),
+    # C's VGG19 is frozen, so it is in eval mode on purpose
+    (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
+    # inside Lightning's own pytree helper (torch >= 2.10 deprecates LeafSpec)
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+)
+"""(message regex, category) of warnings that dmenet's commands do not show."""
+
+UNACTIONABLE_INFO: tuple[str, ...] = ("try installing [litlogger]",)
+"""Substrings of Lightning's info lines that dmenet's commands do not show (advertising)."""
+
+# ckpt_path values Lightning resolves itself
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+# strategy names whose DDP must look for parameters without a gradient (see the module docstring)
+_UNUSED_PARAMETER_STRATEGIES = {
+    "ddp": "ddp_find_unused_parameters_true",
+    "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
+    "ddp_fork": "ddp_fork_find_unused_parameters_true",
+    "ddp_notebook": "ddp_notebook_find_unused_parameters_true",
+}
+
+
+class _DropInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in UNACTIONABLE_INFO)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Hide :data:`UNACTIONABLE_WARNINGS` and :data:`UNACTIONABLE_INFO` inside the block; every
+    other warning and message is shown as usual."""
+    from lightning_utilities.core import rank_zero
+
+    info_filter = _DropInfo()
+    loggers = {rank_zero.log, logging.getLogger("lightning.pytorch.utilities.rank_zero")}
+    with warnings.catch_warnings():
+        for pattern, category in UNACTIONABLE_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern, category=category)
+        for logger in loggers:
+            logger.addFilter(info_filter)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(info_filter)
+
+
+def check_ckpt_path(value: str | os.PathLike | None) -> None:
+    """Refuse a ``--ckpt_path`` that is not a readable checkpoint file, naming it (one line).
+
+    Lightning's keywords (``last``, ``best``, ``hpc``, ``registry...``) are left to Lightning.
+    """
+    if value is None:
+        return
+    text = str(value)
+    if text in LIGHTNING_CKPT_KEYWORDS or text.startswith("registry:"):
+        return
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise DMENetError(f"--ckpt_path {text}: no such file")
+    if not path.is_file():
+        raise DMENetError(f"--ckpt_path {text}: not a file")
+    if zipfile.is_zipfile(path):  # torch.save's format: a zip holding data.pkl
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("data.pkl") for name in archive.namelist()):
+                return
+        raise DMENetError(f"--ckpt_path {text}: a zip file, but not a PyTorch checkpoint")
+    import torch  # a legacy (non-zip) torch file, or a broken one
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure to read it is the same user-facing problem
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DMENetError(
+            f"--ckpt_path {text}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}"
+        ) from None
+
+
+def run_of_checkpoint(ckpt_path: str | os.PathLike | None) -> Path | None:
+    """The run folder of ``RUN/checkpoints/X.ckpt`` (a folder with the run's config, hparams or
+    metrics), or ``None`` for a checkpoint elsewhere."""
+    if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS:
+        return None
+    path = Path(ckpt_path).expanduser().absolute()
+    if path.parent.name != "checkpoints":
+        return None
+    run = path.parent.parent
+    markers = ("config.yaml", "hparams.yaml", "metrics.csv")
+    return run if any((run / name).is_file() for name in markers) else None
+
 
 PARSER_MODE = "dmenet"
 """jsonargparse parser mode of :class:`DMENetCLI`: ``omegaconf`` plus registry names."""
@@ -163,6 +276,11 @@ class DMENetCLI(LightningCLI):
         os.environ.setdefault("WANDB_MODE", "offline")
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("parser_kwargs", {"parser_mode": PARSER_MODE})
+        given = kwargs.get("args")
+        self._command_line: list[str] = (
+            [str(a) for a in given] if isinstance(given, Sequence) and not isinstance(given, str)
+            else sys.argv[1:]
+        )
         super().__init__(DMENet, DMENetDataModule, *args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
@@ -172,3 +290,45 @@ class DMENetCLI(LightningCLI):
             self.config = parser.parse_args(resolve_argv_part_names(sys.argv[1:]))
         else:
             super().parse_arguments(parser, resolve_argv_part_names(args))
+        subcommand = self.config.get("subcommand")
+        if subcommand:  # before Lightning reads the file's hyperparameters
+            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+
+    def _given(self, option: str) -> bool:
+        return any(a == option or a.startswith(option + "=") for a in self._command_line)
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.subcommand
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        self._select_unused_parameter_strategy(config)
+        if subcommand == "test":
+            self._test_inside_run(config)
+
+    def _select_unused_parameter_strategy(self, config) -> None:
+        strategy = config.trainer.get("strategy")
+        if isinstance(strategy, str) and strategy in _UNUSED_PARAMETER_STRATEGIES:
+            config.trainer.strategy = _UNUSED_PARAMETER_STRATEGIES[strategy]
+            if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+                print(
+                    f"dmenet: --trainer.strategy {strategy} -> {config.trainer.strategy} (each batch "
+                    "makes two backward passes, D's then B + S's, and each leaves some parameters "
+                    "without a gradient)",
+                    file=sys.stderr,
+                )
+
+    def _test_inside_run(self, config) -> None:
+        run = run_of_checkpoint(config.get("ckpt_path"))
+        if run is None:
+            return
+        report = run / "results" / Path(str(config.ckpt_path)).stem
+        if not self._given("--model.results_dir"):
+            config.model.results_dir = str(report)
+        if not self._given("--trainer.default_root_dir"):
+            config.trainer.default_root_dir = str(report)  # the saved config goes there too
+        if not self._given("--trainer.logger"):
+            config.trainer.logger = False  # a logger would open a new version of the run
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"dmenet test: report in {config.model.results_dir}/<set>/ (inside the run of "
+                  f"{config.ckpt_path}; no new logger version)", file=sys.stderr)

@@ -339,7 +339,8 @@ class DMENet(L.LightningModule):
         from dmenet.visualize import defocus_panel, log_panels
 
         label = training_label(syn["label"][0], self.hparams.label_space)  # the prediction's space
-        panel = defocus_panel(syn["image"][0], out.y[0], label)
+        space = self.hparams.label_space
+        panel = defocus_panel(syn["image"][0], out.y[0], label, prediction_space=space, label_space=space)
         from dmenet.runs import run_dir
 
         base = run_dir(self.trainer) if self._trainer else Path(self.results_dir)

@@ -22,6 +22,65 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def _rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MB, from /proc (Linux)."""
+    values = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, kb = line.split()[:2]
+                values[key] = int(kb) / 1024.0
+    return values.get("VmRSS:", 0.0), values.get("VmHWM:", 0.0)
+
+
+def _free_heap() -> None:
+    """Collect reference cycles (models held by Trainers, CLIs, closures) and hand the freed
+    heap back to the OS (glibc keeps it otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+# a test that leaves this much more resident memory than it found gets its cycles collected:
+# big tensors do not count towards Python's gc thresholds, so trained models in cycles would
+# otherwise pile up until the end of the file (about 450 MB per in-process `dmenet fit`)
+_RSS_GROWTH_COLLECT_MB = 200.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Keep the suite's memory flat (:data:`_RSS_GROWTH_COLLECT_MB`); with
+    ``DMENET_TEST_RSS=FILE``, append per test this process's resident memory after it, its peak
+    so far and the largest child process's peak (MB): what makes the suite big."""
+    on_linux = Path("/proc/self/status").exists()
+    before = _rss_mb()[0] if on_linux else 0.0
+    yield
+    if not on_linux:
+        return
+    if _rss_mb()[0] - before > _RSS_GROWTH_COLLECT_MB:
+        _free_heap()
+    log = os.environ.get("DMENET_TEST_RSS")
+    if log:
+        import resource
+
+        rss, hwm = _rss_mb()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        with open(log, "a") as handle:
+            handle.write(f"{item.nodeid}\t{rss:.0f}\t{hwm:.0f}\t{children:.0f}\n")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_memory_after_each_file():
+    """What a test file's module-scoped fixtures held goes back to the OS after the file."""
+    yield
+    _free_heap()
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
     if not torch.cuda.is_available():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import os
 import signal
@@ -139,8 +140,11 @@ data:
 
 
 def run_cli(args: list[str]) -> LightningCLI:
-    return LightningCLI(
-        DMENet, L.LightningDataModule, subclass_mode_data=True, args=args, save_config_callback=None
+    # in a copied contextvars context, as dmenet.cli runs it (jsonargparse keeps the parser, and
+    # through it the run's model, in a context variable)
+    return contextvars.copy_context().run(
+        LightningCLI, DMENet, L.LightningDataModule, subclass_mode_data=True, args=args,
+        save_config_callback=None,
     )
 
 

@@ -52,3 +52,19 @@ def test_python_dash_m_is_the_same_command():
         [sys.executable, "-m", "dmenet", "fit", "--help"], capture_output=True, text=True
     )
     assert c.returncode == 0 and "--model" in c.stdout and "--data" in c.stdout
+    assert c.stderr == "", c.stderr  # no warning a user cannot act on (LightningCLI's args ...)
+
+
+@pytest.mark.parametrize("sub", sorted(LIGHTNING_SUBCOMMANDS))
+def test_missing_or_corrupt_ckpt_path_is_one_line(sub, repo_root, tmp_path, capsys):
+    config = str(repo_root / "configs" / "quickstart.yaml")
+    missing = tmp_path / "missing.ckpt"
+    assert main([sub, "--config", config, "--ckpt_path", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"dmenet {sub}: error: --ckpt_path {missing}: no such file"
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 half of a checkpoint")
+    assert main([sub, "--config", config, "--ckpt_path", str(corrupt)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"--ckpt_path {corrupt}: not a readable PyTorch checkpoint" in err

@@ -111,6 +111,34 @@ def test_registry_and_contracts_import_nothing_from_dmenet():
     assert graph["dmenet.modules.contracts"] == set()
 
 
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module whose import ``start``'s import triggers, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_reachable_follows_chains():
+    assert _reachable({"a": {"b"}, "b": {"c"}, "c": set()}, "a") == {"b", "c"}
+
+
+def test_data_imports_nothing_from_evaluation():
+    # the data layer reads datasets; evaluation scores predictions on them, not the reverse
+    graph = import_graph()
+    data_modules = [n for n in graph if n == "dmenet.data" or n.startswith("dmenet.data.")]
+    assert "dmenet.data.real" in data_modules
+    offending = {
+        name: sorted(m for m in _reachable(graph, name) if m.split(".")[:2] == ["dmenet", "evaluation"])
+        for name in data_modules
+    }
+    assert {name: mods for name, mods in offending.items() if mods} == {}
+
+
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if n != "dmenet.__main__"))
 def test_every_module_imports(name):
     assert importlib.import_module(name).__name__ == name

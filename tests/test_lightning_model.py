@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import math
 from pathlib import Path
@@ -179,8 +180,9 @@ def test_training_pictures_are_written(tmp_path):
     assert [p.name for p in pictures] == ["iter_0000001.png", "iter_0000002.png"]
     from PIL import Image
 
-    # input | prediction | prediction (colour) | label | label (colour)
-    assert Image.open(pictures[0]).size == (5 * 64, 64)
+    # photo | label | prediction | error tiles, upscaled 4x to 256 px (+ 2 px gaps), a 64 px
+    # colour bar, under a 22 px title bar (dmenet.visualize.defocus_panel)
+    assert Image.open(pictures[0]).size == (4 * (4 * 64 + 2) + 64, 22 + 4 * 64)
 
 
 def test_predict_step_returns_y_sigma_and_names(bdcs_template):
@@ -249,11 +251,10 @@ def base_config(tmp_path) -> Path:
 
 
 def run_cli(args: list[str]) -> LightningCLI:
-    return LightningCLI(
-        DMENet,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        args=args,
+    # in a copied contextvars context, as dmenet.cli runs it: jsonargparse would otherwise keep
+    # every run's model alive for the rest of the session (about 450 MB each)
+    return contextvars.copy_context().run(
+        LightningCLI, DMENet, L.LightningDataModule, subclass_mode_data=True, args=args,
         save_config_callback=None,
     )
 

@@ -3,7 +3,8 @@
 * an offline W&B run of the quickstart holds the losses, the validation metrics, the
   learning rates, image panels and the resolved config;
 * two runs never overwrite each other's saved config;
-* two-process DDP on CPU (gloo) trains a few steps and logs the metrics once.
+* two-process DDP on CPU (gloo), asked for as ``--trainer.strategy ddp``, trains a few steps
+  and logs the metrics once.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def test_two_process_ddp_on_cpu_logs_metrics_once(tmp_path):
             "--trainer.default_root_dir", str(tmp_path / "root"),
             "--model.results_dir", str(tmp_path / "results"),
             "--config", str(REPO / "configs/scale/ddp.yaml"),
+            # what a Lightning user types: dmenet selects the unused-parameter variant itself
+            "--trainer.strategy", "ddp",
             "--trainer.accelerator", "cpu", "--trainer.devices", "2",
             # SyncBatchNorm needs GPUs: torch refuses it on CPU
             "--trainer.sync_batchnorm", "false"]
@@ -103,3 +106,5 @@ def test_two_process_ddp_on_cpu_logs_metrics_once(tmp_path):
     assert any(r.get("train/L_B") for r in rows)
     # both ranks ran: Lightning reports the second process joining the group
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    # said once (rank 0), and DDP found no fault with the unused parameters
+    assert proc.stderr.count("--trainer.strategy ddp -> ddp_find_unused_parameters_true") == 1

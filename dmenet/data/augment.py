@@ -27,6 +27,7 @@ __all__ = [
     "TrainingCrops",
     "random_crop_flip_rot",
     "resize_sample",
+    "resize_short_side",
 ]
 
 PAPER_SHORT_SIDE_RANGE: tuple[int, int] = (241, 801)
@@ -68,6 +69,25 @@ def resize_sample(sample: dict, size_hw: tuple[int, int]) -> dict:
     return out
 
 
+def resize_short_side(sample: dict, crop_size: int,
+                      short_side_range: Sequence[int] | None = PAPER_SHORT_SIDE_RANGE,
+                      generator: torch.Generator | None = None) -> dict:
+    """The resize step of :func:`random_crop_flip_rot`: the short side to a uniform integer in
+    ``[max(low, crop_size), max(high, crop_size)]`` (``None``: kept, or enlarged to the crop)."""
+    height, width = sample["image"].shape[-2:]
+    short = min(height, width)
+    if short_side_range is not None:
+        low, high = (max(int(v), crop_size) for v in short_side_range)
+        target_short = _randint(min(low, high), max(low, high), generator)
+    else:
+        target_short = max(short, crop_size)
+    if target_short == short:
+        return sample
+    factor = target_short / short
+    size = (max(crop_size, round(height * factor)), max(crop_size, round(width * factor)))
+    return resize_sample(sample, size)
+
+
 def random_crop_flip_rot(
     sample: dict,
     crop_size: int,
@@ -100,20 +120,8 @@ def random_crop_flip_rot(
                     f"{sample.get('name', 'sample')}: map {key!r} is "
                     f"{tuple(value.shape[-2:])}, its image {tuple(image.shape[-2:])}"
                 )
-    short = min(height, width)
-    if short_side_range is not None:
-        low, high = (max(int(v), crop_size) for v in short_side_range)
-        target_short = _randint(min(low, high), max(low, high), generator)
-    else:
-        target_short = max(short, crop_size)
-    if target_short != short:
-        factor = target_short / short
-        size = (
-            max(crop_size, round(height * factor)),
-            max(crop_size, round(width * factor)),
-        )
-        sample = resize_sample(sample, size)
-        height, width = size
+    sample = resize_short_side(sample, crop_size, short_side_range, generator)
+    height, width = sample["image"].shape[-2:]
     top = _randint(0, height - crop_size, generator)
     left = _randint(0, width - crop_size, generator)
     flip = vertical_flip and _randint(0, 1, generator) == 1

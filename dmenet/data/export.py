@@ -60,9 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--coc-scale", type=float, default=None,
                     help="fix the CoC scale alpha (px): c = alpha * |x - S1| / x")
     ex.add_argument("--mode", choices=("paper", "reference"), default="paper",
-                    help="camera sampling: paper (default) or reference generator")
+                    help="paper (default) or reference: the official generator's camera "
+                         "sampling (unless --focus-mm fixes the camera) AND its rendering "
+                         "(29 x 29 kernel, symmetric border, its layering and occlusion fill)")
+    ex.add_argument("--renderer", choices=("fast", "loop"), default="fast",
+                    help="fast (default) or loop: the straightforward per-layer loop with the "
+                         "exact fill before every layer (slower)")
     ex.add_argument("--sigma-rule", choices=("paper", "reference"), default="paper",
                     help="sigma = c / 4 (paper) or (c - 1) / 4 where c > 1 (reference)")
+    ex.add_argument("--max-layers", type=int, default=350,
+                    help="at most this many CoC layers; neighbouring layers merge beyond it "
+                         "(default 350, the generator's cap; fewer renders faster)")
     ex.add_argument("--depth-scale", type=float, default=1.0,
                     help="folder source: multiply the depth files by this to get mm")
     ex.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"),
@@ -87,6 +95,8 @@ def export(args: argparse.Namespace) -> int:
 
     if args.num is not None and args.num < 1:
         raise DataError(f"--num must be >= 1, got {args.num}")
+    if args.max_layers < 1:
+        raise DataError(f"--max-layers must be >= 1, got {args.max_layers}")
     if not args.max_coc > 0:
         raise DataError(f"--max-coc must be > 0 px, got {args.max_coc}")
     device = torch.device(args.device)
@@ -95,7 +105,9 @@ def export(args: argparse.Namespace) -> int:
     source = make_rgbd_source(args.source, depth_scale_to_mm=args.depth_scale,
                               size=tuple(args.size), seed=args.seed)
     settings = _sampler_settings(args)
-    renderer = SyndofRenderer(c_max_px=args.max_coc, sigma_rule=args.sigma_rule, **settings)
+    renderer = SyndofRenderer(c_max_px=args.max_coc, sigma_rule=args.sigma_rule,
+                              render_mode=args.mode, renderer=args.renderer,
+                              max_layers=args.max_layers, **settings)
     out = check_output_dir(args.out, args.overwrite)
     for folder in SUBFOLDERS:
         (out / folder).mkdir(exist_ok=True)
@@ -129,6 +141,7 @@ def export(args: argparse.Namespace) -> int:
             "name": name, "source": args.source, "source_item": item["name"],
             "height": int(sigma.shape[0]), "width": int(sigma.shape[1]),
             "camera_mode": settings["mode"], "sigma_rule": args.sigma_rule,
+            "render_mode": args.mode, "renderer": args.renderer,
             **result.camera.sample(0),
             "c_max_px": args.max_coc, "sigma_max_px": SIGMA_MAX_PX,
             "num_layers": n, "sigma_px_max_in_image": hi,

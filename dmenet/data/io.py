@@ -73,7 +73,15 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_image_tensor(path: str | Path) -> torch.Tensor:
     """:func:`read_image` as a float32 tensor ``(3, H, W)`` in ``[0, 1]``."""
-    return torch.from_numpy(np.ascontiguousarray(read_image(path).transpose(2, 0, 1)))
+    return to_chw_tensor(read_image(path))
+
+
+def to_chw_tensor(array: np.ndarray) -> torch.Tensor:
+    """``(H, W, C)`` -> float32 tensor ``(C, H, W)``; ``(H, W)`` -> ``(1, H, W)``."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        return torch.from_numpy(array)[None]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
 def read_gray(path: str | Path) -> np.ndarray:
@@ -103,6 +111,52 @@ def read_mask(path: str | Path, threshold: float = 0.5) -> np.ndarray:
         top = float(np.nanmax(array)) if array.size else 1.0
         top = top if top > 1.0 else 1.0
     return array.astype(np.float32) > threshold * top
+
+
+# ------------------------------------------------------------------ dataset folder layouts
+
+
+def require_dir(path: Path, what: str, layout: str) -> Path:
+    """``path`` if it is a folder, else :class:`DataError` naming it, ``what`` it should be
+    and the dataset's expected ``layout``."""
+    if not path.exists():
+        raise DataError(f"{path}: {what} does not exist; expected layout: {layout}")
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} is not a folder; expected layout: {layout}")
+    return path
+
+
+def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """Image files (by extension) and the other files of ``folder``, both sorted; hidden
+    files are left out."""
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if is_image_file(p)]
+    others = [p for p in files if not is_image_file(p)]
+    return images, others
+
+
+def find_partner(folder: Path, stem: str, extensions: tuple[str, ...]) -> Path | None:
+    """The first ``folder/stem.ext`` that exists, trying each extension in lower then upper
+    case (an image's mask or label file); ``None`` when there is none."""
+    for ext in extensions:
+        for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def check_same_size(image: np.ndarray, other: np.ndarray, image_path: Path,
+                    other_path: Path) -> None:
+    """:class:`DataError` naming ``other_path`` when its ``(H, W)`` differs from its image's."""
+    if image.shape[:2] != other.shape[:2]:
+        raise DataError(
+            f"{other_path}: size {other.shape[1]}x{other.shape[0]} (WxH) differs from its image "
+            f"{image_path} ({image.shape[1]}x{image.shape[0]})"
+        )
+
+
+# ---------------------------------------------------------------------------------- writing
 
 
 def write_png16(path: str | Path, array: np.ndarray, channels: int = 1) -> None:

@@ -26,15 +26,17 @@ they carry.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dmenet.errors import DataError
+from dmenet.errors import ConfigError, DataError
 
-__all__ = ["ProxyRealDomain", "add_sensor_noise", "colour_grade", "jpeg_roundtrip"]
+__all__ = ["ProxyLook", "ProxyRealDomain", "add_sensor_noise", "colour_grade", "jpeg_roundtrip"]
 
 
 def colour_grade(
@@ -86,6 +88,49 @@ def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.from_numpy(decoded.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
+@dataclass(frozen=True)
+class ProxyLook:
+    """How the proxy real domain is rendered: the ingredients of its gap to SYNDOF (module
+    docstring). ``--data.proxy`` of the DataModule (e.g. ``--data.proxy.noise false``).
+
+    Args:
+        aperture: point spread function of :func:`dmenet.data.syndof.render_from_sigma`
+            (``"disc"``; ``"gaussian"`` removes that part of the gap).
+        gamma: rendering in linear light with this display gamma (``None``: on sRGB values).
+        noise: add sensor noise (:func:`add_sensor_noise`).
+        jpeg_quality: ``[low, high]`` JPEG quality range (1 to 100); ``None`` keeps images
+            lossless.
+        grade: random camera look (:func:`colour_grade`).
+        c_max_px: largest CoC of the sampled cameras (``None``: the paper's 28 px).
+        render_batch: images rendered together (random draws follow these batches, so
+            another value gives other images).
+    """
+
+    aperture: Literal["disc", "gaussian"] = "disc"
+    gamma: float | None = 2.2
+    noise: bool = True
+    jpeg_quality: tuple[int, int] | None = (60, 95)
+    grade: bool = True
+    c_max_px: float | None = None
+    render_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if self.aperture not in ("disc", "gaussian"):
+            raise ConfigError(f"--data.proxy.aperture {self.aperture!r}: choose disc or gaussian")
+        if self.gamma is not None and not self.gamma > 0:
+            raise ConfigError(f"--data.proxy.gamma must be > 0 (or null), got {self.gamma}")
+        if self.jpeg_quality is not None:
+            quality = tuple(int(q) for q in self.jpeg_quality)
+            if len(quality) != 2 or not 1 <= quality[0] <= quality[1] <= 100:
+                raise ConfigError(f"--data.proxy.jpeg_quality must be [low, high] with "
+                                  f"1 <= low <= high <= 100 (or null), got {list(self.jpeg_quality)}")
+            object.__setattr__(self, "jpeg_quality", quality)
+        if self.c_max_px is not None and not self.c_max_px > 0:
+            raise ConfigError(f"--data.proxy.c_max_px must be > 0 (or null), got {self.c_max_px}")
+        if self.render_batch < 1:
+            raise ConfigError(f"--data.proxy.render_batch must be >= 1, got {self.render_batch}")
+
+
 class ProxyRealDomain(Dataset):
     """Proxy "real" photos rendered from procedural RGB-D scenes (see the module docstring).
 
@@ -95,15 +140,8 @@ class ProxyRealDomain(Dataset):
         num_images: number of images.
         size: side (px) of the square scenes.
         seed: seed of the scenes and of every random draw (other seeds than the SYNDOF stream).
-        aperture: point spread function of :func:`dmenet.data.syndof.render_from_sigma`
-            (``"disc"``; ``"gaussian"`` removes that part of the gap).
-        gamma: rendering in linear light with this display gamma (``None``: on sRGB values).
-        noise: add sensor noise (:func:`add_sensor_noise`).
-        jpeg_quality: ``(low, high)`` JPEG quality range; ``None`` keeps images lossless.
-        grade: random camera look (:func:`colour_grade`).
-        c_max_px: largest CoC of the sampled cameras.
+        look: how they are rendered (:class:`ProxyLook`; ``None``: its defaults).
         set_name: the ``"set"`` entry of each item.
-        render_batch: images rendered together.
 
     Items: ``{"image" (3,H,W), "sigma_px" (1,H,W), "label" (1,H,W) y, "sharp_mask" (1,H,W)
     1 = sharp, "name", "set"}``.
@@ -114,30 +152,19 @@ class ProxyRealDomain(Dataset):
         num_images: int = 32,
         size: int = 256,
         seed: int = 30_013,
-        aperture: str = "disc",
-        gamma: float | None = 2.2,
-        noise: bool = True,
-        jpeg_quality: Sequence[int] | None = (60, 95),
-        grade: bool = True,
-        c_max_px: float | None = None,
+        look: ProxyLook | None = None,
         set_name: str = "proxy",
-        render_batch: int = 8,
     ) -> None:
         if num_images < 1:
             raise DataError(f"the proxy real domain needs at least one image, got {num_images}")
         self.num_images = int(num_images)
         self.size = int(size)
         self.seed = int(seed)
-        self.aperture = aperture
-        self.gamma = gamma
-        self.noise = noise
-        self.jpeg_quality = tuple(jpeg_quality) if jpeg_quality else None
-        self.grade = grade
-        self.c_max_px = c_max_px
+        self.look = look if look is not None else ProxyLook()
         self.set_name = set_name
-        self.items = self._render_all(max(1, int(render_batch)))
+        self.items = self._render_all()
 
-    def _render_all(self, render_batch: int) -> list[dict]:
+    def _render_all(self) -> list[dict]:
         from dmenet.data.rgbd import EmbeddedRGBD
         from dmenet.data.syndof import render_from_sigma
         from dmenet.data.thin_lens import (
@@ -148,13 +175,14 @@ class ProxyRealDomain(Dataset):
         )
         from dmenet.labels import C_MAX_PX, sigma_to_y
 
+        look, render_batch = self.look, self.look.render_batch
         scenes = EmbeddedRGBD(
             num_scenes=self.num_images, size=(self.size, self.size), seed=self.seed,
             include_motorcycle=False,
         )
         generator = torch.Generator().manual_seed(self.seed)
-        sampler = CameraSampler("paper", c_max_px=self.c_max_px or C_MAX_PX)
-        gamma = self.gamma or 1.0
+        sampler = CameraSampler("paper", c_max_px=look.c_max_px or C_MAX_PX)
+        gamma = look.gamma or 1.0
         items: list[dict] = []
         for start in range(0, self.num_images, render_batch):
             chunk = [scenes[i] for i in range(start, min(start + render_batch, self.num_images))]
@@ -162,22 +190,22 @@ class ProxyRealDomain(Dataset):
             depth = clean_depth_mm(torch.stack([c["depth_mm"] for c in chunk]).float())
             # cameras first, so that switching a gap ingredient off keeps the same labels
             camera = sampler.sample(depth, generator)
-            signed = camera.signed_coc_px(depth).clamp(-sampler.c_max_px, sampler.c_max_px)
+            signed = camera.signed_coc_px(depth, c_max_px=sampler.c_max_px)
             coc = signed.abs()
-            if self.grade:
+            if look.grade:
                 linear = colour_grade(image.clamp(0, 1) ** gamma, generator)
                 image = linear ** (1.0 / gamma)
             sigma_px = sigma_from_coc(coc)
             with torch.no_grad():
                 blurred = render_from_sigma(
-                    image, sigma_px, signed, aperture=self.aperture, gamma=self.gamma
+                    image, sigma_px, signed, aperture=look.aperture, gamma=look.gamma
                 ).clamp(0.0, 1.0)
-            if self.noise:
+            if look.noise:
                 blurred = add_sensor_noise(blurred ** gamma, generator) ** (1.0 / gamma)
             for j, scene in enumerate(chunk):
                 picture = blurred[j]
-                if self.jpeg_quality:
-                    low, high = self.jpeg_quality
+                if look.jpeg_quality:
+                    low, high = look.jpeg_quality
                     quality = int(torch.randint(low, high + 1, (1,), generator=generator))
                     picture = jpeg_roundtrip(picture, quality)
                 index = start + j

@@ -1,4 +1,4 @@
-"""Readers of the real-domain datasets and of the released SYNDOF files (SPEC sections 1, 2, 5).
+"""Readers of the real-domain datasets: real photos (SPEC sections 1, 5).
 
 Every reader is a ``torch.utils.data.Dataset`` of dicts following the evaluation-batch contract
 of ``docs/ARCHITECTURE.md`` (before batching): ``"image"`` float32 ``(3, H, W)`` in ``[0, 1]``,
@@ -10,10 +10,11 @@ of ``docs/ARCHITECTURE.md`` (before batching): ``"image"`` float32 ``(3, H, W)``
   (motion-blur images skipped); mask polarity detected from the image or set explicitly.
 * :class:`ImageFolder`: Flickr-style unlabelled folders (recursive; non-images skipped with one
   warning).
-* :class:`RTF`: ``image/{0,1,1.6}/`` + ``gt/`` as ``.mat`` (``blurMap``, disc radius) or ``.npy``
-  (Gaussian sigma in px).
-* :class:`ReleasedSyndof`: released SYNDOF training (``image/`` + ``blur_map/``) or test
-  (``image/`` + ``gt/``) files, read in an explicitly chosen label space and converted to ours.
+* :class:`RTF`: ``image/{0,1,1.6}/`` + ``gt/`` as ``.mat`` (``blurMap``, disc radius, mapped to
+  Gaussian sigma by :func:`rtf_disc_to_gauss`) or ``.npy`` (Gaussian sigma in px).
+
+The released SYNDOF files are synthetic, not real: their reader is
+:mod:`dmenet.data.syndof_files`.
 
 Bad input (missing root, wrong layout, unreadable image, image/mask size mismatch) raises
 :class:`dmenet.errors.DataError` naming the file and the expected layout.
@@ -21,18 +22,29 @@ Bad input (missing root, wrong layout, unreadable image, image/mask size mismatc
 
 from __future__ import annotations
 
+import csv
 import warnings
 from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dmenet.data.io import IMAGE_EXTENSIONS, is_image_file, read_gray, read_image, read_mask
+from dmenet.data.io import (
+    IMAGE_EXTENSIONS,
+    check_same_size,
+    find_partner,
+    list_images,
+    read_image,
+    read_mask,
+    require_dir,
+    to_chw_tensor,
+)
 from dmenet.errors import DataError
-from dmenet.evaluation.metrics import rtf_disc_to_gauss
-from dmenet.labels import check_label_space, sigma_to_y, stored_png_to_sigma_px
+from dmenet.labels import sigma_to_y
 
 __all__ = [
     "CUHK_LAYOUT",
@@ -43,19 +55,15 @@ __all__ = [
     "RTF",
     "RTF_LAYOUT",
     "RTF_NOISE_LEVELS",
-    "ReleasedSyndof",
-    "SYNDOF_TEST_LAYOUT",
-    "SYNDOF_TRAIN_LAYOUT",
     "cuhk_split_names",
     "detect_mask_polarity",
-    "list_images",
+    "rtf_disc_to_gauss",
+    "rtf_table",
 ]
 
 CUHK_LAYOUT = "<root>/image/out_of_focusNNNN.jpg and <root>/gt/out_of_focusNNNN.png"
 FLICKR_LAYOUT = "<root>/**/*.jpg|png|... (any folder tree of photos)"
 RTF_LAYOUT = "<root>/image/{0,1,1.6}/NAME.png and <root>/gt/NAME.mat (blurMap) or NAME.npy (sigma)"
-SYNDOF_TRAIN_LAYOUT = "<root>/image/NAME.png and <root>/blur_map/NAME.png (16-bit, 10 * value)"
-SYNDOF_TEST_LAYOUT = "<root>/image/NAME.png and <root>/gt/NAME.png (16-bit, 10 * value)"
 
 CUHK_SPLITS: tuple[str, ...] = (
     "all", "dmenet_train", "dmenet_test", "common_train", "common_test",
@@ -71,23 +79,6 @@ RTF_NOISE_LEVELS: tuple[str, ...] = ("0", "1", "1.6")
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _require_dir(path: Path, what: str, layout: str) -> Path:
-    if not path.exists():
-        raise DataError(f"{path}: {what} does not exist; expected layout: {layout}")
-    if not path.is_dir():
-        raise DataError(f"{path}: {what} is not a folder; expected layout: {layout}")
-    return path
-
-
-def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
-    """Image files (by extension) and the other files of ``folder``, both sorted."""
-    pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if is_image_file(p)]
-    others = [p for p in files if not is_image_file(p)]
-    return images, others
-
-
 def _warn_skipped(folder: Path, skipped: Sequence[Path]) -> None:
     if skipped:
         names = ", ".join(str(p.relative_to(folder)) for p in skipped[:20])
@@ -97,30 +88,6 @@ def _warn_skipped(folder: Path, skipped: Sequence[Path]) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _chw(array: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3)`` -> ``(3, H, W)``; ``(H, W)`` -> ``(1, H, W)``; float32."""
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if array.ndim == 2:
-        return torch.from_numpy(array)[None]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-
-
-def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: Path, other_path: Path):
-    if image.shape[:2] != other.shape[:2]:
-        raise DataError(
-            f"{other_path}: size {other.shape[1]}x{other.shape[0]} (WxH) differs from its image "
-            f"{image_path} ({image.shape[1]}x{image.shape[0]})"
-        )
-
-
-def _find_partner(folder: Path, stem: str, extensions: Sequence[str]) -> Path | None:
-    for ext in extensions:
-        for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 # ------------------------------------------------------------------------------------- CUHK
@@ -198,9 +165,9 @@ class CUHKBlurDetection(Dataset):
             raise DataError(
                 f"CUHK mask_polarity {mask_polarity!r}: choose one of {', '.join(self.POLARITIES)}"
             )
-        _require_dir(self.root, "the CUHK root", CUHK_LAYOUT)
-        image_dir = _require_dir(self.root / "image", "the CUHK image folder", CUHK_LAYOUT)
-        gt_dir = _require_dir(self.root / "gt", "the CUHK mask folder", CUHK_LAYOUT)
+        require_dir(self.root, "the CUHK root", CUHK_LAYOUT)
+        image_dir = require_dir(self.root / "image", "the CUHK image folder", CUHK_LAYOUT)
+        gt_dir = require_dir(self.root / "gt", "the CUHK mask folder", CUHK_LAYOUT)
         images, _ = list_images(image_dir)
         defocus = {p.stem: p for p in images if not p.stem.lower().startswith("motion")}
         if not defocus:
@@ -208,7 +175,7 @@ class CUHKBlurDetection(Dataset):
         names = self._resolve_split(split, defocus)
         self.samples: list[tuple[str, Path, Path]] = []
         for name in names:
-            mask_path = _find_partner(gt_dir, name, (".png", ".bmp", ".jpg", ".tif"))
+            mask_path = find_partner(gt_dir, name, (".png", ".bmp", ".jpg", ".tif"))
             if mask_path is None:
                 raise DataError(
                     f"{defocus[name]}: no mask {gt_dir / (name + '.png')}; "
@@ -268,7 +235,7 @@ class CUHKBlurDetection(Dataset):
     def _read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
         image = read_image(image_path)
         white = read_mask(mask_path)
-        _check_same_size(image, white, image_path, mask_path)
+        check_same_size(image, white, image_path, mask_path)
         return image, white
 
     def __len__(self) -> int:
@@ -279,8 +246,8 @@ class CUHKBlurDetection(Dataset):
         image, white = self._read_pair(image_path, mask_path)
         sharp = white if self.mask_polarity == "white_is_sharp" else ~white
         return {
-            "image": _chw(image),
-            "sharp_mask": _chw(sharp.astype(np.float32)),
+            "image": to_chw_tensor(image),
+            "sharp_mask": to_chw_tensor(sharp.astype(np.float32)),
             "name": name,
             "set": "cuhk",
         }
@@ -302,7 +269,7 @@ class ImageFolder(Dataset):
 
     def __init__(self, root: str | Path, recursive: bool = True, set_name: str = "flickr") -> None:
         self.root = Path(root)
-        _require_dir(self.root, "the image folder", FLICKR_LAYOUT)
+        require_dir(self.root, "the image folder", FLICKR_LAYOUT)
         self.paths, skipped = list_images(self.root, recursive=recursive)
         _warn_skipped(self.root, skipped)
         if not self.paths:
@@ -318,10 +285,46 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
         name = str(path.relative_to(self.root).with_suffix("")).replace("\\", "/")
-        return {"image": _chw(read_image(path)), "name": name, "set": self.set_name}
+        return {"image": to_chw_tensor(read_image(path)), "name": name, "set": self.set_name}
 
 
 # ---------------------------------------------------------------------------------------- RTF
+
+
+RTF_TABLE_RESOURCE = "rtf_disc_to_gauss.csv"
+
+
+@lru_cache(maxsize=1)
+def rtf_table() -> tuple[np.ndarray, np.ndarray]:
+    """The RTF conversion table shipped with the package: ``(disc_radius_px, gaussian_sigma_px)``.
+
+    23 pairs, 0.5 -> 0.3 ... 6.0 -> 3.275 (a copy of the reference's table, read from
+    ``dmenet/data/assets/rtf_disc_to_gauss.csv``; columns ``gaussian_sigma,disc_blur``).
+    """
+    text = resources.files("dmenet.data").joinpath("assets", RTF_TABLE_RESOURCE).read_text()
+    rows = list(csv.DictReader(text.splitlines()))
+    disc = np.array([float(r["disc_blur"]) for r in rows], dtype=np.float64)
+    sigma = np.array([float(r["gaussian_sigma"]) for r in rows], dtype=np.float64)
+    order = np.argsort(disc)
+    return disc[order], sigma[order]
+
+
+def rtf_disc_to_gauss(disc_radius_px):
+    """RTF ground truth: disc blur radius (px) -> Gaussian sigma (px) by nearest tabulated radius.
+
+    Works on numpy arrays and tensors of any shape (returns the same kind). A radius exactly
+    half-way between two tabulated radii takes the smaller one; radii below 0.5 (in focus)
+    map to the table's smallest sigma, 0.3 px, as the nearest-lookup rule says.
+    """
+    disc, sigma = rtf_table()
+    if isinstance(disc_radius_px, torch.Tensor):
+        table_disc = torch.as_tensor(disc, dtype=disc_radius_px.dtype, device=disc_radius_px.device)
+        table_sigma = torch.as_tensor(sigma, dtype=disc_radius_px.dtype, device=disc_radius_px.device)
+        nearest = (disc_radius_px.unsqueeze(-1) - table_disc).abs().argmin(dim=-1)
+        return table_sigma[nearest]
+    radius = np.asarray(disc_radius_px, dtype=np.float64)
+    nearest = np.abs(radius[..., None] - disc).argmin(axis=-1)
+    return sigma[nearest]
 
 
 def _read_rtf_gt(path: Path) -> np.ndarray:
@@ -359,9 +362,8 @@ class RTF(Dataset):
     """RTF (D'Andres et al. 2016): photos at noise levels 0, 1, 1.6 with dense defocus GT.
 
     Layout: ``<root>/image/{0,1,1.6}/NAME.png`` and ``<root>/gt/NAME.mat`` (variable ``blurMap``:
-    disc blur radius in px, mapped to Gaussian sigma by the evaluation protocol's
-    :func:`dmenet.evaluation.metrics.rtf_disc_to_gauss`) or
-    ``<root>/gt/NAME.npy`` (Gaussian sigma in px). A per-noise ``gt/<noise>/`` folder is used
+    disc blur radius in px, mapped to Gaussian sigma by the evaluation protocol's table,
+    :func:`rtf_disc_to_gauss`) or ``<root>/gt/NAME.npy`` (Gaussian sigma in px). A per-noise ``gt/<noise>/`` folder is used
     when present.
 
     Items: ``{"image" (3,H,W), "sigma_px" (1,H,W), "label" (1,H,W) y = sigma / SIGMA_MAX_PX
@@ -373,11 +375,11 @@ class RTF(Dataset):
     def __init__(self, root: str | Path, noise: str | float = "0") -> None:
         self.root = Path(root)
         self.noise = self._noise_name(noise)
-        _require_dir(self.root, "the RTF root", RTF_LAYOUT)
-        image_dir = _require_dir(
+        require_dir(self.root, "the RTF root", RTF_LAYOUT)
+        image_dir = require_dir(
             self.root / "image" / self.noise, f"the RTF noise-{self.noise} image folder", RTF_LAYOUT
         )
-        gt_dir = _require_dir(self.root / "gt", "the RTF ground-truth folder", RTF_LAYOUT)
+        gt_dir = require_dir(self.root / "gt", "the RTF ground-truth folder", RTF_LAYOUT)
         if (gt_dir / self.noise).is_dir():
             gt_dir = gt_dir / self.noise
         images, _ = list_images(image_dir)
@@ -385,7 +387,7 @@ class RTF(Dataset):
             raise DataError(f"{image_dir}: no images; expected layout: {RTF_LAYOUT}")
         self.samples: list[tuple[str, Path, Path]] = []
         for path in images:
-            gt = _find_partner(gt_dir, path.stem, (".mat", ".npy"))
+            gt = find_partner(gt_dir, path.stem, (".mat", ".npy"))
             if gt is None:
                 raise DataError(
                     f"{path}: no ground truth {gt_dir / path.stem}.mat or .npy; "
@@ -409,89 +411,11 @@ class RTF(Dataset):
     def __getitem__(self, index: int) -> dict:
         name, image_path, gt_path = self.samples[index]
         sigma_px = np.clip(_read_rtf_gt(gt_path), 0.0, None)
-        sigma = _chw(sigma_px)
+        sigma = to_chw_tensor(sigma_px)
         return {
-            "image": _chw(read_image(image_path)),
+            "image": to_chw_tensor(read_image(image_path)),
             "sigma_px": sigma,
             "label": sigma_to_y(sigma).clamp(0.0, 1.0),
             "name": name,
             "set": f"rtf_{self.noise}",
         }
-
-
-# ------------------------------------------------------------------------- released SYNDOF
-
-
-class ReleasedSyndof(Dataset):
-    """Released SYNDOF files: the training set (``image/`` + ``blur_map/``) or the test set
-    (``image/`` + ``gt/``), converted to our label space.
-
-    Args:
-        root: the folder holding ``image/`` (e.g. ``.../train/SYNDOF`` or ``.../test/SYNDOF``).
-        label_space: how the stored 16-bit values (``10 * value``) are to be read, required:
-            ``"released"`` (the dataset released with DMENet, ``y = x / 15``), ``"generator"``
-            (the current SYNDOF generator, ``y = sigma / 7``) or ``"ours"`` (``dmenet syndof
-            export``). See :mod:`dmenet.labels`.
-        label_dir: ``"blur_map"`` (training layout), ``"gt"`` (test layout) or ``None`` to pick
-            whichever exists.
-        set_name: the ``"set"`` entry of each item.
-
-    Items: ``{"image" (3,H,W), "sigma_px" (1,H,W), "label" (1,H,W) y (clipped to [0, 1]),
-    "name", "set"}``.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        label_space: str,
-        label_dir: str | None = None,
-        set_name: str = "syndof",
-    ) -> None:
-        self.root = Path(root)
-        self.label_space = check_label_space(label_space, "SYNDOF label_space")
-        layout = f"{SYNDOF_TRAIN_LAYOUT}, or {SYNDOF_TEST_LAYOUT}"
-        _require_dir(self.root, "the SYNDOF root", layout)
-        image_dir = _require_dir(self.root / "image", "the SYNDOF image folder", layout)
-        if label_dir is None:
-            label_dir = next(
-                (d for d in ("blur_map", "gt") if (self.root / d).is_dir()), "blur_map"
-            )
-        labels = _require_dir(self.root / label_dir, "the SYNDOF label folder", layout)
-        images, _ = list_images(image_dir)
-        if not images:
-            raise DataError(f"{image_dir}: no images; expected layout: {layout}")
-        self.samples: list[tuple[str, Path, Path]] = []
-        for path in images:
-            label_path = _find_partner(labels, path.stem, (".png", ".tif", ".tiff"))
-            if label_path is None:
-                raise DataError(
-                    f"{path}: no label {labels / path.stem}.png; expected layout: {layout}"
-                )
-            self.samples.append((path.stem, path, label_path))
-        self.set_name = set_name
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict:
-        name, image_path, label_path = self.samples[index]
-        image = read_image(image_path)
-        stored = read_gray(label_path)
-        _check_same_size(image, stored, image_path, label_path)
-        if stored.dtype == np.uint8:
-            warnings.warn(
-                f"{label_path}: an 8-bit label file; SYNDOF labels are 16-bit (10 * value), "
-                "values above 25.5 were lost when it was saved",
-                UserWarning,
-                stacklevel=2,
-            )
-        sigma_px = stored_png_to_sigma_px(stored.astype(np.float32), self.label_space)
-        sigma = _chw(np.asarray(sigma_px, dtype=np.float32))
-        return {
-            "image": _chw(image),
-            "sigma_px": sigma,
-            "label": sigma_to_y(sigma).clamp(0.0, 1.0),
-            "name": name,
-            "set": self.set_name,
-        }
-

@@ -44,6 +44,8 @@ __all__ = [
     "coc_px",
     "signed_coc_px",
     "sigma_from_coc",
+    "coc_from_sigma",
+    "sigma_max_px",
     "binary_from_coc",
     "clean_depth_mm",
     "max_defocus_ratio",
@@ -78,14 +80,29 @@ def coc_px(depth_mm: torch.Tensor, focus_mm, alpha_px) -> torch.Tensor:
     return signed_coc_px(depth_mm, focus_mm, alpha_px).abs()
 
 
+_COC_PER_SIGMA = 4.0  # c = 4 sigma: the paper's Gaussian of a CoC diameter
+
+
 def sigma_from_coc(coc_px: torch.Tensor, rule: str = "paper") -> torch.Tensor:
     """Gaussian sigma (px) of a CoC diameter (px): ``c / 4`` (paper) or ``max(c - 1, 0) / 4``
     (reference generator, which blurs only where ``c > 1``)."""
     if rule == "paper":
-        return coc_px / 4.0
+        return coc_px / _COC_PER_SIGMA
     if rule == "reference":
-        return (coc_px - 1.0).clamp(min=0.0) / 4.0
+        return (coc_px - 1.0).clamp(min=0.0) / _COC_PER_SIGMA
     raise ValueError(f"unknown sigma rule {rule!r}; choose 'paper' or 'reference'")
+
+
+def coc_from_sigma(sigma_px):
+    """CoC diameter (px) of a Gaussian sigma (px) under the paper's rule: ``c = 4 sigma``, the
+    inverse of ``sigma_from_coc(c, "paper")``. Tensors or numbers."""
+    return _COC_PER_SIGMA * sigma_px
+
+
+def sigma_max_px(c_max_px: float = C_MAX_PX, rule: str = "paper") -> float:
+    """The largest sigma (px) a render can hold: that of the CoC clip ``c_max_px``
+    (``SIGMA_MAX_PX`` = 7 px for the paper's 28 px and rule)."""
+    return float(sigma_from_coc(torch.tensor(float(c_max_px)), rule))
 
 
 def binary_from_coc(coc_px: torch.Tensor) -> torch.Tensor:
@@ -211,13 +228,15 @@ class Camera:
                                 ("focus_mm", "alpha_px", "focal_mm", "f_number",
                                  "depth_offset_mm")})
 
-    def signed_coc_px(self, depth_mm: torch.Tensor) -> torch.Tensor:
-        """Signed CoC (px) of a clean ``(B, 1, H, W)`` depth map under these cameras."""
+    def signed_coc_px(self, depth_mm: torch.Tensor, c_max_px: float | None = None) -> torch.Tensor:
+        """Signed CoC (px) of a clean ``(B, 1, H, W)`` depth map under these cameras, clipped
+        to ``[-c_max_px, c_max_px]`` when ``c_max_px`` is given (what every render does)."""
         dev = depth_mm.device
         view = (-1, 1, 1, 1)
         depth = depth_mm + self.depth_offset_mm.to(dev).view(view)
-        return signed_coc_px(depth, self.focus_mm.to(dev).view(view),
-                             self.alpha_px.to(dev).view(view))
+        signed = signed_coc_px(depth, self.focus_mm.to(dev).view(view),
+                               self.alpha_px.to(dev).view(view))
+        return signed if c_max_px is None else signed.clamp(-c_max_px, c_max_px)
 
     def sample(self, i: int) -> dict[str, float | None]:
         """Sample ``i``'s parameters as plain numbers (JSON-ready; NaN -> None)."""

@@ -8,8 +8,10 @@ Evaluator, so every estimator lands in the same tables.
 Which metrics a set gets depends on what its batches carry:
 
 * ``set_name`` starting with ``"rtf"``: the RTF protocol on ``"sigma_px"`` (Gaussian sigma, px;
-  the RTF reader maps the disc radii through the RTF table): ``mse``, ``mae``.
-* ``"label"`` (dense ``y``) or ``"sigma_px"``: SYNDOF ``mse``, ``mae``; and, when no
+  the RTF reader maps the disc radii through the RTF table): ``mse``, ``mae`` (of sigma /
+  3.275 px, the protocol's units) and ``mse_px``, ``mae_px`` (the same errors in px).
+* ``"label"`` (dense ``y``) or ``"sigma_px"``: SYNDOF ``mse``, ``mae`` (of ``y = sigma_px / 7``)
+  and ``mse_px``, ``mae_px`` (of sigma in px); and, when no
   ``"sharp_mask"`` is given, a blur mask derived from it (``sigma_px > blurred_sigma_px``).
 * ``"sharp_mask"`` (1 = sharp): ``accuracy``, ``f_measure``, ``ap`` (CUHK protocol).
 """
@@ -26,7 +28,13 @@ from dmenet.data.thin_lens import sigma_from_coc
 from dmenet.errors import DataError, OutputExistsError
 from dmenet.evaluation import metrics as M
 from dmenet.evaluation import report
-from dmenet.labels import BINARY_COC_THRESHOLD_PX, check_label_space, from_sigma_px, to_sigma_px
+from dmenet.labels import (
+    BINARY_COC_THRESHOLD_PX,
+    SIGMA_MAX_PX,
+    check_label_space,
+    from_sigma_px,
+    to_sigma_px,
+)
 
 __all__ = ["DERIVED_BLUR_SIGMA_PX", "Evaluator", "evaluate_estimator", "is_rtf_set", "metric_names"]
 
@@ -135,12 +143,14 @@ class Evaluator:
             if sigma_gt_px is None:
                 raise DataError(f"{name}: an RTF set needs 'sigma_px' in the batch")
             out["mse"], out["mae"] = M.rtf_errors(sigma_pred_px, sigma_gt_px)
+            _add_px(out, M.rtf_sigma_max_px())
         else:
             label = _plane(item.get("label"))
             if label is None and sigma_gt_px is not None:
                 label = from_sigma_px(sigma_gt_px, "ours")
             if label is not None:
                 out["mse"], out["mae"] = M.dense_errors(y, label)
+                _add_px(out, SIGMA_MAX_PX)
             sharp = _plane(item.get("sharp_mask"))
             blurred = None
             if sharp is not None:
@@ -167,7 +177,7 @@ class Evaluator:
         Only the keys the set's labels allow; ``{}`` for an unlabelled set.
         """
         out: dict[str, float] = {}
-        for key in ("mse", "mae", "accuracy", "f_measure"):
+        for key in ("mse", "mae", "mse_px", "mae_px", "accuracy", "f_measure"):
             values = [r[key] for r in self.records if key in r and not math.isnan(r[key])]
             if values:
                 out[key] = float(sum(values) / len(values))
@@ -178,6 +188,10 @@ class Evaluator:
     def pr_curve(self) -> dict | None:
         """The pooled PR curve (``precision``, ``recall``, ``thresholds``, ``ap``), if masks exist."""
         return self.pr.compute() if self.pr.count else None
+
+    def units(self) -> dict[str, str]:
+        """What each metric of this set measures (``metrics.json``'s ``"units"``)."""
+        return report.metric_units(rtf=self.rtf)
 
     def summary(self) -> dict:
         """``{"set", "images", "label_space", **metrics}``: one row of a comparison table."""
@@ -200,9 +214,13 @@ class Evaluator:
             _check_report_free(out_dir)
         summary = self.summary()
         metrics = {k: summary[k] for k in report.METRIC_COLUMNS if k in summary}
+        units = {k: v for k, v in self.units().items() if k in metrics}
+        table = report.markdown_table([summary]) + report.units_note(units)
         files = {
-            "metrics.json": report.write_json(out_dir / "metrics.json", {**summary, "metrics": metrics}),
-            "table.md": report.write_markdown(out_dir / "table.md", report.markdown_table([summary])),
+            "metrics.json": report.write_json(
+                out_dir / "metrics.json", {**summary, "metrics": metrics, "units": units}
+            ),
+            "table.md": report.write_markdown(out_dir / "table.md", table),
             "per_image.csv": report.write_per_image_csv(out_dir / "per_image.csv", self.records),
         }
         curve = self.pr_curve()
@@ -217,6 +235,12 @@ class Evaluator:
             files.get("pr_curve.png"),
         )
         return {**summary, "files": {k: str(v) for k, v in files.items()}}
+
+
+def _add_px(out: dict[str, float], scale_px: float) -> None:
+    """``mse_px``, ``mae_px`` from ``mse``, ``mae`` of maps that are sigma / ``scale_px``."""
+    out["mse_px"] = out["mse"] * scale_px * scale_px
+    out["mae_px"] = out["mae"] * scale_px
 
 
 def _plane(x) -> torch.Tensor | None:

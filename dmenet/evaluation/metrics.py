@@ -12,22 +12,22 @@ pixels where the name says so; converting another model's output (e.g. the publi
   ``t`` in ``[0, 1]`` is exactly the family ``tau_t = min + t (max - min)``; ``t = 0.3`` is the
   reference accuracy threshold. Pixels of all images are pooled (torchmetrics' binned curve,
   with its automatic sigmoid switched off) and AP is the step-wise area under that curve.
-* RTF: GT disc radius -> Gaussian sigma by nearest lookup in the packaged table
-  (:func:`rtf_disc_to_gauss`), prediction sigma clipped to ``[0, 3.275]``, both divided by
-  3.275, both cropped to the common top-left size, MSE and MAE per image (:func:`rtf_errors`).
+* RTF: GT disc radius -> Gaussian sigma by nearest lookup in the packaged table, read with
+  the RTF files (:func:`dmenet.data.real.rtf_disc_to_gauss`, re-exported here); prediction
+  sigma clipped to ``[0, 3.275]``, both divided by 3.275, both cropped to the common top-left
+  size, MSE and MAE per image (:func:`rtf_errors`).
 * SYNDOF test: MSE / MAE of ``y`` against the normalised label (:func:`dense_errors`).
 """
 
 from __future__ import annotations
 
-import csv
-from functools import lru_cache
-from importlib import resources
-
 import numpy as np
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAveragePrecision, BinaryPrecisionRecallCurve
+
+# the RTF ground-truth table is a fact of reading RTF files; the protocol's clip derives from it
+from dmenet.data.real import rtf_disc_to_gauss, rtf_table
 
 __all__ = [
     "CUHK_TAU_WEIGHT_MAX",
@@ -51,8 +51,6 @@ CUHK_TAU_WEIGHT_MAX: float = 0.3
 
 F_MEASURE_BETA2: float = 0.3
 """beta^2 of the F-measure, the blur-detection literature's choice (precision weighted higher)."""
-
-RTF_TABLE_RESOURCE = "rtf_disc_to_gauss.csv"
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -83,42 +81,9 @@ def dense_errors(y_pred: torch.Tensor, y_true: torch.Tensor) -> tuple[float, flo
 # -------------------------------------------------------------------------------------------- RTF
 
 
-@lru_cache(maxsize=1)
-def rtf_table() -> tuple[np.ndarray, np.ndarray]:
-    """The RTF conversion table shipped with the package: ``(disc_radius_px, gaussian_sigma_px)``.
-
-    23 pairs, 0.5 -> 0.3 ... 6.0 -> 3.275 (a copy of the reference's table, read from
-    ``dmenet/evaluation/assets/rtf_disc_to_gauss.csv``; columns ``gaussian_sigma,disc_blur``).
-    """
-    text = resources.files("dmenet.evaluation").joinpath("assets", RTF_TABLE_RESOURCE).read_text()
-    rows = list(csv.DictReader(text.splitlines()))
-    disc = np.array([float(r["disc_blur"]) for r in rows], dtype=np.float64)
-    sigma = np.array([float(r["gaussian_sigma"]) for r in rows], dtype=np.float64)
-    order = np.argsort(disc)
-    return disc[order], sigma[order]
-
-
 def rtf_sigma_max_px() -> float:
     """Largest Gaussian sigma of the RTF table (3.275 px): the RTF clip and normaliser."""
     return float(rtf_table()[1].max())
-
-
-def rtf_disc_to_gauss(disc_radius_px):
-    """RTF ground truth: disc blur radius (px) -> Gaussian sigma (px) by nearest tabulated radius.
-
-    Works on numpy arrays and tensors of any shape (returns the same kind). A radius exactly
-    half-way between two tabulated radii takes the smaller one; radii below 0.5 (in focus)
-    map to the table's smallest sigma, 0.3 px, as the nearest-lookup rule says.
-    """
-    disc, sigma = rtf_table()
-    if isinstance(disc_radius_px, torch.Tensor):
-        table_disc = torch.as_tensor(disc, dtype=disc_radius_px.dtype, device=disc_radius_px.device)
-        table_sigma = torch.as_tensor(sigma, dtype=disc_radius_px.dtype, device=disc_radius_px.device)
-        nearest = (disc_radius_px.unsqueeze(-1) - table_disc).abs().argmin(dim=-1)
-        return table_sigma[nearest]
-    radius = np.asarray(disc_radius_px, dtype=np.float64)
-    nearest = np.abs(radius[..., None] - disc).argmin(axis=-1)
-    return sigma[nearest]
 
 
 def rtf_errors(sigma_pred_px: torch.Tensor, sigma_gt_px: torch.Tensor) -> tuple[float, float]:

@@ -20,7 +20,9 @@ __all__ = [
     "format_value",
     "log_report",
     "markdown_table",
+    "metric_units",
     "plot_pr_curves",
+    "units_note",
     "write_json",
     "write_markdown",
     "write_per_image_csv",
@@ -30,11 +32,39 @@ __all__ = [
 METRIC_COLUMNS: dict[str, str] = {
     "mse": "MSE",
     "mae": "MAE",
+    "mse_px": "MSE (px²)",
+    "mae_px": "MAE (px)",
     "accuracy": "accuracy",
     "ap": "AP",
     "f_measure": "F-measure",
 }
 """Metric keys in table order, with their column titles."""
+
+
+def metric_units(rtf: bool = False) -> dict[str, str]:
+    """What each metric measures; ``rtf``: the RTF protocol's sets."""
+    if rtf:
+        scale = "y = min(sigma_px, 3.275) / 3.275 (the RTF protocol's units)"
+    else:
+        scale = "y = sigma_px / 7 (the network's output; 7 px = the largest label)"
+    return {
+        "mse": f"mean squared error of {scale}",
+        "mae": f"mean absolute error of {scale}",
+        "mse_px": "mean squared error of sigma, px^2",
+        "mae_px": "mean absolute error of sigma, px",
+        "accuracy": "fraction of pixels classified right (blurred vs sharp), 0..1",
+        "ap": "average precision of the blurred-pixel precision-recall curve, 0..1",
+        "f_measure": "F-measure (beta^2 = 0.3) of the blurred-pixel map, 0..1",
+    }
+
+
+def units_note(units: Mapping[str, str]) -> str:
+    """The lines under a table that say what its columns measure."""
+    if not units:
+        return ""
+    lines = ["", "Units:"]
+    lines += [f"- {METRIC_COLUMNS.get(k, k)}: {text}" for k, text in units.items()]
+    return "\n".join(lines) + "\n"
 
 
 def format_value(value, digits: int = 4) -> str:

@@ -18,8 +18,10 @@ Assumptions, all from the thin-lens model of :mod:`dmenet.data.thin_lens`:
 
 So the depth ORDER and the relative inverse depth are what the map supports; absolute depth
 needs alpha and ``--focus-mm``. Outputs next to ``--out FILE`` (a colour picture, near = bright):
-``STEM_depth_rel.npy`` (float32 ``x / S1``; ``inf`` at infinity), ``STEM_depth_mm.npy`` when
-``--focus-mm`` is given, and ``STEM_depth.json`` with the assumptions used.
+``NAME_depth_rel.npy`` (float32 ``x / S1``; ``inf`` at infinity), ``NAME_depth_mm.npy`` when
+``--focus-mm`` is given, and ``NAME_depth.json`` with the assumptions used (``--out
+photo_depth.png`` and ``--out photo.png`` both give ``photo_depth_rel.npy``; see
+:func:`sidecar_paths`).
 """
 
 from __future__ import annotations
@@ -95,19 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sidecar_paths(out: Path) -> dict[str, Path]:
-    stem = out.with_suffix("")
+    """The files beside the picture ``out``: ``NAME_depth_rel.npy``, ``NAME_depth_mm.npy`` and
+    ``NAME_depth.json``, where ``NAME_depth`` is the picture's stem when it already ends in
+    ``depth`` (``--out photo_depth.png``) and ``NAME`` is the stem otherwise (``--out photo.png``)."""
+    stem = str(out.with_suffix(""))
+    base = stem if stem.endswith("depth") else f"{stem}_depth"
     return {
         "picture": out,
-        "depth_rel": Path(f"{stem}_depth_rel.npy"),
-        "depth_mm": Path(f"{stem}_depth_mm.npy"),
-        "json": Path(f"{stem}_depth.json"),
+        "depth_rel": Path(f"{base}_rel.npy"),
+        "depth_mm": Path(f"{base}_mm.npy"),
+        "json": Path(f"{base}.json"),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dmenet.data.io import check_output_file, read_image_tensor, write_image
+    from dmenet.data.io import read_image_tensor, write_image
     from dmenet.inference.infer import make_estimator
+    from dmenet.inference.writer import prepare_output, refuse_existing
     from dmenet.visualize import colorize
 
     out = Path(args.out)
@@ -115,14 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DMENetError(f"{out}: give the picture's file name with an extension (e.g. .png)")
     paths = sidecar_paths(out)
     wanted = [k for k in paths if k != "depth_mm" or args.focus_mm is not None]
-    for key in wanted:
-        check_output_file(paths[key], args.overwrite)
+    refuse_existing([paths[key] for key in wanted], args.overwrite)  # creates nothing yet
     image = read_image_tensor(args.image)
     estimator = make_estimator(args, progress_tiles=True)
     sigma = estimator(image)
     inv = inverse_depth_rel(sigma, args.focus, args.alpha_px)
     rel = depth_rel(sigma, args.focus, args.alpha_px)
     lo, hi = float(inv.min()), float(inv.max())
+    for key in wanted:
+        prepare_output(paths[key], args.overwrite)
     write_image(out, colorize(inv, lo, hi if hi > lo else lo + 1.0, cmap="magma"))
     np.save(paths["depth_rel"], rel, allow_pickle=False)
     record = dict(estimator.describe)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dmenet.errors import DMENetError
-from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
+from dmenet.inference.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
 __all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator",
            "gather_inputs", "report_failures"]
@@ -54,15 +54,29 @@ def add_model_arguments(parser: argparse.ArgumentParser, estimator_choice: bool 
                             "Zhuo & Sim estimator (no checkpoint, CPU, slow on big photos)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--half", action="store_true", help="float16 on a GPU (faster, ~1e-3 less exact)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE_PX,
-                        help=f"tile side in px for big photos; 0 = never tile (default {DEFAULT_TILE_PX}); "
-                        "memory grows with its square")
+    parser.add_argument("--tile", type=_tile_arg, default="auto",
+                        help="tile side in px for big photos; auto (default): the biggest tile that "
+                        "fits --memory-gb; 0 = never tile; peak memory grows with its square")
+    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB,
+                        help=f"peak memory budget for --tile auto (default {DEFAULT_MEMORY_GB:g})")
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP_PX,
                         help=f"tile overlap in px (default {DEFAULT_OVERLAP_PX}; smaller is faster, "
                         "less exact)")
+    parser.add_argument("--reference-path", action="store_true",
+                        help="run B's reference forward instead of the fast inference path "
+                        "(dmenet.inference.fast; same output within 1e-4, slower)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow loading a checkpoint that holds Python objects (runs code from "
                         "the file; only for files you trust)")
+
+
+def _tile_arg(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a tile size: {value!r} (px, 0 or auto)") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +106,10 @@ class SigmaEstimator:
     def __call__(self, image: torch.Tensor) -> np.ndarray:
         return self.fn(image)
 
+    def tensor(self, image: torch.Tensor) -> torch.Tensor:
+        """``(3, H, W)`` -> sigma in px ``(H, W)`` as a float32 torch tensor (on the CPU)."""
+        return torch.from_numpy(np.asarray(self(image), dtype=np.float32))
+
 
 def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> SigmaEstimator:
     """Build the estimator the options ask for (B from ``--ckpt`` or Zhuo & Sim)."""
@@ -107,14 +125,21 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
     if not args.ckpt:
         raise DMENetError("--ckpt is required (or use --estimator zhuo_sim)")
     from dmenet.inference.checkpoint import load_predictor
-    from dmenet.inference.tiling import predict_image
+    from dmenet.inference.tiling import auto_tile_px, predict_image
 
     device = resolve_device(args.device)
     if args.half and device.type != "cuda":
         raise DMENetError("--half needs a GPU (--device cuda); on the CPU float32 is used")
-    if args.tile < 0 or args.overlap < 0 or (args.tile > 0 and args.overlap >= args.tile):
-        raise DMENetError(f"--tile {args.tile} / --overlap {args.overlap}: need 0 <= overlap < tile")
+    tile = getattr(args, "tile", "auto")
+    if tile != "auto" and (tile < 0 or args.overlap < 0 or (tile > 0 and args.overlap >= tile)):
+        raise DMENetError(f"--tile {tile} / --overlap {args.overlap}: need 0 <= overlap < tile")
     predictor = load_predictor(args.ckpt, device=device, trust=args.trust_checkpoint)
+    if not getattr(args, "reference_path", False):
+        from dmenet.inference.fast import fast_predictor
+
+        predictor = fast_predictor(predictor)
+    path = "fast" if getattr(predictor, "fast_path", False) else "reference"
+    memory_gb = getattr(args, "memory_gb", DEFAULT_MEMORY_GB)
     dtype = torch.float16 if args.half else torch.float32
     predictor = predictor.to(dtype)
 
@@ -123,7 +148,9 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
 
     def b(image: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            y = predict_image(run, image, tile=args.tile, overlap=args.overlap, device=device,
+            side = (auto_tile_px(image.shape[-2], image.shape[-1], memory_gb, path, args.overlap)
+                    if tile == "auto" else tile)
+            y = predict_image(run, image, tile=side, overlap=args.overlap, device=device,
                               progress=progress_tiles)
             sigma = predictor.sigma_px(y.float())
         return sigma[0, 0].cpu().numpy().astype(np.float32)
@@ -135,7 +162,8 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
         "label_space": predictor.label_space,
         "device": str(device),
         "dtype": "float16" if args.half else "float32",
-        "tile_px": args.tile,
+        "inference_path": path,  # "fast" (dmenet.inference.fast) or "reference"
+        "tile_px": tile,
         "overlap_px": args.overlap,
     }
     if ckpt is not None and ckpt.record.get("source"):
@@ -158,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DMENetError(f"{out_dir}: exists and is not a folder")
     check_outputs_free(out_dir, [name for _, name in items], args.overwrite)
     estimator = make_estimator(args, progress_tiles=len(items) == 1) if items else None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # nothing is created before a photo's maps are written: if every input fails, no folder
 
     written = 0
     bar = tqdm(items, desc="dmenet infer", unit="photo", disable=None)
@@ -178,8 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory on one photo
             failures.append((str(path), f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
     bar.close()
-    return report_failures("dmenet infer", f"wrote defocus maps of {written} photo(s) to {out_dir}",
-                           failures)
+    summary = (f"wrote defocus maps of {written} photo(s) to {out_dir}" if written
+               else f"no photo could be processed; {out_dir} was not created")
+    return report_failures("dmenet infer", summary, failures)
 
 
 def gather_inputs(paths: Sequence[str], recursive: bool) -> tuple[list[tuple[Path, str]],

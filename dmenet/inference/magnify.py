@@ -104,20 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dmenet.data.io import check_output_file, read_image_tensor, write_image
+    from dmenet.data.io import read_image_tensor, write_image
     from dmenet.inference.infer import make_estimator
+    from dmenet.inference.writer import prepare_output, refuse_existing
 
     out = Path(args.out)
     if not out.suffix:
         raise DMENetError(f"{out}: give the output file name with an extension (e.g. .png)")
     sidecar = Path(f"{out.with_suffix('')}_magnify.json")
     reblur_sigma_px(np.zeros(1), args.factor, args.total)  # validate before the slow part
-    check_output_file(out, args.overwrite)
-    check_output_file(sidecar, args.overwrite)
+    refuse_existing([out, sidecar], args.overwrite)  # creates nothing yet
     image = read_image_tensor(args.image)
     estimator = make_estimator(args, progress_tiles=True)
     sigma = estimator(image)
     result = magnify(image, sigma, args.factor, args.focus, args.total, args.aperture, args.gamma)
+    for path in (out, sidecar):
+        prepare_output(path, args.overwrite)
     write_image(out, result.permute(1, 2, 0).numpy())
     record = dict(estimator.describe)
     record.update({

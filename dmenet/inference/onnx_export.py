@@ -4,7 +4,8 @@
 
 The ONNX model has one input ``image`` ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` (any ``H``,
 ``W``) and two outputs: ``y`` ``(N, 1, H, W)`` (the network's normalised output) and
-``sigma_px`` ``(N, 1, H, W)``, the defocus sigma in pixels, already converted from the
+``sigma_px`` ``(N, 1, H, W)``, the defocus sigma in pixels (the axes are named ``batch``,
+``height``, ``width`` in the file), already converted from the
 checkpoint's label space. It is B as ``dmenet infer`` runs it (auxiliary heads dropped,
 BatchNorm folded) without tiling: tile big photos yourself (see ``dmenet.inference.tiling``).
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from dmenet.errors import DMENetError
 
-__all__ = ["ExportWrapper", "export_onnx", "main"]
+__all__ = ["DYNAMIC_AXIS_NAMES", "ExportWrapper", "export_onnx", "main", "name_dynamic_axes"]
 
 
 class ExportWrapper(nn.Module):
@@ -71,7 +72,33 @@ def export_onnx(predictor: nn.Module, out: str | Path, example_hw: tuple[int, in
     if onnx_program is None:
         raise DMENetError("the ONNX exporter returned nothing")
     onnx_program.save(str(out), external_data=False)
+    name_dynamic_axes(out)
     return out
+
+
+DYNAMIC_AXIS_NAMES: dict[int, str] = {0: "batch", 2: "height", 3: "width"}
+"""Names of the input's dynamic axes in the ONNX file (the exporter calls them ``s0``, ``s1`` ...)."""
+
+
+def name_dynamic_axes(path: str | Path) -> None:
+    """Rename the exporter's symbolic sizes to :data:`DYNAMIC_AXIS_NAMES` in every input, output
+    and intermediate shape of the ONNX file at ``path`` (in place).
+
+    ``torch.export`` cannot take the names itself: a named ``Dim`` makes it check that any
+    height works, and B's padding to a multiple of 16 makes it suggest ``height = 16 * k``.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    image = model.graph.input[0].type.tensor_type.shape.dim
+    renames = {image[i].dim_param: name for i, name in DYNAMIC_AXIS_NAMES.items()
+               if i < len(image) and image[i].dim_param}
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        if value.type.HasField("tensor_type"):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param in renames:
+                    dim.dim_param = renames[dim.dim_param]
+    onnx.save(model, str(path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,14 +12,17 @@ stitched result equal to running B on the whole photo (within 1e-3, tested):
 * A tile's output is trusted only away from its cut edges (where B sees padding instead of the
   neighbouring pixels): the blending weight is 0 within ``margin`` pixels of a cut edge and
   rises smoothly (raised cosine) over the next ``blend`` pixels, with
-  ``blend = min(64, overlap // 4)`` and ``margin = (overlap - blend) // 2``. Edges that are the
-  photo's own edges get full weight, as in untiled inference; the blended sum is divided by the
-  summed weights.
+  ``blend = min(32, overlap // 4)`` and ``margin = (overlap - blend) // 2``. Edges that are the
+  photo's own edges get full weight, as in untiled inference; the weights are normalised by
+  their sum (a product of 1-D sums, since the tiles form a grid).
 
-B's receptive field is large: measured on a randomly initialised B with calibrated BatchNorm,
-the output changes by 0.02 at 128 px from a cut edge, 1e-4 at 160 px and 0 beyond 192 px. The
-default overlap of 384 px (margin 160 px) therefore keeps tiled within 1e-3 of untiled; raise it
-for more safety, lower it for speed (each tile of 1024 px then advances by 640 px).
+B's receptive field is large: measured on a randomly initialised B with calibrated BatchNorm
+(``python bench/bench_inference.py --reach``, both padding modes), the output changes by 1e-2
+at 128 px from a cut edge, 2e-3 at 144 px, below 1e-4 from 160 px and not at all beyond 192 px.
+The default overlap of 352 px (margin 160 px, blend 32 px) therefore keeps tiled within 1e-3 of
+untiled (the blend is narrow: both tiles agree there within 1e-4, so a wider one buys nothing);
+raise it for more safety, lower it for speed. ``--tile auto`` (:func:`auto_tile_px`) picks the
+biggest tile a memory budget allows, so fewer pixels are recomputed.
 
 In eval mode BatchNorm is a per-channel affine map, so it does not couple tiles.
 """
@@ -32,25 +35,58 @@ from collections.abc import Callable
 import torch
 
 __all__ = [
-    "tile_starts", "blend_ramp", "blend_geometry", "needs_tiling", "predict_tiled", "predict_image",
+    "tile_starts", "tile_spans", "auto_tile_px", "blend_ramp", "blend_geometry", "needs_tiling", "predict_tiled", "predict_image",
 ]
 
 DEFAULT_TILE_PX = 1024
-DEFAULT_OVERLAP_PX = 384
+DEFAULT_OVERLAP_PX = 352
 DEFAULT_ALIGN_PX = 16
+DEFAULT_MEMORY_GB = 4.0
+"""Peak-memory budget (GiB) from which ``--tile auto`` chooses the tile."""
+# measured on the CPU (bench/bench_inference.py, peak RSS): the process with torch and B
+# loaded, what each photo pixel costs (photo, blended output, weights, sigma map, writer), and
+# what each pixel of one tile costs while B runs on it (fast path / reference path)
+# (PHOTO: the float32 photo and the blended output while the tiles run; the sigma map and the
+# writer's copies come after the tiles' activations are gone)
+BASE_GB = 1.25
+PHOTO_BYTES_PER_PX = 16
+TILE_BYTES_PER_PX = {"fast": 1200, "reference": 1500}
+MIN_AUTO_TILE_PX = 512
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int = DEFAULT_ALIGN_PX) -> list[int]:
-    """Start offsets (pixels) of tiles of size ``tile`` covering ``[0, length)``.
+    """Start offsets (pixels) of the tiles of :func:`tile_spans`."""
+    return [start for start, _ in tile_spans(length, tile, overlap, align)]
 
-    Every start but the last is a multiple of ``align``; the last tile ends at ``length`` and its
-    start is rounded *down* to a multiple of ``align`` (so it may be up to ``align - 1`` pixels
-    longer than ``tile``). Neighbouring tiles overlap by at least ``overlap`` pixels.
+
+def tile_spans(length: int, tile: int, overlap: int, align: int = DEFAULT_ALIGN_PX) -> list[tuple[int, int]]:
+    """``(start, end)`` pixels of the fewest tiles of at most ``tile`` pixels covering ``[0, length)``.
+
+    Every start is a multiple of ``align``; the last tile ends at ``length`` (so it may be up
+    to ``align - 1`` pixels longer than the others). Neighbouring tiles overlap by at least
+    ``overlap`` pixels. The tiles are balanced: for ``n`` tiles each is about
+    ``(length + (n - 1) * overlap) / n`` long, so no pixels are recomputed beyond the overlaps
+    (a photo 10% longer than a tile gets two tiles of about 55%, not one full tile and a thin
+    one).
     """
     if tile <= 0 or length <= tile:
-        return [0]
+        return [(0, length)]
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap} px) must be smaller than the tile ({tile} px)")
+    for n in range(2, length // align + 2):
+        # every tile but the last: a multiple of align; starts are rounded down to it
+        side = _side_for(length, n, overlap, align)
+        if side > tile:
+            continue
+        starts = [((i * (length - side)) // (n - 1)) // align * align for i in range(n)]
+        if all(b > a for a, b in zip(starts, starts[1:])):
+            return [(a, a + side) for a in starts[:-1]] + [(starts[-1], length)]
+    starts = _tile_starts_greedy(length, tile, overlap, align)
+    return [(a, a + tile) for a in starts[:-1]] + [(starts[-1], length)]
+
+
+def _tile_starts_greedy(length: int, tile: int, overlap: int, align: int) -> list[int]:
+    """Tiles of exactly ``tile`` advancing by ``tile - overlap`` (the last one ends on the edge)."""
     step = max(align, ((tile - overlap) // align) * align)
     starts = [0]
     while starts[-1] + tile < length:
@@ -85,30 +121,77 @@ def blend_ramp(size: int, ramp_start: bool, ramp_end: bool, overlap: int) -> tor
 
 def blend_geometry(overlap: int) -> tuple[int, int]:
     """``(blend, margin)`` in pixels for a tile overlap: the ramp width and the discarded border."""
-    blend = max(1, min(64, overlap // 4))
+    blend = max(1, min(32, overlap // 4))
     return blend, (overlap - blend) // 2
 
 
-def needs_tiling(height: int, width: int, tile: int, max_untiled_px: int | None = None) -> bool:
+def auto_tile_px(height: int, width: int, memory_gb: float = DEFAULT_MEMORY_GB,
+                 path: str = "fast", overlap: int = DEFAULT_OVERLAP_PX,
+                 align: int = DEFAULT_ALIGN_PX) -> int | tuple[int, int]:
+    """The tile for a photo within a peak-memory budget: ``0`` (no tiling) when the whole photo
+    fits, else ``(tile_h, tile_w)`` in px, the tile grid that recomputes the fewest pixels among
+    those whose tile fits beside the process and the photo (``BASE_GB``,
+    ``PHOTO_BYTES_PER_PX``, ``TILE_BYTES_PER_PX[path]``, measured). Tiles are not square:
+    a 4000 x 6000 photo with 4 GB gets 3 x 6 tiles of about 1580 x 1310 px."""
+    free = memory_gb * 2**30 - BASE_GB * 2**30 - PHOTO_BYTES_PER_PX * height * width
+    per_px = TILE_BYTES_PER_PX[path]
+    if free >= per_px * height * width:
+        return 0
+    budget_px = max(free / per_px, float(MIN_AUTO_TILE_PX**2))
+
+    def options(length: int) -> list[tuple[int, int]]:  # (longest tile, computed px) per count
+        out = []
+        for n in range(1, length // max(align, overlap // 2) + 2):
+            side = length if n == 1 else max(
+                e - s for s, e in tile_spans(length, _side_for(length, n, overlap, align), overlap, align))
+            out.append((side, n, sum(e - s for s, e in tile_spans(length, side, overlap, align))))
+            if side <= MIN_AUTO_TILE_PX:
+                break
+        return [(side, px) for side, _, px in out]
+
+    best = None
+    for th, py in options(height):
+        for tw, px in options(width):
+            if th * tw <= budget_px and (best is None or py * px < best[0]):
+                best = (py * px, th, tw)
+    if best is None:
+        side = max(MIN_AUTO_TILE_PX, int(math.sqrt(budget_px)) // align * align)
+        return (side, side)
+    return (best[1], best[2])
+
+
+def _side_for(length: int, n: int, overlap: int, align: int) -> int:
+    """The tile length :func:`tile_spans` needs to cover ``length`` with ``n`` balanced tiles."""
+    slack = overlap + align - 1
+    side = -(-(length + (n - 1) * slack) // n)
+    return -(-side // align) * align
+
+
+def _pair(tile: int | tuple[int, int]) -> tuple[int, int]:
+    return (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+
+
+def needs_tiling(height: int, width: int, tile: int | tuple[int, int],
+                 max_untiled_px: int | None = None) -> bool:
     """Whether a photo is tiled: it has more than ``max_untiled_px`` pixels (default
-    ``tile * tile``: memory grows with the pixel count, so a photo no bigger than one tile runs
-    whole, whatever its shape). ``tile <= 0`` never tiles."""
-    if tile <= 0:
+    ``tile_h * tile_w``: memory grows with the pixel count, so a photo no bigger than one tile
+    runs whole, whatever its shape). ``tile <= 0`` never tiles."""
+    th, tw = _pair(tile)
+    if th <= 0 or tw <= 0:
         return False
-    limit = tile * tile if max_untiled_px is None else max_untiled_px
+    limit = th * tw if max_untiled_px is None else max_untiled_px
     return height * width > limit
 
 
 def _tile_slices(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
-    starts = tile_starts(length, tile, overlap, align)
-    return [(s, length if i == len(starts) - 1 else s + tile) for i, s in enumerate(starts)]
+    return tile_spans(length, tile, overlap, align)
 
 
 @torch.no_grad()
 def predict_tiled(
     predict: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
-    tile: int = DEFAULT_TILE_PX,
+    tile: int | tuple[int, int] = DEFAULT_TILE_PX,
     overlap: int = DEFAULT_OVERLAP_PX,
     align: int = DEFAULT_ALIGN_PX,
     device: torch.device | str | None = None,
@@ -121,7 +204,8 @@ def predict_tiled(
         predict: maps ``(1, 3, h, w)`` -> ``(1, C, h, w)`` (e.g. B's ``y``) on ``device``.
         image: ``(1, 3, H, W)`` photo in ``[0, 1]``; may stay on the CPU while tiles go to
             ``device`` one at a time, so only one tile's activations are alive at once.
-        tile, overlap: tile side and minimum overlap in pixels (``tile <= 0``: no tiling).
+        tile, overlap: tile side (or ``(height, width)``) and minimum overlap in pixels
+            (``tile <= 0``: no tiling).
         align: tile starts are multiples of this (B's total stride).
         max_untiled_px: photos with at most this many pixels run whole (default ``tile**2``).
 
@@ -136,26 +220,35 @@ def predict_tiled(
         return predict(image.to(device)).float().to(image.device)
     if overlap < 4:
         raise ValueError("overlap must be at least 4 px for tiled inference")
-    rows = _tile_slices(height, tile, overlap, align)
-    cols = _tile_slices(width, tile, overlap, align)
+    tile_h, tile_w = _pair(tile)
+    rows = _tile_slices(height, tile_h, overlap, align)
+    cols = _tile_slices(width, tile_w, overlap, align)
+    ramps_y = [blend_ramp(y1 - y0, i > 0, i < len(rows) - 1, overlap) for i, (y0, y1) in enumerate(rows)]
+    ramps_x = [blend_ramp(x1 - x0, j > 0, j < len(cols) - 1, overlap) for j, (x0, x1) in enumerate(cols)]
+    # the tiles form a grid and each weight is a product of 1-D ramps, so the summed weight is
+    # the product of the 1-D sums: no full-size weight map (4 bytes per photo pixel saved)
+    sum_y = torch.zeros(height, dtype=torch.float64)
+    sum_x = torch.zeros(width, dtype=torch.float64)
+    for (y0, y1), wy in zip(rows, ramps_y):
+        sum_y[y0:y1] += wy
+    for (x0, x1), wx in zip(cols, ramps_x):
+        sum_x[x0:x1] += wx
     out: torch.Tensor | None = None
-    weight = torch.zeros(1, 1, height, width, dtype=torch.float32, device=image.device)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows) * len(cols), desc="tiles", unit="tile", leave=False)
-    for i, (y0, y1) in enumerate(rows):
-        wy = blend_ramp(y1 - y0, i > 0, i < len(rows) - 1, overlap)
-        for j, (x0, x1) in enumerate(cols):
-            wx = blend_ramp(x1 - x0, j > 0, j < len(cols) - 1, overlap)
-            w2 = (wy[:, None] * wx[None, :]).to(torch.float32).to(image.device)
+    for (y0, y1), wy in zip(rows, ramps_y):
+        for (x0, x1), wx in zip(cols, ramps_x):
+            # weights normalised here, so the blended sum needs no division afterwards
+            w2 = ((wy / sum_y[y0:y1])[:, None] * (wx / sum_x[x0:x1])[None, :]).to(
+                torch.float32).to(image.device)
             pred = predict(image[:, :, y0:y1, x0:x1].to(device)).float().to(image.device)
             if out is None:
                 out = torch.zeros(1, pred.shape[1], height, width, dtype=torch.float32,
                                   device=image.device)
-            out[:, :, y0:y1, x0:x1] += pred * w2
-            weight[:, :, y0:y1, x0:x1] += w2
+            out[:, :, y0:y1, x0:x1].addcmul_(pred, w2)
             del pred
             if bar is not None:
                 bar.update(1)
@@ -163,13 +256,13 @@ def predict_tiled(
         bar.close()
     assert out is not None
     # every pixel has weight > 0: each lies in some tile's fully-trusted core
-    return out / weight.clamp_min(1e-12)
+    return out
 
 
 def predict_image(
     predict: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
-    tile: int = DEFAULT_TILE_PX,
+    tile: int | tuple[int, int] = DEFAULT_TILE_PX,
     overlap: int = DEFAULT_OVERLAP_PX,
     align: int = DEFAULT_ALIGN_PX,
     device: torch.device | str | None = None,

@@ -33,6 +33,8 @@ __all__ = [
     "OUTPUT_SUFFIXES",
     "output_paths",
     "check_outputs_free",
+    "refuse_existing",
+    "prepare_output",
     "colorize",
     "write_defocus_outputs",
     "DefocusMapWriter",
@@ -58,22 +60,36 @@ def output_paths(out_dir: str | Path, name: str,
             for kind, suffix in (OUTPUT_SUFFIXES if suffixes is None else suffixes).items()}
 
 
-def check_outputs_free(out_dir: str | Path, names: Sequence[str], overwrite: bool,
-                       suffixes: dict[str, str] | None = None) -> None:
-    """Refuse, before any work is done, when outputs of these photos already exist
-    (the files of :func:`output_paths` with these ``suffixes``).
+def refuse_existing(paths: Sequence[str | Path], overwrite: bool) -> None:
+    """Refuse, before any work is done, when any of these output files exists; creates nothing.
+
+    The tools (infer, magnify, depth, deblur) check their outputs with this first and make the
+    folders only when they write (:func:`prepare_output`), so a run whose inputs all fail leaves
+    nothing behind.
 
     Raises:
         OutputExistsError: naming the first existing files, unless ``overwrite``.
     """
     if overwrite:
         return
-    existing = [p for name in names for p in output_paths(out_dir, name, suffixes).values()
-                if p.exists()]
+    existing = [Path(p) for p in paths if Path(p).exists()]
     if existing:
         shown = ", ".join(str(p) for p in existing[:3])
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise OutputExistsError(f"outputs exist: {shown}{more}; pass --overwrite to replace them")
+
+
+def prepare_output(path: str | Path, overwrite: bool) -> Path:
+    """Just before writing ``path``: refuse it if it exists (unless ``overwrite``), make its folder."""
+    return check_output_file(path, overwrite)
+
+
+def check_outputs_free(out_dir: str | Path, names: Sequence[str], overwrite: bool,
+                       suffixes: dict[str, str] | None = None) -> None:
+    """:func:`refuse_existing` for the outputs of these photos in ``out_dir`` (the files of
+    :func:`output_paths` with these ``suffixes``); creates nothing."""
+    refuse_existing([p for name in names for p in output_paths(out_dir, name, suffixes).values()],
+                    overwrite)
 
 
 def write_defocus_outputs(

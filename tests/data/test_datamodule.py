@@ -106,7 +106,11 @@ class TestEmbeddedDefault:
         iter(loader)
         assert len(loader) == 2  # 4 crops per epoch / batch 2
         batch, _, _ = next(iter(loader))
-        assert set(batch["synthetic"]) == {"image", "depth_mm"}  # raw until transfer
+        from dmenet.data.datamodule import CAMERA_KEYS
+
+        raw = batch["synthetic"]  # raw until transfer: windows with their whole-image cameras
+        assert set(raw) == {"image", "depth_mm", "margin_px", "fill_from_coc_px", *CAMERA_KEYS}
+        assert raw["image"].shape[-1] == 32 + 2 * int(raw["margin_px"][0])
         batch = embedded_dm.on_after_batch_transfer(batch, 0)
         _check_training_batch(batch, {"synthetic": 2, "real": 2, "blur": 2}, 32)
         # the rendered images are blurred versions, not the raw crops
@@ -131,7 +135,7 @@ class TestEmbeddedDefault:
             assert item["set"] == [name]
         val = embedded_dm.eval_dataset("embedded", "val")[0]
         test = embedded_dm.eval_dataset("embedded", "test")[0]
-        train_scene = embedded_dm.build_training_streams()["synthetic"].dataset[0]["image"]
+        train_scene = embedded_dm.build_training_streams()["synthetic"].dataset.dataset[0]["image"]
         assert not torch.equal(val["image"], test["image"])
         assert val["image"].shape != train_scene.shape or not torch.equal(val["image"], train_scene)
         # deterministic across DataModules (seeded rendering)
@@ -165,7 +169,10 @@ class TestRealRoots:
         dm.setup("fit")
         streams = dm._train_streams
         assert set(streams) == {"synthetic", "synthetic_files", "real", "blur"}
-        assert len(streams["blur"].dataset) == 2 and len(streams["real"].dataset) == 3
+        assert len(streams["blur"].dataset.dataset) == 2 and len(streams["real"].dataset.dataset) == 3
+        # the files fill the smaller half of the synthetic batch, appended to the rendered rows
+        assert (streams["synthetic"].batch_size, streams["synthetic_files"].batch_size) == (1, 1)
+        assert streams["synthetic_files"].append_to == "synthetic"
         batch, _, _ = next(iter(dm.train_dataloader()))
         batch = dm.on_after_batch_transfer(batch, 0)
         # synthetic batch split between on-the-fly synthesis (1) and the files (1)
@@ -249,3 +256,73 @@ def test_shared_rgbd_samples_as_synthetic_source(rgbd_samples, kind, folder):
     assert batch["synthetic"]["image"].shape == (2, 3, 32, 32)
     assert torch.isfinite(batch["synthetic"]["label"]).all()
     assert batch["synthetic"]["label"].max() > 0  # a real scene has depth, hence defocus
+
+
+@pytest.mark.parametrize("render_mode", ["paper", "reference"])
+def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode):
+    """A training crop is rendered with the whole image's camera and fill start and a margin of
+    the blur reach: it equals the same crop of the whole-image render within 1/255."""
+    from dmenet.data.datamodule import CAMERA_KEYS, DMENetDataModule, WholeImageCameraCrops
+    from dmenet.data.rgbd import EmbeddedRGBD
+    from dmenet.data.syndof import SyndofRenderer, pad_like_border
+    from dmenet.data.thin_lens import Camera, clean_depth_mm
+
+    kwargs = {"mode": "reference" if render_mode == "reference" else "paper",
+              "render_mode": render_mode, "sigma_rule": render_mode}
+    source = EmbeddedRGBD(num_scenes=1, size=(72, 96), seed=4, include_motorcycle=False)
+    renderer = SyndofRenderer(**kwargs)
+    crops = WholeImageCameraCrops(source, 32, renderer, short_side_range=None,
+                                  vertical_flip=False, rot90=False)
+    dm = DMENetDataModule(renderer=renderer)
+    whole = source[0]
+    depth = clean_depth_mm(whole["depth_mm"][None])
+    m = crops.margin
+    assert m == (14 if render_mode == "reference" else 21)
+    padded = pad_like_border(whole["image"][None], m, render_mode)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        item = crops[0]
+        batch = {k: v[None] for k, v in item.items()}
+        rendered = dm.render_synthetic(batch)["image"]
+        assert rendered.shape == (1, 3, 32, 32)
+        # where the window lies in the extended image
+        s = 32 + 2 * m
+        hits = [(y, x) for y in range(padded.shape[-2] - s + 1)
+                for x in range(padded.shape[-1] - s + 1)
+                if torch.equal(padded[0, :, y:y + s, x:x + s], item["image"])]
+        assert len(hits) == 1
+        y, x = hits[0]
+        camera = Camera(*(item[k][None] for k in CAMERA_KEYS))
+        ref = SyndofRenderer(**kwargs)(whole["image"][None], depth, camera=camera).image
+        assert float((rendered - ref[..., y:y + 32, x:x + 32]).abs().max()) <= 1.0 / 255
+
+
+def _parse_data_options(args):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(DMENetDataModule, "data")
+    return parser, parser.parse_args(args)
+
+
+def test_renderer_and_proxy_are_typed_parts_with_checked_fields():
+    from dmenet.data.proxy import ProxyLook
+    from dmenet.data.syndof import SyndofRenderer
+
+    parser, config = _parse_data_options(
+        ["--data.renderer.mode", "reference", "--data.proxy", "{jpeg_quality: null, noise: false}"])
+    assert config.data.renderer.class_path == "dmenet.data.syndof.SyndofRenderer"
+    dm = parser.instantiate(config).data
+    assert isinstance(dm.renderer, SyndofRenderer) and dm.renderer.sampler.mode == "reference"
+    assert dm.proxy_look == ProxyLook(jpeg_quality=None, noise=False)
+    for typo in (["--data.renderer.modee", "reference"], ["--data.proxy", "{nois: false}"]):
+        with pytest.raises(Exception, match="modee|nois"):
+            _parse_data_options(typo)
+    # the hyper-parameters stay plain data: a checkpoint holding them loads with weights_only
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(dict(dm.hparams), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert loaded["proxy"]["noise"] is False and "mode='reference'" in loaded["renderer"]

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmenet.data.proxy import ProxyRealDomain, add_sensor_noise, colour_grade, jpeg_roundtrip
-from dmenet.errors import DataError
+from dmenet.data.proxy import (
+    ProxyLook,
+    ProxyRealDomain,
+    add_sensor_noise,
+    colour_grade,
+    jpeg_roundtrip,
+)
+from dmenet.errors import ConfigError, DataError
 from dmenet.labels import BINARY_COC_THRESHOLD_PX, SIGMA_MAX_PX
 
 SIZE = 40
@@ -20,10 +26,8 @@ def proxy() -> ProxyRealDomain:
 @pytest.fixture(scope="module")
 def no_gap() -> ProxyRealDomain:
     """The same scenes and cameras rendered like SYNDOF: Gaussian, sRGB, clean, lossless."""
-    return ProxyRealDomain(
-        num_images=2, size=SIZE, seed=7, aperture="gaussian", gamma=None, noise=False,
-        jpeg_quality=None, grade=False,
-    )
+    look = ProxyLook(aperture="gaussian", gamma=None, noise=False, jpeg_quality=None, grade=False)
+    return ProxyRealDomain(num_images=2, size=SIZE, seed=7, look=look)
 
 
 class TestProxyRealDomain:
@@ -58,6 +62,18 @@ class TestProxyRealDomain:
     def test_bad_count(self):
         with pytest.raises(DataError, match="at least one image"):
             ProxyRealDomain(num_images=0, size=SIZE)
+
+    @pytest.mark.parametrize("field,value,message", [
+        ("aperture", "box", "aperture 'box': choose disc or gaussian"),
+        ("gamma", 0.0, "gamma must be > 0"),
+        ("jpeg_quality", (95, 60), r"jpeg_quality must be \[low, high\].*got \[95, 60\]"),
+        ("jpeg_quality", (0, 60), "jpeg_quality must be"),
+        ("c_max_px", -1.0, "c_max_px must be > 0"),
+        ("render_batch", 0, "render_batch must be >= 1"),
+    ])
+    def test_look_is_validated(self, field, value, message):
+        with pytest.raises(ConfigError, match=message):
+            ProxyLook(**{field: value})
 
 
 class TestCameraLook:

@@ -144,7 +144,7 @@ class TestDepthEdges:
         assert t_nofill < inside_t - 0.1
 
     def test_matches_per_layer_loop_away_from_edges(self):
-        """Piecewise-planar scene (fronto-parallel planes): the grouped renderer equals the
+        """Piecewise-planar scene (fronto-parallel planes): the fast renderer equals the
         straightforward per-layer loop within 2/255 away from depth edges."""
         h, w = 96, 128
         image = texture(h=h, w=w, seed=3)
@@ -283,14 +283,37 @@ class TestRenderFromSigma:
             render_from_sigma(image, sigma - 1.0, order)
 
 
+@pytest.mark.parametrize("border", ["replicate", "symmetric"])
 @pytest.mark.parametrize("aperture", ["gaussian", "disc"])
 @pytest.mark.parametrize("sigma_px", [0.7, 2.5, 6.0])
-def test_device_blur_path_equals_the_cpu_path(aperture, sigma_px):
-    """The Kornia path (GPUs, non-float32 tensors) and OpenCV's CPU path blur identically."""
+def test_device_blur_path_equals_the_cpu_path(aperture, sigma_px, border):
+    """The conv2d path (GPUs, non-float32 tensors) and OpenCV's CPU path blur identically."""
     from dmenet.data.syndof import _blur
 
     x = torch.rand(2, 4, 37, 41)
-    cpu = _blur(x, sigma_px, aperture)  # float32 on the CPU: OpenCV
-    kornia_path = _blur(x.double(), sigma_px, aperture).float()
-    assert torch.allclose(cpu, kornia_path, atol=1e-5)
+    radius = 14 if aperture == "gaussian" and border == "symmetric" else None
+    cpu = _blur(x, sigma_px, aperture, radius, border)  # float32 on the CPU: OpenCV
+    conv_path = _blur(x.double(), sigma_px, aperture, radius, border).float()
+    assert torch.allclose(cpu, conv_path, atol=1e-5)
     assert not torch.allclose(cpu, x, atol=1e-3)  # it did blur
+
+
+def test_reference_mode_is_the_generators_kernel_and_border():
+    """A fronto-parallel plane in reference mode: one 29 x 29 Gaussian of sigma (c - 1) / 4,
+    normalised, image border mirrored including the edge pixel (MATLAB 'symmetric'),
+    computed here by hand with numpy."""
+    image = texture(seed=2)
+    depth = torch.full((1, 1, H, W), 3000.0)
+    out = render_defocus(image, depth, Camera([1000.0], [24.0]), render_mode="reference",
+                         sigma_rule="reference", c_max_px=29.0)
+    s = (16.0 - 1.0) / 4.0  # c = 24 * 2000 / 3000 = 16 px
+    assert float(out.sigma_px.max()) == pytest.approx(s)
+    x = np.arange(-14, 15)
+    k1 = np.exp(-0.5 * (x / s) ** 2)
+    k2 = np.outer(k1, k1) / np.outer(k1, k1).sum()
+    rgb = np.pad(image[0].double().numpy(), ((0, 0), (14, 14), (14, 14)), mode="symmetric")
+    ref = np.zeros((3, H, W))
+    for dy in range(29):
+        for dx in range(29):
+            ref += k2[dy, dx] * rgb[:, dy:dy + H, dx:dx + W]
+    assert np.abs(out.image[0].double().numpy() - ref).max() < 1e-5

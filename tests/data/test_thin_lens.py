@@ -12,13 +12,15 @@ from dmenet.data.thin_lens import (
     CameraSampler,
     binary_from_coc,
     clean_depth_mm,
+    coc_from_sigma,
     coc_px,
     count_layers,
     sigma_from_coc,
+    sigma_max_px,
     signed_coc_px,
 )
 from dmenet.errors import DataError
-from dmenet.labels import C_MAX_PX
+from dmenet.labels import C_MAX_PX, SIGMA_MAX_PX
 
 
 def ramp(b=2, h=32, w=48, near=800.0, far=9000.0):
@@ -50,6 +52,21 @@ class TestFormula:
         with pytest.raises(ValueError, match="sigma rule"):
             sigma_from_coc(c, "nope")
         assert binary_from_coc(c).tolist() == [0, 0, 0, 1, 1]
+
+    def test_coc_of_sigma_and_largest_sigma(self):
+        sigma = torch.tensor([0.0, 0.25, 1.75, 7.0])
+        assert coc_from_sigma(sigma).tolist() == [0.0, 1.0, 7.0, 28.0]  # c = 4 sigma
+        assert torch.equal(sigma_from_coc(coc_from_sigma(sigma)), sigma)
+        assert coc_from_sigma(0.1) == pytest.approx(0.4)
+        # the paper's c_max 28 -> our y = 1; the generator's c_max 29 under its rule -> 7 px too
+        assert sigma_max_px() == SIGMA_MAX_PX == 7.0
+        assert sigma_max_px(29.0, "reference") == 7.0
+
+    def test_camera_coc_clip(self):
+        camera = Camera(focus_mm=torch.tensor([1000.0]), alpha_px=torch.tensor([20.0]))
+        depth = torch.tensor([500.0, 1000.0, 4000.0]).view(1, 1, 1, 3)
+        assert camera.signed_coc_px(depth).flatten().tolist() == [-20.0, 0.0, 15.0]
+        assert camera.signed_coc_px(depth, c_max_px=10.0).flatten().tolist() == [-10.0, 0.0, 10.0]
 
 
 class TestInvalidDepth:

@@ -69,7 +69,8 @@ data:
         ("cuhk", _write_cuhk, ["--data.cuhk_test_split", "all"], "cuhk",
          {"accuracy", "ap", "f_measure"}),
         # the RTF reader names the set by noise level; the name starts with "rtf": RTF rules
-        ("rtf", _write_rtf, ["--data.rtf_noise", "0"], "rtf_0", {"mse", "mae"}),
+        ("rtf", _write_rtf, ["--data.rtf_noise", "0"], "rtf_0",
+         {"mse", "mae", "mse_px", "mae_px"}),
     ],
 )
 def test_dmenet_test_writes_report_for_zhuo_sim(
@@ -89,6 +90,9 @@ def test_dmenet_test_writes_report_for_zhuo_sim(
     assert set(data["metrics"]) == metrics
     assert data["images"] == (3 if set_name == "cuhk" else 2)
     assert "| set | images |" in (out / "table.md").read_text()
+    assert set(data["units"]) == metrics  # every metric says what it measures
+    if set_name == "rtf":
+        assert "MAE (px)" in (out / "table.md").read_text() and data["units"]["mae_px"].endswith("px")
     with open(out / "per_image.csv") as handle:
         assert len(list(csv.DictReader(handle))) == data["images"]
     assert (out / "pr_curve.png").is_file() == (set_name == "cuhk")

@@ -83,10 +83,11 @@ def test_metric_names_follow_what_a_set_carries():
     image = torch.rand(3, 4, 6)
     label = torch.rand(1, 4, 6)
     mask = (label > 0.5).float()
-    dense = {"mse", "mae", "accuracy", "f_measure", "ap"}  # a dense label also gives a mask
+    px = {"mse_px", "mae_px"}  # the errors in px beside those in y
+    dense = {"mse", "mae", *px, "accuracy", "f_measure", "ap"}  # a dense label also gives a mask
     assert set(metric_names("syndof", {"image": image, "label": label, "set": "syndof"})) == dense
     assert set(metric_names("cuhk", {"image": image, "sharp_mask": mask})) == {"accuracy", "f_measure", "ap"}
-    assert set(metric_names("rtf", {"image": image, "sigma_px": 7 * label})) == {"mse", "mae"}
+    assert set(metric_names("rtf", {"image": image, "sigma_px": 7 * label})) == {"mse", "mae", *px}
     assert metric_names("photos", {"image": image, "name": "a"}) == []
 
 
@@ -98,6 +99,9 @@ class TestDenseSets:
         out = Evaluator("syndof", overwrite=True).update(pred, batch)
         assert out["mse"] == pytest.approx((0.01 + 0.0 + 0.04 + 0.0004) / 4)
         assert out["mae"] == pytest.approx((0.1 + 0.0 + 0.2 + 0.02) / 4)
+        # the same errors in px: sigma errors 0.7, 0, 1.4, 0.14 px
+        assert out["mae_px"] == pytest.approx((0.7 + 0.0 + 1.4 + 0.14) / 4)
+        assert out["mse_px"] == pytest.approx((0.49 + 0.0 + 1.96 + 0.0196) / 4)
         # derived mask: blurred where sigma > 0.25 px -> [[F, T], [T, F]];
         # tau = 0.3 * 0.8 = 0.24 -> predicted [[F, T], [T, F]]
         assert out["accuracy"] == 1.0
@@ -118,7 +122,8 @@ class TestDenseSets:
         batch = {"image": torch.rand(1, 3, 1, 3), "name": ["r"], "sigma_px": sigma_gt,
                  "label": from_sigma_px(sigma_gt, "ours")}
         out = Evaluator("rtf_noise0", overwrite=True).update(sigma_pred_ours_y, batch)
-        assert set(out) == {"mse", "mae"}
+        assert set(out) == {"mse", "mae", "mse_px", "mae_px"}
+        assert out["mae_px"] == pytest.approx(0.3 / 3, rel=1e-5)  # px: |0 - 0.3|, then 0, 0
         mse, mae = M.rtf_errors(torch.tensor([[0.0, 7.0, 1.65]]), torch.tensor([[0.3, 3.275, 1.65]]))
         assert (out["mse"], out["mae"]) == pytest.approx((mse, mae))
         assert out["mae"] == pytest.approx((0.3 / 3.275) / 3, rel=1e-5)

@@ -64,6 +64,16 @@ def test_bad_file_is_named_and_the_rest_processed(tiny_ckpt, photo_folder, tmp_p
     assert not (out / "broken_sigma_px.npy").exists()
 
 
+def test_no_readable_photo_creates_no_folder(tiny_ckpt, tmp_path, capsys):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
+    out = tmp_path / "maps"
+    rc = dmenet(["infer", str(tmp_path / "broken.jpg"), str(tmp_path / "missing.png"),
+                 "--ckpt", str(tiny_ckpt), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "broken.jpg" in err and "missing.png" in err
+    assert not out.exists() and "was not created" in err
+
+
 def test_refuses_to_overwrite(tiny_ckpt, photo_folder, tmp_path, capsys):
     out = tmp_path / "maps"
     args = ["infer", str(photo_folder / "b.png"), "--ckpt", str(tiny_ckpt), "--out", str(out)]

@@ -85,11 +85,11 @@ def test_depth_cli(tiny_ckpt, photo_folder, tmp_path):
                    "--focus", "far", "--focus-mm", "2000"]) == 0
     picture = cv2.imread(str(out))
     assert picture.shape == (40, 56, 3)
-    rel = np.load(tmp_path / "depth_depth_rel.npy")
-    mm = np.load(tmp_path / "depth_depth_mm.npy")
+    rel = np.load(tmp_path / "depth_rel.npy")
+    mm = np.load(tmp_path / "depth_mm.npy")
     assert rel.shape == (40, 56) and np.allclose(mm, 2000.0 * rel)
     assert np.all(rel <= 1.0 + 1e-6)  # far focus: everything at or in front of the focal plane
-    meta = json.loads((tmp_path / "depth_depth.json").read_text())
+    meta = json.loads((tmp_path / "depth.json").read_text())
     assert meta["focus_side"] == "far" and "caveat" in meta
     # the depth follows the defocus map the way the thin lens says
     from dmenet.inference.checkpoint import load_predictor
@@ -98,3 +98,25 @@ def test_depth_cli(tiny_ckpt, photo_folder, tmp_path):
     with torch.no_grad():
         sigma = predictor.sigma_px(predictor(read_image_tensor(photo_folder / "d.tiff")[None]))
     assert np.allclose(rel, depth_rel(sigma[0, 0].numpy(), "far"), rtol=1e-4)
+
+
+@pytest.mark.parametrize(("out", "names"), [
+    ("photo_depth.png", ["photo_depth.png", "photo_depth_rel.npy", "photo_depth.json"]),
+    ("photo.png", ["photo.png", "photo_depth_rel.npy", "photo_depth.json"]),
+])
+def test_depth_file_names(tiny_ckpt, photo_folder, tmp_path, out, names):
+    assert dmenet(["depth", str(photo_folder / "a.jpg"), "--ckpt", str(tiny_ckpt),
+                   "--out", str(tmp_path / out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(names)
+
+
+@pytest.mark.parametrize("tool", ["magnify", "depth"])
+def test_unreadable_photo_creates_nothing(tool, tiny_ckpt, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    out_dir = tmp_path / "out"
+    extra = ["--factor", "2"] if tool == "magnify" else []
+    code = dmenet([tool, str(broken), "--ckpt", str(tiny_ckpt), "--out", str(out_dir / "x.png"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.jpg" in err and "Traceback" not in err
+    assert not out_dir.exists()

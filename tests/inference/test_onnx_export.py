@@ -46,8 +46,11 @@ def test_export_has_dynamic_size_and_matches_pytorch(ckpt, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     assert dmenet(["export", "--ckpt", str(tiny_ckpt), "--out", str(out)]) == 0
     onnx.checker.check_model(onnx.load(str(out)))
-    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # N, 3, H, W
+    graph = onnx.load(str(out)).graph
+    for value in [*graph.input, *graph.output]:  # N, C, H, W with named dynamic axes
+        dims = value.type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == [
+            "batch", 3 if value.name == "image" else 1, "height", "width"]
     predictor = load_predictor(tiny_ckpt)
     assert predictor.label_space == "released"
     # sizes that are and are not multiples of 16, and a batch of 2

@@ -1,0 +1,177 @@
+"""Convex compositing: a constant photo renders constant, whatever the depth map, camera,
+sigma rule, renderer and option (SPEC section 2 step 4). These tests never skip, except the
+real-sample one without ../shared."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmenet.data.syndof import (
+    _regionfill_cg,
+    regionfill,
+    render_defocus,
+    render_from_sigma,
+)
+from dmenet.data.thin_lens import CameraSampler
+
+GREY = 128.0 / 255.0
+TOL = 0.5 / 255.0
+H, W = 24, 36
+KINDS = ("steps", "ramp", "noise", "holes", "sky")
+
+
+def random_depth(kind: str, g: torch.Generator, h: int = H, w: int = W) -> torch.Tensor:
+    """``(1, 1, h, w)`` mm: fronto-parallel steps, a slanted ramp, per-pixel noise, steps with
+    invalid holes (NaN, 0, inf), a ramp under a sky band (1e11 mm)."""
+    def u(lo, hi):
+        return lo + (hi - lo) * float(torch.rand(1, generator=g))
+
+    if kind in ("steps", "holes"):
+        d = torch.full((1, 1, h, w), u(3000, 9000))
+        for _ in range(4):
+            y, x = int(u(0, h - 4)), int(u(0, w - 4))
+            d[..., y:y + int(u(3, h / 2)), x:x + int(u(3, w / 2))] = u(500, 9000)
+        if kind == "holes":
+            d[..., int(u(0, h - 3)):, int(u(0, w - 5)):][..., :3, :5] = float("nan")
+            d[..., :, int(u(0, w - 2))] = 0.0
+            d[..., int(u(0, h - 1)), :] = float("inf")
+        return d
+    if kind in ("ramp", "sky"):
+        yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        t = u(0, 1) * yy + u(0, 1) * xx
+        d = (u(400, 1500) + u(1000, 8000) * t / t.max().clamp(min=1e-6))[None, None]
+        if kind == "sky":
+            d[..., : int(u(2, h / 2)), :] = 1e11
+        return d
+    return torch.exp(torch.empty(1, 1, h, w).uniform_(6.5, 9.0, generator=g))  # noise
+
+
+def random_camera(depth: torch.Tensor, g: torch.Generator, rule_index: int):
+    mode = ("paper", "reference")[rule_index % 2]
+    c_max = 10.0 + 19.0 * float(torch.rand(1, generator=g))
+    return CameraSampler(mode, c_max_px=c_max, max_redraws=2).sample(depth, g), c_max
+
+
+@pytest.mark.parametrize("renderer", ["fast", "loop"])
+@pytest.mark.parametrize("render_mode", ["paper", "reference"])
+def test_flat_grey_stays_flat(renderer, render_mode):
+    """Every combination of sigma rule, aperture, gamma and fill, over random depth kinds and
+    random cameras: every pixel within 0.5 / 255 of the grey."""
+    g = torch.Generator().manual_seed(len(renderer) * 10 + len(render_mode))
+    image = torch.full((1, 3, H, W), GREY)
+    # a half fraction of the 2^4 design: every value of every option, every pair of options
+    combos = [c for c in itertools.product(("paper", "reference"), ("gaussian", "disc"),
+                                           (None, 2.2), (True, False))
+              if sum(v in ("paper", "gaussian", None, True) for v in c) % 2 == 0]
+    for j, (rule, aperture, gamma, fill) in enumerate(combos + combos[:2]):
+        kind = KINDS[j % len(KINDS)]
+        depth = random_depth(kind, g)
+        camera, c_max = random_camera(depth, g, j)
+        out = render_defocus(image, depth, camera, sigma_rule=rule, render_mode=render_mode,
+                             renderer=renderer, aperture=aperture, gamma=gamma, fill=fill,
+                             c_max_px=c_max)
+        assert int(out.num_layers[0]) > 1 or kind == "noise"
+        dev = float((out.image - GREY).abs().max())
+        assert dev < TOL, (kind, rule, aperture, gamma, fill, dev * 255)
+
+
+@pytest.mark.parametrize("renderer", ["fast", "loop"])
+def test_flat_grey_from_sigma(renderer):
+    g = torch.Generator().manual_seed(3)
+    image = torch.full((1, 3, H, W), GREY)
+    sigma = F.interpolate(torch.rand(1, 1, 4, 6, generator=g) * 6, size=(H, W), mode="nearest")
+    order = torch.rand(1, 1, H, W, generator=g)
+    for aperture in ("gaussian", "disc"):
+        out = render_from_sigma(image, sigma, order, aperture=aperture, renderer=renderer)
+        assert float((out - GREY).abs().max()) < TOL
+
+
+def test_flat_grey_on_the_real_samples(rgbd_samples):
+    """The real depth maps of ../shared/data/rgbd_samples (Sintel, SYNTHIA, Middlebury) at a
+    sixth of their size, a generator-like camera, reference mode, layers merged to 60."""
+    from dmenet.data.rgbd import make_rgbd_source
+
+    specs = {"sintel": rgbd_samples / "sintel", "synthia": rgbd_samples / "synthia",
+             "middlebury": rgbd_samples / "middlebury2014"}
+    g = torch.Generator().manual_seed(0)
+    for kind, path in specs.items():
+        depth = make_rgbd_source(f"{kind}:{path}")[0]["depth_mm"][None]
+        depth = depth[..., ::6, ::6].contiguous()
+        camera = CameraSampler("reference", c_max_px=29.0, max_redraws=3).sample(depth, g)
+        image = torch.full((1, 3, *depth.shape[-2:]), GREY)
+        out = render_defocus(image, depth, camera, sigma_rule="reference", max_layers=60,
+                             render_mode="reference", c_max_px=29.0)
+        assert int(out.num_layers[0]) == 60
+        assert float((out.image - GREY).abs().max()) < TOL, kind
+
+
+def test_regionfill_is_the_laplace_solution():
+    """A row segment between two known values fills linearly (the discrete harmonic function
+    with 2 in-row neighbours known ... here a 1-pixel-high image: only in-image neighbours)."""
+    values = np.zeros((1, 1, 7))
+    values[0, 0, 0], values[0, 0, 6] = 1.0, 4.0
+    region = np.zeros((1, 7), dtype=bool)
+    region[0, 1:6] = True
+    out = regionfill(values, region)
+    assert np.allclose(out[0, 0], np.linspace(1.0, 4.0, 7))
+    # border pixels count only in-image neighbours: a region touching the border is flat
+    region = np.zeros((1, 7), dtype=bool)
+    region[0, 3:] = True
+    assert np.allclose(regionfill(values, region)[0, 0, 3:], 0.0)
+    # 2-D: each filled pixel is the mean of its 4 neighbours
+    rng = np.random.default_rng(0)
+    values = rng.random((3, 12, 15))
+    region = rng.random((12, 15)) < 0.4
+    out = regionfill(values, region)
+    pad = np.pad(out, ((0, 0), (1, 1), (1, 1)))
+    cnt = np.pad(np.ones((12, 15)), 1)
+    nsum = pad[:, :-2, 1:-1] + pad[:, 2:, 1:-1] + pad[:, 1:-1, :-2] + pad[:, 1:-1, 2:]
+    deg = cnt[:-2, 1:-1] + cnt[2:, 1:-1] + cnt[1:-1, :-2] + cnt[1:-1, 2:]
+    assert np.allclose((nsum / deg)[:, region], out[:, region])
+    assert np.array_equal(out[:, ~region], values[:, ~region])
+
+
+def test_iterative_fill_converges_to_the_exact_one():
+    """The conjugate-gradient fill (the renderer's path on GPUs) reaches the sparse solve."""
+    rng = np.random.default_rng(1)
+    values = rng.random((4, 20, 24))
+    region = rng.random((20, 24)) < 0.5
+    exact = regionfill(values, region)
+    v = torch.from_numpy(values)
+    got = _regionfill_cg(v, torch.from_numpy(region), torch.zeros_like(v), tol=1e-9)
+    assert np.abs(got.numpy() - exact).max() < 1e-6
+
+
+def test_iterative_fill_path_renders_like_the_exact_one():
+    """The fast renderer's GPU path (conjugate-gradient fill, convexity clamp), forced on the
+    CPU: the same image as the exact fill, and a flat grey stays flat."""
+    from dmenet.data.syndof import _composite_sample, _Options
+
+    g = torch.Generator().manual_seed(5)
+    depth = random_depth("steps", g, 40, 56)
+    image = torch.rand(1, 3, 40, 56, generator=g)
+    camera = CameraSampler("reference", c_max_px=24.0, max_redraws=1).sample(depth, g)
+    base = render_defocus(image, depth, camera)
+    lid = base.layer_id
+    n = int(base.num_layers[0])
+    values, sigmas = [], []
+    for i in range(n):
+        sel = lid == i
+        c = float(base.coc_px[sel][0]) * (1 if float(camera.signed_coc_px(
+            depth.nan_to_num(5000.0).clamp(min=1))[sel].mean()) > 0 else -1)
+        values.append(round(c, 6))
+        sigmas.append(float(base.sigma_px[sel][0]))
+    start = next(v for v in values if abs(v) <= max(1.0, min(abs(x) for x in values)))
+    outs = {}
+    for iterative in (False, True):
+        opt = _Options("gaussian", None, "replicate", True, True, 2, 0.1, iterative)
+        outs[iterative] = _composite_sample(image, lid, sigmas, values, start, opt)
+        grey = _composite_sample(torch.full_like(image, GREY), lid, sigmas, values, start, opt)
+        assert float((grey - GREY).abs().max()) < TOL
+    assert torch.allclose(outs[False], base.image, atol=1e-5)
+    assert float((outs[True] - outs[False]).abs().max()) < 1.0 / 255
