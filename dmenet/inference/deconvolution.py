@@ -29,6 +29,7 @@ default) or ``"taper"`` (the reference: replicate padding and MATLAB-style ``edg
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -268,6 +269,38 @@ def deconvolve(image: torch.Tensor, sigmas_px: list[float], lam: float, alpha: f
 # ---------------------------------------------------------------------------------------------
 # inverting the spatially varying blur operator itself (``method="invert"``)
 
+LEVEL_TOL: float = 1.0 / 255
+"""Largest step-edge error of interpolating linearly between neighbouring blur levels."""
+
+
+def _step_error(ka: np.ndarray, kb: np.ndarray, t: float, kt: np.ndarray) -> float:
+    """Largest error on a unit step edge of ``(1 - t) ka + t kb`` against ``kt`` (1-D)."""
+    n = max(len(ka), len(kb), len(kt))
+    pad = lambda k: np.pad(k, ((n - len(k)) // 2,) * 2)  # noqa: E731
+    return float(np.abs(np.cumsum((1 - t) * pad(ka) + t * pad(kb) - pad(kt))).max())
+
+
+@functools.lru_cache(maxsize=16)
+def blur_levels(sigma_max_px: float, tol: float = LEVEL_TOL,
+                probe_step_px: float = 0.025) -> tuple[float, ...]:
+    """Blur levels ``0 = s_0 < s_1 < ...`` covering ``[0, sigma_max_px]`` such that linear
+    interpolation between neighbouring Gaussians (:func:`gaussian_taps`) errs by at most ``tol``
+    on a step edge (probed every ``probe_step_px``); greedy, each next level as far as allowed.
+    (The blur basis the SYNDOF renderer used before it blurred every layer exactly.)"""
+    levels = [0.0]
+    while levels[-1] < sigma_max_px - 1e-9:
+        lo, best = levels[-1], levels[-1] + probe_step_px
+        while best <= sigma_max_px + 4 * probe_step_px:
+            cand = best + probe_step_px
+            ka, kb = gaussian_taps(lo), gaussian_taps(cand)
+            if any(_step_error(ka, kb, (s - lo) / (cand - lo), gaussian_taps(float(s))) > tol
+                   for s in np.arange(lo + probe_step_px, cand, probe_step_px)):
+                break
+            best = cand
+        levels.append(round(best, 6))
+    return tuple(levels)
+
+
 MODELS: tuple[str, ...] = ("gather", "scatter")
 """Spatially varying blur models: ``"gather"`` ``(K x)(p) = sum_q G_sigma(p)(p - q) x(q)`` (each
 output pixel is the blur of the sharp image with its own Gaussian) and ``"scatter"``, its
@@ -301,19 +334,17 @@ class BlurOperator:
     """The spatially varying Gaussian blur of a ``sigma_px (H, W)`` map as a linear operator on
     ``(C, H, W)`` images with zero boundary: per pixel, linear interpolation between the blurs by
     the two bracketing levels of the SYNDOF renderer's blur basis
-    (:func:`dmenet.data.syndof.basis_levels`, step-edge error <= its tolerance).
+    (:func:`blur_levels`, step-edge error <= :data:`LEVEL_TOL`).
 
     ``apply`` is the ``model`` (``"gather"`` or ``"scatter"``), ``adjoint`` its exact transpose.
     """
 
     def __init__(self, sigma_px: torch.Tensor, model: str = "gather"):
-        from dmenet.data.syndof import basis_levels
-
         if model not in MODELS:
             raise ValueError(f"unknown blur model {model!r}; choose one of {', '.join(MODELS)}")
         self.model = model
         smax = float(sigma_px.max()) if sigma_px.numel() else 0.0
-        levels = torch.tensor(basis_levels(max(smax, 1e-3)), dtype=torch.float32)
+        levels = torch.tensor(blur_levels(round(max(smax, 1e-3), 3)), dtype=torch.float32)
         s = sigma_px.float().cpu().clamp(0.0, float(levels[-1]))
         lower = (torch.bucketize(s, levels, right=True) - 1).clamp(0, len(levels) - 2)
         t = ((s - levels[lower]) / (levels[lower + 1] - levels[lower])).clamp(0.0, 1.0)

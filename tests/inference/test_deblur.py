@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from dmenet.cli import main as dmenet
-from dmenet.data.syndof import BASIS_TOL, gaussian_kernel1d
+from dmenet.data.syndof import gaussian_kernel1d
 from dmenet.errors import DataError
 from dmenet.inference.deblur import bin_plan, check_sigma_map, deblur, read_sigma_map
-from dmenet.inference.deconvolution import BlurOperator, deconvolve, shrink
+from dmenet.inference.deconvolution import LEVEL_TOL, BlurOperator, deconvolve, shrink
 from dmenet.inference.writer import PNG_SIGMA_SCALE, write_defocus_outputs
 
 
@@ -86,8 +86,8 @@ def test_blur_operator_adjoint_and_constant_map():
     const = BlurOperator(torch.full((20, 26), 1.5)).apply(x)
     k = gaussian_kernel1d(1.5).astype(np.float32)
     plain = cv2.sepFilter2D(x[0].numpy(), -1, k, k, borderType=cv2.BORDER_CONSTANT)
-    # the basis interpolation: <= BASIS_TOL on a step edge, a little more on random pixels
-    assert np.abs(const[0].numpy() - plain).max() < 1.5 * BASIS_TOL
+    # the basis interpolation: <= LEVEL_TOL on a step edge, a little more on random pixels
+    assert np.abs(const[0].numpy() - plain).max() < 1.5 * LEVEL_TOL
 
 
 def test_invert_method_recovers_constant_and_two_region_blur():
