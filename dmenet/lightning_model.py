@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from dmenet.errors import ConfigError, DMENetError
+from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from dmenet.labels import check_label_space, to_sigma_px, training_label
 from dmenet.losses import (
     REFERENCE_LD_SCALE,
@@ -65,6 +66,7 @@ INIT_FROM_PARTS: tuple[str, ...] = ("blur_estimator", "domain_discriminator", "s
 # that checkpoint must not need the file again)
 RUNTIME_OPTIONS: tuple[str, ...] = (
     "results_dir", "overwrite_results", "log_images_every_n_steps", "init_from",
+    "predict_tile_px", "predict_overlap_px",
 )
 
 # names of the logged loss terms (unweighted values; "train/L_g" and "train/L_d" are weighted sums)
@@ -114,6 +116,8 @@ class DMENet(L.LightningModule):
         init_from: a dmenet checkpoint (``dmenet fit``) or a ``dmenet convert-official`` file
             whose weights of B (and D, S when it has them and they are on) are loaded now,
             strictly, before training. Not a resume: use ``--ckpt_path`` for that.
+        predict_tile_px, predict_overlap_px: ``dmenet predict`` runs photos larger than one
+            tile in overlapping, blended tiles of this size (px), like ``dmenet infer``.
     """
 
     def __init__(
@@ -141,6 +145,8 @@ class DMENet(L.LightningModule):
         label_space: str | None = None,
         overwrite_results: bool = False,
         init_from: str | None = None,
+        predict_tile_px: int = DEFAULT_TILE_PX,
+        predict_overlap_px: int = DEFAULT_OVERLAP_PX,
     ) -> None:
         super().__init__()
         if label_space is not None:
@@ -155,6 +161,10 @@ class DMENet(L.LightningModule):
         self.results_dir = results_dir
         self.overwrite_results = overwrite_results
         self.log_images_every_n_steps = log_images_every_n_steps
+        if not 4 <= predict_overlap_px < predict_tile_px:
+            raise ConfigError("--model.predict_overlap_px must be at least 4 and smaller than"
+                              f" --model.predict_tile_px (got {predict_overlap_px} and {predict_tile_px})")
+        self.predict_tile_px, self.predict_overlap_px = int(predict_tile_px), int(predict_overlap_px)
 
         self.blur_estimator = _resolve_part(
             True if blur_estimator is None else blur_estimator,
@@ -436,10 +446,9 @@ class DMENet(L.LightningModule):
         """Defocus maps of photos of any size: large ones run in overlapping, blended tiles
         (``dmenet.inference.tiling``, equal to whole-photo inference within 1e-3), so memory
         stays bounded, exactly as ``dmenet infer`` does."""
-        from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX, predict_image
+        from dmenet.inference.tiling import predict_image
 
-        tile = getattr(self, "predict_tile_px", DEFAULT_TILE_PX)
-        overlap = getattr(self, "predict_overlap_px", DEFAULT_OVERLAP_PX)
+        tile, overlap = self.predict_tile_px, self.predict_overlap_px
         y = torch.cat(
             [predict_image(lambda x: self(x).y, image, tile, overlap) for image in batch["image"]],
             dim=0,

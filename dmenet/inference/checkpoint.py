@@ -69,18 +69,6 @@ class DefocusPredictor(nn.Module):
         return to_sigma_px(y, self.label_space, self.sigma_max_px)
 
 
-class SigmaOutput(nn.Module):
-    """``image -> (y, sigma_px)``: a predictor with both outputs (for ONNX export)."""
-
-    def __init__(self, predictor: DefocusPredictor) -> None:
-        super().__init__()
-        self.predictor = predictor
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.predictor(image)
-        return y, self.predictor.sigma_px(y)
-
-
 @dataclass
 class LoadedCheckpoint:
     """What a checkpoint holds: the parts it describes, their weights, what ``y`` means.

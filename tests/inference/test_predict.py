@@ -85,11 +85,21 @@ def test_predict_step_tiles_large_photos_like_infer():
     from tests.inference.tiny_b import TinyB
 
     model = DMENet(blur_estimator=TinyB(), domain_discriminator=False, content_loss=False,
-                   sharpness_calibrator=False).eval()
+                   sharpness_calibrator=False, predict_tile_px=96,
+                   predict_overlap_px=48).eval()  # forces 2 x 3 tiles
     image = torch.rand(1, 3, 150, 170)
     with torch.no_grad():
         whole = model(image).y
-        model.predict_tile_px, model.predict_overlap_px = 96, 48  # forces 2 x 3 tiles
         out = model.predict_step({"image": image, "name": ["x"]}, 0)
     assert out["y"].shape == (1, 1, 150, 170)
     assert torch.allclose(out["y"], whole, atol=1e-3)
+
+
+def test_predict_tiles_are_declared_and_checked():
+    from dmenet.errors import ConfigError
+    from dmenet.lightning_model import DMENet
+    from tests.inference.tiny_b import TinyB
+
+    with pytest.raises(ConfigError, match="predict_overlap_px"):
+        DMENet(blur_estimator=TinyB(), domain_discriminator=False, content_loss=False,
+               sharpness_calibrator=False, predict_tile_px=64, predict_overlap_px=64)
