@@ -38,7 +38,7 @@ from torch import nn
 
 from dmenet.errors import ConfigError, DMENetError
 from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
-from dmenet.labels import check_label_space, to_sigma_px, training_label
+from dmenet.labels import check_label_space, training_label
 from dmenet.losses import (
     REFERENCE_LD_SCALE,
     adversarial_loss,
@@ -446,15 +446,14 @@ class DMENet(L.LightningModule):
         """Defocus maps of photos of any size: large ones run in overlapping, blended tiles
         (``dmenet.inference.tiling``, equal to whole-photo inference within 1e-3), so memory
         stays bounded, exactly as ``dmenet infer`` does."""
+        from dmenet.inference.checkpoint import DefocusPredictor
         from dmenet.inference.tiling import predict_image
 
+        # the predictor type of dmenet infer / dmenet.load: B plus what its y means (a plain
+        # wrapper made per call, so B is not registered twice in this module's state_dict)
+        predictor = DefocusPredictor(self.blur_estimator, self.hparams.label_space)
         tile, overlap = self.predict_tile_px, self.predict_overlap_px
         y = torch.cat(
-            [predict_image(lambda x: self(x).y, image, tile, overlap) for image in batch["image"]],
-            dim=0,
+            [predict_image(predictor, image, tile, overlap) for image in batch["image"]], dim=0,
         )
-        return {
-            "y": y,
-            "sigma_px": to_sigma_px(y, self.hparams.label_space),
-            "name": batch.get("name"),
-        }
+        return {"y": y, "sigma_px": predictor.sigma_px(y), "name": batch.get("name")}

@@ -475,7 +475,9 @@ def _composite_sample(image: torch.Tensor, layer_id: torch.Tensor, sigmas: list[
         r = _kernel_radius(sigma, opt.aperture, opt.radius_px)
         if i > start:
             region = None  # the fill region (bool, full frame) and its bounding box
-            if r > 0:
+            if r > 0 and (union_box is not None or not opt.fast):
+                # (nothing composited yet: a crop whose whole image starts the fill farther
+                # than any of the crop's own layers has nothing to fill behind them)
                 box = full if not opt.fast else _box_meet(_box_grow(union_box, r, h, w),
                                                           _box_grow(rest_box[i], r, h, w))
                 if box is not None:

@@ -175,3 +175,17 @@ def test_iterative_fill_path_renders_like_the_exact_one():
         assert float((grey - GREY).abs().max()) < TOL
     assert torch.allclose(outs[False], base.image, atol=1e-5)
     assert float((outs[True] - outs[False]).abs().max()) < 1.0 / 255
+
+
+@pytest.mark.parametrize("renderer", ["fast", "loop"])
+def test_a_crop_whose_fill_starts_farther_than_its_layers(renderer):
+    """A training crop takes the fill start from its whole image; when that is farther than
+    every layer of the crop, the fill runs before the first layer, with nothing composited yet
+    (this crashed the fast renderer in the quickstart). It must render, and stay convex."""
+    g = torch.Generator().manual_seed(3)
+    depth = random_depth("steps", g)
+    camera, c_max = random_camera(depth, g, 0)
+    grey = torch.full((1, 3, H, W), GREY)
+    out = render_defocus(grey, depth, camera, renderer=renderer, c_max_px=c_max,
+                         fill_from_coc_px=torch.tensor([1e3]))
+    assert (out.image - GREY).abs().max() <= TOL
