@@ -84,6 +84,14 @@ def to_chw_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
+def load_npy(path: str | Path) -> np.ndarray:
+    """A ``.npy`` array (no pickles); a file NumPy cannot read is a :class:`DataError`."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
+
+
 def read_gray(path: str | Path) -> np.ndarray:
     """Read a single-channel map (mask or label) as its raw integer/float values ``(H, W)``.
 

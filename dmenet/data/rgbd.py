@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from dmenet.data.io import is_image_file, read_image, read_raw
+from dmenet.data.io import is_image_file, load_npy, read_image, read_raw
 from dmenet.errors import DataError
 
 __all__ = [
@@ -319,10 +319,7 @@ def read_depth_file(path: str | Path) -> np.ndarray:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
+        array = load_npy(path)
         array = np.squeeze(array)
         if array.ndim != 2:
             raise DataError(f"{path}: a depth map must be 2-D, got shape {array.shape}")

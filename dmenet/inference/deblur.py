@@ -304,7 +304,7 @@ def read_sigma_map(path: str | Path) -> np.ndarray:
     ``png16_scale * sigma`` (1000, or the scale in the ``NAME_defocus.json`` that ``dmenet
     infer`` writes beside its ``NAME_sigma_px_x1000.png``). 8-bit images are refused (too coarse).
     """
-    from dmenet.data.io import read_gray
+    from dmenet.data.io import load_npy, read_gray
     from dmenet.inference.writer import OUTPUT_SUFFIXES, PNG_SIGMA_SCALE
 
     path = Path(path)
@@ -312,10 +312,7 @@ def read_sigma_map(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: no such sigma map file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
+        array = load_npy(path)
         if not np.issubdtype(array.dtype, np.number):
             raise DataError(f"{path}: the array holds {array.dtype}, not numbers")
         return np.asarray(array, dtype=np.float32)
@@ -480,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from dmenet.data.io import _imwrite, read_image_tensor
     from dmenet.inference.infer import (
+        PHOTO_ERRORS,
+        failure_reason,
         gather_inputs,
         make_estimator,
         report_failures,
@@ -538,10 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_defocus_outputs(out_dir, name, sigma, overwrite=args.overwrite, meta=meta)
             _imwrite(paths["deblurred"], _to_raw(result, raw, alpha))
             written += 1
-        except DMENetError as exc:
-            failures.append((str(path), str(exc)))
-        except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory on one photo
-            failures.append((str(path), f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
+        except PHOTO_ERRORS as exc:
+            failures.append((str(path), failure_reason(exc)))
     bar.close()
     return report_failures("dmenet deblur", f"wrote {written} deblurred photo(s) to {out_dir}",
                            failures)

@@ -24,7 +24,7 @@ from dmenet.errors import DMENetError
 from dmenet.inference.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
 __all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator",
-           "gather_inputs", "report_failures"]
+           "failure_reason", "gather_inputs", "report_failures"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,10 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             meta.update({"source": str(path), "seconds": round(time.perf_counter() - start, 3)})
             write_defocus_outputs(out_dir, name, sigma, overwrite=args.overwrite, meta=meta)
             written += 1
-        except DMENetError as exc:
-            failures.append((str(path), str(exc)))
-        except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of memory on one photo
-            failures.append((str(path), f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
+        except PHOTO_ERRORS as exc:
+            failures.append((str(path), failure_reason(exc)))
     bar.close()
     summary = (f"wrote defocus maps of {written} photo(s) to {out_dir}" if written
                else f"no photo could be processed; {out_dir} was not created")
@@ -225,6 +223,18 @@ def gather_inputs(paths: Sequence[str], recursive: bool) -> tuple[list[tuple[Pat
         except DMENetError as exc:
             failures.append((entry, str(exc)))
     return deduplicate_names(items), failures
+
+
+PHOTO_ERRORS = (DMENetError, RuntimeError, MemoryError, ValueError)
+"""What one photo may raise without stopping the others (e.g. out of memory on one photo)."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The failure line of one photo: a user error as it is, anything else by its type and
+    the first line of its message."""
+    if isinstance(exc, DMENetError):
+        return str(exc)
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
 
 
 def report_failures(prog: str, summary: str, failures: list[tuple[str, str]]) -> int:
