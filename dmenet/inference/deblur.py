@@ -62,6 +62,8 @@ __all__ = [
     "METHODS",
     "DEBLURRED_SUFFIX",
     "deblur",
+    "guarded_blend",
+    "edge_safe_sigma",
     "bin_plan",
     "check_sigma_map",
     "read_sigma_map",
@@ -85,6 +87,12 @@ METHODS: tuple[str, ...] = ("invert", "bins")
 deconvolutions (the reference's scheme, improved; the previous default). Measured in
 BENCHMARKS.md section 5."""
 DEFAULT_CG_ITERS: int = 8
+GUARD_RMS: float = 1.0 / 255
+"""The guard (:func:`guarded_blend`) keeps the layered solution where the layered model explains
+the photo within about one 8-bit level (local RMS residual); the weight is
+``exp(-(rms / GUARD_RMS)^2)``."""
+GUARD_RADIUS_PX: float = 2.0
+"""Gaussian sigma (px) of the local mean of the squared residual."""
 NODE_TOL_PX: float = 0.01
 """Bin sigmas closer than this (px) share one deconvolution."""
 
@@ -146,6 +154,21 @@ def edge_safe_sigma(sigma_px: torch.Tensor, reach: float = EDGE_SAFE_REACH) -> t
                            borderType=cv2.BORDER_REPLICATE)
         out = np.where(r <= reach * s, np.minimum(out, eroded), out)
     return torch.from_numpy(out)
+
+
+def guarded_blend(primary: torch.Tensor, residual: torch.Tensor, fallback: torch.Tensor,
+                  rms: float = GUARD_RMS, radius_px: float = GUARD_RADIUS_PX) -> torch.Tensor:
+    """``w primary + (1 - w) fallback`` with ``w = exp(-(r / rms)^2)``, ``r (H, W)`` the local RMS
+    (Gaussian window of ``radius_px``, all channels) of the primary model's ``residual (C, H, W)``:
+    where the model does not explain the photo (an occlusion it gets wrong), the result falls
+    back smoothly to ``fallback``."""
+    from dmenet.inference.deconvolution import _blur_zero
+
+    r2 = (residual.float() ** 2).mean(0, keepdim=True)
+    norm = _blur_zero(torch.ones_like(r2), radius_px)
+    local = _blur_zero(r2, radius_px) / norm.clamp(min=1e-12)
+    w = torch.exp(-local / (rms * rms))
+    return w * primary + (1.0 - w) * fallback
 
 
 def _quantiles(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -226,8 +249,8 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
            boundary: str = "reflect", min_sigma_px: float = MIN_SIGMA_PX,
            device: torch.device | str | None = None,
            memory_mb: int | None = DEFAULT_MEMORY_MB, isolate: bool = True,
-           edge_safe: bool = True, method: str = "invert", model: str = "gather",
-           cg_iters: int = DEFAULT_CG_ITERS) -> torch.Tensor:
+           edge_safe: bool = True, method: str = "invert", model: str = "layered",
+           cg_iters: int = DEFAULT_CG_ITERS, guard: bool = True) -> torch.Tensor:
     """All-in-focus ``image (C, H, W)`` in ``[0, 1]`` (any C) from its defocus map
     ``sigma_px (H, W)`` (Gaussian sigma in px). Returns ``(C, H, W)`` in ``[0, 1]`` on the CPU.
 
@@ -242,9 +265,13 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     edge_safe=False``.
 
     ``method="invert"`` (default) inverts the blur operator of the whole map (``model``
-    ``"gather"`` or ``"scatter"``, ``cg_iters`` CG steps per half-quadratic step; ``bins``,
-    ``bin_mode``, ``boundary``, ``isolate`` and ``memory_mb`` do not apply);
-    ``method="bins"`` is the per-bin scheme above.
+    ``"layered"``, ``"gather"`` or ``"scatter"``, ``cg_iters`` CG steps per half-quadratic step;
+    ``bins``, ``bin_mode``, ``boundary``, ``isolate`` and ``memory_mb`` do not apply);
+    ``method="bins"`` is the per-bin scheme above. With ``model="layered"`` and ``guard``
+    (the defaults), the layered model is inverted on the map itself (it models the occlusions)
+    and the result falls back smoothly, by :func:`guarded_blend`, to the gather model's
+    inversion on the edge-safe map wherever the layered model does not explain the photo;
+    ``edge_safe`` then applies to that fallback only.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -257,15 +284,24 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     c, h, w = image.shape
     sigma = check_sigma_map(sigma_px, (h, w))
     device = torch.device(device) if device is not None else image.device
+    guarded = method == "invert" and model == "layered" and guard
+    raw = sigma
     if edge_safe:
         sigma = edge_safe_sigma(sigma)
     if method == "invert":
-        sigma = torch.where(sigma >= min_sigma_px, sigma, torch.zeros_like(sigma))
-        if not sigma.numel() or float(sigma.max()) <= 0:
-            return image.float().cpu().clamp(0.0, 1.0)
-        x = invert_blur(image.float().to(device), sigma.to(device), lam, alpha=alpha, model=model,
-                        cg_iters=cg_iters)
-        return x.clamp_(0.0, 1.0).cpu()
+        def solve(s: torch.Tensor, kind: str, residual: bool = False):
+            s = torch.where(s >= min_sigma_px, s, torch.zeros_like(s))
+            if not s.numel() or float(s.max()) <= 0:
+                x = image.float().to(device)
+                return (x, torch.zeros_like(x)) if residual else x
+            return invert_blur(image.float().to(device), s.to(device), lam, alpha=alpha,
+                               model=kind, cg_iters=cg_iters, return_residual=residual)
+
+        if not guarded:
+            return solve(sigma, model).clamp_(0.0, 1.0).cpu()
+        x, residual = solve(raw, "layered", residual=True)
+        fallback = solve(sigma, "gather").clamp_(0.0, 1.0)
+        return guarded_blend(x.clamp_(0.0, 1.0), residual, fallback).clamp_(0.0, 1.0).cpu()
     plan = _plan(sigma, bins, bin_mode, min_sigma_px)
     nodes = plan[0]
     source = image.float().cpu()
@@ -436,9 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="invert: half-quadratic inversion of the spatially varying blur "
                         "operator (CG, default); bins: per-bin whole-image deconvolutions, blended "
                         "(the previous default)")
-    parser.add_argument("--model", choices=MODELS, default="gather",
-                        help="blur model of --method invert: gather (each pixel the blur of the "
-                        "sharp image by its own Gaussian, default) or scatter (its transpose)")
+    parser.add_argument("--model", choices=MODELS, default="layered",
+                        help="blur model of --method invert: layered (the SYNDOF renderer's "
+                        "over-compositing of blur layers, the sharper layer nearer; default), "
+                        "gather (each pixel the blur of the sharp image by its own Gaussian) or "
+                        "scatter (its transpose)")
+    parser.add_argument("--no-guard", dest="guard", action="store_false",
+                        help="with --model layered: do not fall back to the gather model on the "
+                        "edge-safe map where the layered model does not explain the photo")
     parser.add_argument("--cg-iters", type=int, default=DEFAULT_CG_ITERS,
                         help="conjugate-gradient steps per half-quadratic step of --method invert")
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB,
@@ -507,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "min_sigma_px": args.min_sigma, "reference": args.reference,
                 "method": args.method}
     if args.method == "invert":
-        settings.update({"model": args.model, "cg_iters": args.cg_iters})
+        settings.update({"model": args.model, "cg_iters": args.cg_iters,
+                         "guard": args.guard and args.model == "layered"})
 
     written = 0
     bar = tqdm(items, desc="dmenet deblur", unit="photo", disable=None)
@@ -529,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             bin_mode=args.bin_mode, boundary=args.boundary,
                             min_sigma_px=args.min_sigma, device=device, memory_mb=args.memory_mb,
                             isolate=not args.reference, edge_safe=not args.reference,
-                            method=args.method, model=args.model, cg_iters=args.cg_iters)
+                            method=args.method, model=args.model, cg_iters=args.cg_iters,
+                            guard=args.guard)
             paths = output_paths(out_dir, name, _output_suffixes(path, args.save_map))
             meta.update({"source": str(path), "seconds": round(time.perf_counter() - start, 3),
                          "deblur": settings, "deblurred": paths["deblurred"].name})

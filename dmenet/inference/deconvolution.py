@@ -301,10 +301,13 @@ def blur_levels(sigma_max_px: float, tol: float = LEVEL_TOL,
     return tuple(levels)
 
 
-MODELS: tuple[str, ...] = ("gather", "scatter")
+MODELS: tuple[str, ...] = ("gather", "scatter", "layered")
 """Spatially varying blur models: ``"gather"`` ``(K x)(p) = sum_q G_sigma(p)(p - q) x(q)`` (each
-output pixel is the blur of the sharp image with its own Gaussian) and ``"scatter"``, its
-transpose (each sharp pixel spreads its light with its own Gaussian)."""
+output pixel is the blur of the sharp image with its own Gaussian), ``"scatter"``, its
+transpose (each sharp pixel spreads its light with its own Gaussian), and ``"layered"``: the
+SYNDOF renderer's over-compositing of the blur levels as layers, most blurred first (farthest),
+each layer's premultiplied colour and mask blurred together, normalised by the composited mask
+(exact for depth edges behind the focal plane, where the nearer side is the sharper one)."""
 
 
 def _blur_zero(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
@@ -336,7 +339,12 @@ class BlurOperator:
     the two bracketing levels of the SYNDOF renderer's blur basis
     (:func:`blur_levels`, step-edge error <= :data:`LEVEL_TOL`).
 
-    ``apply`` is the ``model`` (``"gather"`` or ``"scatter"``), ``adjoint`` its exact transpose.
+    ``apply`` is the ``model`` (:data:`MODELS`), ``adjoint`` its exact transpose. ``"layered"``
+    cuts the map into hard layers, the pixels between two neighbouring levels (each pixel's light
+    interpolated between the two blurs as above), and over-composites them as the SYNDOF renderer
+    does: most blurred first, each layer's blurred light and blurred mask together, the result
+    divided by the composited mask. A map holds no depth order, so the nearer of two layers is
+    taken to be the sharper one (true behind the focal plane, where most of a scene lies).
     """
 
     def __init__(self, sigma_px: torch.Tensor, model: str = "gather"):
@@ -349,11 +357,25 @@ class BlurOperator:
         lower = (torch.bucketize(s, levels, right=True) - 1).clamp(0, len(levels) - 2)
         t = ((s - levels[lower]) / (levels[lower + 1] - levels[lower])).clamp(0.0, 1.0)
         self.levels, self.weights = [], []
-        for k in range(len(levels)):
+        for k in range(len(levels) if model != "layered" else 0):
             wk = (lower == k) * (1.0 - t) + (lower + 1 == k) * t
             if float(wk.max()) > 0:
                 self.levels.append(float(levels[k]))
                 self.weights.append(wk.to(sigma_px.device))
+        if model == "layered":
+            # hard layers: the pixels between two neighbouring levels (their blur interpolated
+            # as in the gather model); each layer's blurred mask, and the composited mask
+            self.lower, self.t = lower.to(sigma_px.device), t.to(sigma_px.device)
+            self.layer_sigmas = [(float(levels[j]), float(levels[j + 1]))
+                                 for j in range(len(levels) - 1) if bool((lower == j).any())]
+            self.layer_ids = [j for j in range(len(levels) - 1) if bool((lower == j).any())]
+            alpha = torch.zeros_like(self.t)
+            self.masks = []
+            for j, pair in zip(self.layer_ids, self.layer_sigmas):
+                self.masks.append(self._layer_blur(self._layer(j), pair))
+            for mk in reversed(self.masks):  # the farthest (most blurred) layer first
+                alpha = (1.0 - mk[0]) * alpha + mk[0]
+            self.alpha = alpha.clamp(min=1e-6)
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
@@ -367,10 +389,37 @@ class BlurOperator:
             out += _blur_zero(wk * x, s)
         return out
 
+    def _layer(self, j: int) -> torch.Tensor:
+        return (self.lower == j).float()[None]
+
+    def _layer_blur(self, x: torch.Tensor, pair: tuple[float, float]) -> torch.Tensor:
+        """A layer's light ``x (C, H, W)``: the part ``1 - t`` blurred by the lower level, ``t``
+        by the upper."""
+        return _blur_zero(x * (1.0 - self.t), pair[0]) + _blur_zero(x * self.t, pair[1])
+
+    def _layered(self, x: torch.Tensor) -> torch.Tensor:
+        acc = torch.zeros_like(x)
+        for j, pair, mk in reversed(list(zip(self.layer_ids, self.layer_sigmas, self.masks))):
+            acc = (1.0 - mk) * acc + self._layer_blur(self._layer(j) * x, pair)
+        return acc / self.alpha
+
+    def _layered_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        g = v / self.alpha
+        out = torch.zeros_like(v)
+        for j, pair, mk in zip(self.layer_ids, self.layer_sigmas, self.masks):  # nearest first
+            out += self._layer(j) * ((1.0 - self.t) * _blur_zero(g, pair[0])
+                                     + self.t * _blur_zero(g, pair[1]))
+            g = g * (1.0 - mk)
+        return out
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model == "layered":
+            return self._layered(x)
         return self._gather(x) if self.model == "gather" else self._scatter(x)
 
     def adjoint(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model == "layered":
+            return self._layered_adjoint(x)
         return self._scatter(x) if self.model == "gather" else self._gather(x)
 
 
@@ -395,7 +444,8 @@ def _diff_adjoint(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
 
 def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.Tensor | None = None,
                 alpha: float = ALPHA, model: str = "gather", cg_iters: int = 8,
-                betas: list[float] | None = None, robust_px: float | None = None) -> torch.Tensor:
+                betas: list[float] | None = None, robust_px: float | None = None,
+                return_residual: bool = False):
     """K&F hyper-Laplacian deconvolution of ``y (C, H, W)`` under the spatially varying blur of
     ``sigma_px (H, W)`` (:class:`BlurOperator`), unclipped ``(C, H, W)``.
 
@@ -404,6 +454,9 @@ def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.T
     conjugate-gradient iterations warm-started from the previous ``x`` (from ``x0``, default
     ``y``). The photo is mirror-padded by the largest kernel radius and the data term ``M`` only
     counts the photo's own pixels, so the borders need no tapering.
+
+    With ``return_residual``: ``(x, residual)``, the residual ``K clip(x, 0, 1) - y (C, H, W)``
+    of the model on the result (how well the model explains the photo, per pixel).
     """
     if not lam > 0:
         raise ValueError(f"the data weight lambda must be > 0, got {lam}")
@@ -440,4 +493,8 @@ def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.T
             rr_new = (r * r).sum()
             p = r + (rr_new / rr.clamp(min=1e-30)) * p
             rr = rr_new
-    return x[:, top:top + h, left:left + w]
+    out = x[:, top:top + h, left:left + w]
+    if not return_residual:
+        return out
+    residual = op.apply(x.clamp(0.0, 1.0)) - yp
+    return out, residual[:, top:top + h, left:left + w]
