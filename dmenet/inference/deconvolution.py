@@ -352,7 +352,9 @@ class BlurOperator:
             raise ValueError(f"unknown blur model {model!r}; choose one of {', '.join(MODELS)}")
         self.model = model
         smax = float(sigma_px.max()) if sigma_px.numel() else 0.0
-        levels = torch.tensor(blur_levels(round(max(smax, 1e-3), 3)), dtype=torch.float32)
+        # levels up to the next whole px (a greedy prefix of those of any larger maximum): few
+        # distinct cached sets
+        levels = torch.tensor(blur_levels(float(max(1, math.ceil(smax - 1e-6)))), dtype=torch.float32)
         s = sigma_px.float().cpu().clamp(0.0, float(levels[-1]))
         lower = (torch.bucketize(s, levels, right=True) - 1).clamp(0, len(levels) - 2)
         t = ((s - levels[lower]) / (levels[lower + 1] - levels[lower])).clamp(0.0, 1.0)
