@@ -10,12 +10,15 @@ or a 16-bit PNG holding ``1000 * sigma`` as ``dmenet infer`` writes it; a folder
 ``NAME_sigma_px.npy`` / ``NAME_sigma_px_x1000.png`` serves several photos).
 
 The default method (:func:`deblur`, ``method="invert"``) inverts the spatially varying blur
-operator of the whole map: each pixel is modelled as the blur of the sharp photo by its own
-Gaussian (``model="gather"``; :class:`~dmenet.inference.deconvolution.BlurOperator`, the SYNDOF
-blur basis interpolated per pixel), and Krishnan & Fergus's hyper-Laplacian objective is
-minimised by half-quadratic splitting with a few conjugate-gradient steps per ``x``-step
-(:func:`~dmenet.inference.deconvolution.invert_blur`), on the edge-safe map
-(:func:`edge_safe_sigma`).
+operator of the whole map (:class:`~dmenet.inference.deconvolution.BlurOperator`): Krishnan &
+Fergus's hyper-Laplacian objective minimised by half-quadratic splitting with a few
+conjugate-gradient steps per ``x``-step (:func:`~dmenet.inference.deconvolution.invert_blur`).
+Its default forward model, ``model="layered"``, over-composites blur layers as the SYNDOF
+renderer does (occlusions at depth edges; the sharper layer taken as the nearer) and is
+inverted on the map itself; :func:`guarded_blend` then falls back smoothly, wherever that model
+does not explain the photo (local RMS residual above about one 8-bit level), to the inversion of
+the occlusion-free ``"gather"`` model (each pixel the blur of the sharp photo by its own
+Gaussian) on the edge-safe map (:func:`edge_safe_sigma`), which never rings.
 
 ``method="bins"`` (the previous default): the map's blurred pixels (sigma >= ``min_sigma_px``,
 0.3 px) are split into ``bins`` quantile bins (32); the whole photo is deconvolved once per bin sigma with a
