@@ -260,11 +260,12 @@ Notes:
 
 - Reference mode: the official generator's 29 x 29 kernel, `symmetric` border, layering and
   fill; the camera of each case is fixed (cases.json), sigma rule (c - 1) / 4, c_max = 29.
-- The fast renderer composites layer over layer like the loop; it restricts every blur,
-  composite, un-premultiply and fill to the boxes where they change something and solves the
-  fill before every 2nd layer only. What bounds it is the fill: one exact Laplace solve per
-  fill group of 2 layers, over a band of up to 14 px (reference; 21 px paper) around the union
-  of the farther layers (tens of thousands of unknowns at 1 MP).
+- The fast renderer computes what the loop computes (the same per-layer compositing and the
+  exact fill before every layer; the two agree to float rounding, "max diff" above), but
+  sparse in 16 x 16 tiles: each layer is blurred separably over runs of the tiles within its
+  kernel radius of its own pixels, Acc / A are composited and un-premultiplied only on the
+  tiles it changed, the fill region is searched only on the tiles at the frontier of the union
+  of the farther layers and solved on its own pixels.
 - On a shared machine (see the load average above) absolute rates are pessimistic; the two
   columns of a row ran back to back on the same inputs with the same thread count.
 """
@@ -287,9 +288,9 @@ def render_report(oracle, rows, args) -> str:
         f"- machine: {cpu}, {os.cpu_count()} CPU cores visible, GPU: {gpu}; "
         f"torch {torch.__version__}, {args.threads} torch/OpenCV thread(s); "
         f"1-min load average at the end: {load:.1f}",
-        "- fast = `render_defocus` (per-layer compositing restricted to boxes, the fill solved "
-        "before every 2nd layer); loop = `render_defocus_loop` (full-frame blur of every "
-        "layer, the exact fill before every layer). Same inputs, same cameras "
+        "- fast = `render_defocus` (the loop's algorithm, sparse in tiles); loop = "
+        "`render_defocus_loop` (full-frame blur of every layer, the exact fill before every "
+        "layer). Same inputs, same cameras "
         "(reference-mode sampler: largest CoC = 28 px), best of the repeats.",
         "- difference = max over channels of |fast - loop| in 8-bit steps (x 255); "
         "\"away\" = farther than 3 sigma_max from a depth edge (neighbouring CoCs differ by > 1 "

@@ -568,41 +568,40 @@ class _TileCompositor:
         its blur reaches (within its radius both ways), from the extent of each layer's pixels
         in each tile."""
         t, gh, gw = self.t, self.gh, self.gw
-        n, big = len(self.sigmas), 1 << 20
+        n, big = len(self.sigmas), 1 << 14  # local px fit int16
         hd, wd = lid_dom.shape
-        yy = (torch.arange(hd, device=self.dev) % t)[:, None].expand(hd, wd)[occ]
-        xx = (torch.arange(wd, device=self.dev) % t)[None].expand(hd, wd)[occ]
+        local = torch.arange(max(hd, wd), device=self.dev, dtype=torch.int16) % t
+        yy = local[:hd, None].expand(hd, wd)[occ]
+        xx = local[None, :wd].expand(hd, wd)[occ]
         k = key[occ]
 
         def extent(v, how, init):
-            out = torch.full((n * gh * gw,), init, dtype=torch.long, device=self.dev)
+            out = torch.full((n * gh * gw,), init, dtype=torch.int16, device=self.dev)
             return out.scatter_reduce_(0, k, v, how).view(n, gh, gw)
 
-        def moved(a, dy, dx, fill):  # at (ty, tx): the value of tile (ty + dy, tx + dx)
-            out = torch.full_like(a, fill)
-            out[:, max(0, -dy):gh - max(0, dy), max(0, -dx):gw - max(0, dx)] = \
-                a[:, max(0, dy):gh + min(0, dy), max(0, dx):gw + min(0, dx)]
-            return out
-
-        radius = torch.tensor(self.radii, device=self.dev).view(n, 1, 1)
+        radius = torch.tensor(self.radii, device=self.dev, dtype=torch.int16).view(n, 1, 1)
         d = -(-self.rmax // t)
 
         def grow(mask, lo, hi, vertical, carry):
             """The tiles within the radius of a ``mask`` tile's pixels, whose extent along the
             direction is ``lo..hi`` (local px); and the extent ``carry`` (lo, hi) across it,
             combined over the tiles that reach each tile."""
-            got = torch.zeros_like(mask)
-            clo, chi = torch.full_like(lo, big), torch.full_like(hi, -big)
-            for o in range(-d, d + 1):
-                dy, dx = (o, 0) if vertical else (0, o)
-                m = moved(mask, dy, dx, False)
+            got = mask.clone()
+            clo, chi = torch.where(mask, carry[0], big), torch.where(mask, carry[1], -big)
+            for o in [o for o in range(-d, d + 1) if o]:
+                # target tiles [a, b) along the direction receive from [a + o, b + o)
+                a, b = max(0, -o), (gh if vertical else gw) - max(0, o)
+
+                def sl(x, s=0, a=a, b=b):
+                    return x[:, a + s:b + s] if vertical else x[:, :, a + s:b + s]
+
                 if o > 0:
-                    m &= moved(lo, dy, dx, big) + o * t - (t - 1) <= radius
-                elif o < 0:
-                    m &= -(moved(hi, dy, dx, -big) + o * t) <= radius
-                got |= m
-                clo = torch.where(m, torch.minimum(clo, moved(carry[0], dy, dx, big)), clo)
-                chi = torch.where(m, torch.maximum(chi, moved(carry[1], dy, dx, -big)), chi)
+                    m = sl(mask, o) & (sl(lo, o) + (o * t - (t - 1)) <= radius)
+                else:
+                    m = sl(mask, o) & (-(sl(hi, o) + o * t) <= radius)
+                sl(got).logical_or_(m)
+                sl(clo).copy_(torch.where(m, torch.minimum(sl(clo), sl(carry[0], o)), sl(clo)))
+                sl(chi).copy_(torch.where(m, torch.maximum(sl(chi), sl(carry[1], o)), sl(chi)))
             return got, (clo, chi)
 
         x_lo, x_hi = extent(xx, "amin", big), extent(xx, "amax", -big)
@@ -662,10 +661,12 @@ class _TileCompositor:
         inner = (end - first) * t
         length = inner + 2 * r
         start = length.cumsum(0) - length
-        row = torch.repeat_interleave(offset + line * line_stride + first * t - r - start, length)
-        row += torch.arange(row.numel(), device=dev)
-        inside = torch.repeat_interleave(start + r - (inner.cumsum(0) - inner), inner)
-        inside += torch.arange(inside.numel(), device=dev)
+        i32 = torch.int32  # (half the index traffic of int64)
+        base = (offset + line * line_stride + first * t - r - start).to(i32)
+        row = torch.repeat_interleave(base, length)
+        row += torch.arange(row.numel(), device=dev, dtype=i32)
+        inside = torch.repeat_interleave((start + r - (inner.cumsum(0) - inner)).to(i32), inner)
+        inside += torch.arange(inside.numel(), device=dev, dtype=i32)
         return row, inside
 
     def _blur_tiles(self, source, sigma, r, h_tiles, out_tiles):
