@@ -28,11 +28,13 @@ Renderers (``renderer``):
 
 * ``"loop"`` (:func:`render_defocus_loop`): the straightforward per-layer loop, a full-frame
   blur of every layer and the fill solved exactly (sparse LU, scipy) before every layer.
-* ``"fast"`` (default): the same per-layer compositing, but every blur, composite,
-  un-premultiply and fill restricted to the boxes where it changes something, and the fill
-  solved once per *fill group* (layers whose signed CoC steps agree after ``//
-  FAST_FILL_EVERY``; inside a group the last fill's background stays premultiplied); on the
-  CPU exactly, elsewhere by conjugate gradients warm-started from the last fill.
+* ``"fast"`` (default, :class:`_TileCompositor`): the same algorithm, the fill solved before
+  every layer too, but sparse in ``TILE_PX`` x ``TILE_PX`` tiles: each layer is blurred
+  (separably, over runs of tiles) only on the tiles within its kernel radius of its own
+  pixels, ``Acc`` / ``A`` (kept tiled) are composited and un-premultiplied only on the tiles
+  that changed, the fill region is searched only on the tiles at the frontier of the union and
+  solved on its own pixels (sparse LU on the CPU, conjugate gradients elsewhere). Equal to the
+  loop up to float rounding (tested on dense-layer scenes).
 
 Known, deliberate differences from the generator: a blurred mask below ``1e-4`` is zeroed
 together with its colour (the generator keeps the colour, which breaks convexity by up to
@@ -501,15 +503,16 @@ class _TileCompositor:
     """:func:`_composite_loop`'s algorithm restricted to where each step changes something.
 
     The frame, extended beyond the image by the blur reach (border rule), is cut into
-    ``T x T`` tiles. A layer is blurred only on the tiles within its kernel radius of the tiles
-    it occupies, separably: a horizontal pass over the tiles with a horizontal halo of the
-    radius (gathered from the extended frame, every tile in one filter call), written into a
-    scratch frame, then a vertical pass over the output tiles with a vertical halo read back
-    from it. Compositing, the un-premultiply (only on tiles whose alpha may lie strictly between
-    0 and 1) and the fill region (only on tiles at the frontier of the union ``U = layers < i``)
-    run on those tiles; ``Acc`` and ``A`` live tiled, ``(tiles, T, T, 4)``. The fill is solved
-    on the region's own pixels, before every layer like the loop: exactly (sparse LU) on the
-    CPU, by conjugate gradients elsewhere. Equal to the loop up to float rounding (tested).
+    ``T x T`` tiles. A layer is blurred only on the tiles within its kernel radius of its own
+    pixels (from the extent of its pixels in each tile), separably: a horizontal pass over the
+    runs of consecutive tiles of each tile row, extended by the radius at both ends (every run
+    of the layer in one filter call), into a scratch, then a vertical pass over the runs of each
+    tile column read back from it. Compositing and the un-premultiply (only on the tiles whose
+    alpha may lie strictly between 0 and 1) run on those tiles, with ``Acc`` and ``A`` kept
+    tiled, ``(tiles, T, T, 4)``; the fill region is searched only on the tiles at the frontier
+    of the union ``U = layers < i`` and solved on its own pixels, before every layer like the
+    loop: exactly (sparse LU) on the CPU, by conjugate gradients elsewhere. Equal to the loop
+    up to float rounding (tested).
     """
 
     def __init__(self, image, layer_id, sigmas, opt: _Options):
@@ -558,9 +561,11 @@ class _TileCompositor:
         self.state = torch.zeros(nt, t, t, 4, dtype=self.dtype, device=self.dev)  # Acc, A
         self.scratch = {c: torch.zeros(nt, t, t, c, dtype=self.dtype, device=self.dev)
                         for c in (1, 4)}  # the horizontal pass, tiled
-        # the domain's rows of the source frames, per tile row transposed: (gh, FW, T, C)
-        self._transposed = {id(f): f[rmax:rmax + hd].view(gh, t, *f.shape[1:]).transpose(1, 2)
-                            .reshape(-1, t, f.shape[2]) for f in (self.src, self.lid)}
+        # the domain's rows of the source frames, per tile row transposed: (gh * FW, T, C),
+        # the T pixels of tile row ty at column x in row ty * FW + x
+        self.frames = {"src": self.src, "lid": self.lid}
+        self.columns = {k: f[rmax:rmax + hd].view(gh, t, *f.shape[1:]).transpose(1, 2)
+                        .reshape(-1, t, f.shape[2]) for k, f in self.frames.items()}
 
     def _reach_tiles(self, lid_dom, key, occ):
         """Per layer ``(n, gh, gw)`` bool: the tiles where the horizontal pass of its blur can
@@ -671,7 +676,7 @@ class _TileCompositor:
 
     def _blur_tiles(self, source, sigma, r, h_tiles, out_tiles):
         """The blur, on ``out_tiles``, of ``source(g)``: a masked source computed from
-        ``g(frame)``, the gathered part of a source frame. Separable: a horizontal pass over
+        ``g(name)``, the gathered part of the source frame ``name`` ("src", "lid"). Separable: a horizontal pass over
         the runs of ``h_tiles`` (where it can be non-zero; elsewhere it is 0) into the
         scratch, then a vertical pass over the runs of ``out_tiles`` read back from it.
         Returns ``(K, T, T, C)`` and the tiles' indices ``(K,)``."""
@@ -680,8 +685,8 @@ class _TileCompositor:
             oy, ox = torch.nonzero(out_tiles, as_tuple=True)
             y0, th = rm - r, t + 2 * r
 
-            def block(frame):
-                return self._gather(frame, oy, ox, y0, y0, th, th)
+            def block(name):
+                return self._gather(self.frames[name], oy, ox, y0, y0, th, th)
 
             x = source(block)
             return (x if r == 0 else self._filter(x, disc_kernel2d(sigma), None)), oy * gw + ox
@@ -690,8 +695,7 @@ class _TileCompositor:
         # rows of the transposed source frames (gh * FW, T, C)
         fw = self.src.shape[1]
         row, inside = self._runs(h_tiles, r, fw, rm)
-        hout = self._filter(source(lambda frame: self._transposed[id(frame)].index_select(
-            0, row)), k, 0)
+        hout = self._filter(source(lambda name: self.columns[name].index_select(0, row)), k, 0)
         c = hout.shape[-1]
         hout = hout.index_select(0, inside).view(-1, t, t, c).transpose(1, 2)
         hy, hx = torch.nonzero(h_tiles, as_tuple=True)  # the runs' order
@@ -730,7 +734,7 @@ class _TileCompositor:
                         dirty |= filled
             # blur the layer's premultiplied colour and mask together, composite it
             def layer(g, i=i):
-                return g(self.src) * (g(self.lid) == i)
+                return g("src") * (g("lid") == i)
 
             rgba, idx = self._blur_tiles(layer, sigma, r, self.h_tiles[i], self.out_tiles[i])
             rgba.mul_(rgba[..., 3:] >= MASK_EPS)
@@ -759,7 +763,7 @@ class _TileCompositor:
             return None
 
         def union(g):
-            lid = g(self.lid)
+            lid = g("lid")
             return ((lid >= 0) & (lid < i)).to(self.dtype)
 
         h_tiles = _dilate_tiles(cand, d, 0) & _dilate_tiles(any_u, 0, d)
