@@ -573,18 +573,19 @@ class _TileCompositor:
         its blur reaches (within its radius both ways), from the extent of each layer's pixels
         in each tile."""
         t, gh, gw = self.t, self.gh, self.gw
-        n, big = len(self.sigmas), 1 << 14  # local px fit int16
+        n, big = len(self.sigmas), 1 << 14
+        small = torch.int16 if self.dev.type == "cpu" else torch.int32  # local px
         hd, wd = lid_dom.shape
-        local = torch.arange(max(hd, wd), device=self.dev, dtype=torch.int16) % t
+        local = torch.arange(max(hd, wd), device=self.dev, dtype=small) % t
         yy = local[:hd, None].expand(hd, wd)[occ]
         xx = local[None, :wd].expand(hd, wd)[occ]
         k = key[occ]
 
         def extent(v, how, init):
-            out = torch.full((n * gh * gw,), init, dtype=torch.int16, device=self.dev)
+            out = torch.full((n * gh * gw,), init, dtype=small, device=self.dev)
             return out.scatter_reduce_(0, k, v, how).view(n, gh, gw)
 
-        radius = torch.tensor(self.radii, device=self.dev, dtype=torch.int16).view(n, 1, 1)
+        radius = torch.tensor(self.radii, device=self.dev, dtype=small).view(n, 1, 1)
         d = -(-self.rmax // t)
 
         def grow(mask, lo, hi, vertical, carry):
@@ -777,6 +778,8 @@ class _TileCompositor:
             return None
         p, tt = self.p, t * t
         ys, xs = cy[k] * t + yy - p, cx[k] * t + xx - p  # image coordinates
+        order = torch.argsort(ys * self.w + xs)  # row-major, like the loop: the LU's fill-in
+        ys, xs, k = ys[order], xs[order], k[order]  # depends on it (2x here)
         deg, nb, known, ny, nx = _laplace_system(ys, xs, self.h, self.w)
         flat = self.state.view(-1, 4)
 
