@@ -491,6 +491,19 @@ def _fill_loop(acc, alpha, union, sigma, opt: _Options) -> None:
 # --- the fast renderer: the same algorithm, sparse in tiles
 
 
+def _mask_reach_px(sigma_px: float, radius: int, opt: _Options) -> int:
+    """How far (px, Chebyshev) from a layer its blurred mask can reach ``MASK_EPS``: at
+    distance ``d`` every kernel offset has ``|dx| >= d`` or ``|dy| >= d``, so the blurred
+    mask is at most twice the 1-D kernel's tail beyond ``d`` (kept below half of MASK_EPS, a
+    margin for float rounding)."""
+    if opt.aperture == "disc" or radius == 0:
+        return radius
+    k = _gaussian_kernel1d(round(float(sigma_px), 9), opt.radius_px)
+    tail = 2.0 * np.cumsum(k[::-1])[::-1][radius:]  # tail[d] = mass at |u| >= d
+    far = np.nonzero(2.0 * tail < 0.5 * MASK_EPS)[0]
+    return int(far[0]) - 1 if far.size else radius
+
+
 def _dilate_tiles(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """``(gh, gw)`` bool dilated by ``dy`` tiles vertically and ``dx`` horizontally."""
     if dy == 0 and dx == 0:
@@ -586,9 +599,14 @@ class _TileCompositor:
             return out.scatter_reduce_(0, k, v, how).view(n, gh, gw)
 
         radius = torch.tensor(self.radii, device=self.dev, dtype=small).view(n, 1, 1)
+        # beyond this the blurred mask is below MASK_EPS (so zeroed, with its colour):
+        # compositing there changes nothing
+        reach = torch.tensor([_mask_reach_px(sg, r, self.opt) for sg, r in
+                              zip(self.sigmas, self.radii)], device=self.dev,
+                             dtype=small).view(n, 1, 1)
         d = -(-self.rmax // t)
 
-        def grow(mask, lo, hi, vertical, carry):
+        def grow(mask, lo, hi, vertical, carry, radius):
             """The tiles within the radius of a ``mask`` tile's pixels, whose extent along the
             direction is ``lo..hi`` (local px); and the extent ``carry`` (lo, hi) across it,
             combined over the tiles that reach each tile."""
@@ -612,8 +630,11 @@ class _TileCompositor:
 
         x_lo, x_hi = extent(xx, "amin", big), extent(xx, "amax", -big)
         y_ext = (extent(yy, "amin", big), extent(yy, "amax", -big))
-        h_tiles, (y_lo, y_hi) = grow(x_hi >= 0, x_lo, x_hi, False, y_ext)
-        out_tiles = grow(h_tiles, y_lo, y_hi, True, (y_lo, y_hi))[0]
+        h_tiles = grow(x_hi >= 0, x_lo, x_hi, False, y_ext, radius)[0]
+        near, (y_lo, y_hi) = grow(x_hi >= 0, x_lo, x_hi, False, y_ext, reach)
+        out_tiles = grow(near, y_lo, y_hi, True, (y_lo, y_hi), reach)[0]
+        # the horizontal pass is read only within the radius above and below the output
+        h_tiles &= F.max_pool2d(out_tiles[:, None].float(), (2 * d + 1, 1), 1, (d, 0))[:, 0] > 0
         return h_tiles, out_tiles
 
     def _tiled(self, frame):
