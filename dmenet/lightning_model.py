@@ -336,9 +336,13 @@ class DMENet(L.LightningModule):
             logs[f"train/{_TERM_NAMES[key]}"] = value.detach()
         logs["train/L_g"] = l_g.detach()
 
+        self.train_iteration += 1
+        # both counters in metrics.csv: its ``step`` column counts batches (Lightning's logging
+        # counter, = iteration - 1), checkpoints and max_steps count optimiser steps
+        logs["progress/iteration"] = float(self.train_iteration)
+        logs["progress/optimizer_steps"] = float(self.global_step)
         self.log_dict(logs, batch_size=n, prog_bar=False)
         self.log("loss", l_g.detach(), batch_size=n, prog_bar=True, logger=False)
-        self.train_iteration += 1
         every = self.log_images_every_n_steps
         if every and int(self.train_iteration) % every == 0:
             self._write_training_picture(syn, out_syn)

@@ -301,6 +301,9 @@ def test_every_ablation_config_trains_two_steps(ablation, base_config, tmp_path)
     # two batches trained, every loss term logged on its own and finite
     assert int(model.train_iteration) == 2
     assert trainer.global_step == (4 if has_d else 2)
+    # both counters are logged: batches and optimiser steps (two per batch with D)
+    assert float(trainer.callback_metrics["progress/iteration"]) == 2
+    assert float(trainer.callback_metrics["progress/optimizer_steps"]) == trainer.global_step
     logged = {k.removeprefix("train/") for k in trainer.callback_metrics if k.startswith("train/")}
     assert logged - {"D_accuracy"} == terms
     for key, value in trainer.callback_metrics.items():

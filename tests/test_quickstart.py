@@ -27,6 +27,8 @@ from dmenet.callbacks import TIME_CAP_FILE, TrainingSummary
 from dmenet.cli import main
 
 TINY_DATA = [
+    "--data.crop_size", "32",
+    "--data.short_side_range", "[33, 48]",
     "--data.embedded_size", "48",
     "--data.embedded_train_scenes", "2",
     "--data.embedded_eval_scenes", "1",
@@ -68,6 +70,11 @@ def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path):
     columns = set(rows[0])
     assert {"train/L_B", "train/L_D", "train/L_C", "train/L_S", "train/L_adv"} <= columns
     assert {"val/embedded/mse", "val/embedded/mae_px", "val/proxy/mse_px", "val/proxy/accuracy"} <= columns
+    # metrics.csv's step column counts batches; the two counters say what it means
+    trained = [r for r in rows if r.get("progress/iteration")]
+    assert trained and all(int(r["step"]) == float(r["progress/iteration"]) - 1 for r in trained)
+    assert all(float(r["progress/optimizer_steps"]) == 2 * float(r["progress/iteration"])
+               for r in trained)  # D on: two optimiser steps per batch
     values = [float(r["val/embedded/mae_px"]) for r in rows if r.get("val/embedded/mae_px")]
     y_values = [float(r["val/embedded/mae"]) for r in rows if r.get("val/embedded/mae")]
     assert values and values[0] == pytest.approx(7.0 * y_values[0], rel=1e-5)  # px = 7 y
