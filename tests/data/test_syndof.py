@@ -175,6 +175,19 @@ class TestDepthEdges:
         assert int(fast.num_layers[0]) > 150
         assert float((fast.image - loop).abs().max()) < 0.01 / 255
 
+    def test_fast_equals_the_loop_with_the_disc_aperture(self):
+        """The disc (non-separable: 2-D blocks) through :func:`render_from_sigma`."""
+        h, w = 40, 52
+        g = torch.Generator().manual_seed(6)
+        sigma = (torch.rand(1, 1, h // 4, w // 4, generator=g) * 3.0).repeat_interleave(
+            4, 2).repeat_interleave(4, 3)
+        order = torch.rand(1, 1, h, w, generator=g)
+        image = texture(h=h, w=w, seed=7)
+        kw = {"aperture": "disc", "gamma": 2.2}
+        fast = render_from_sigma(image, sigma, order, **kw)
+        loop = render_from_sigma(image, sigma, order, renderer="loop", **kw)
+        assert float((fast - loop).abs().max()) < 0.01 / 255
+
 
 class TestInterface:
     def test_invalid_depth_never_nan(self):
