@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from dmenet.data.syndof import (
-    _regionfill_cg,
+    _laplace_rhs,
+    _laplace_solve_cg,
+    _laplace_system,
     regionfill,
     render_defocus,
     render_from_sigma,
@@ -142,14 +144,18 @@ def test_iterative_fill_converges_to_the_exact_one():
     values = rng.random((4, 20, 24))
     region = rng.random((20, 24)) < 0.5
     exact = regionfill(values, region)
+    ys, xs = (torch.from_numpy(v) for v in np.nonzero(region))
+    deg, nb, known, ny, nx = _laplace_system(ys, xs, *region.shape)
     v = torch.from_numpy(values)
-    got = _regionfill_cg(v, torch.from_numpy(region), torch.zeros_like(v), tol=1e-9)
-    assert np.abs(got.numpy() - exact).max() < 1e-6
+    b = _laplace_rhs(known, v[:, ny, nx].permute(1, 2, 0))
+    got = _laplace_solve_cg(deg, nb, b, torch.zeros_like(b), tol=1e-9)
+    assert np.abs(got.numpy().T - exact[:, region]).max() < 1e-6
 
 
 def test_iterative_fill_path_renders_like_the_exact_one():
-    """The fast renderer's GPU path (conjugate-gradient fill, convexity clamp), forced on the
-    CPU: the same image as the exact fill, and a flat grey stays flat."""
+    """The fast renderer's GPU path (conjugate-gradient fill, convexity clamp, filters by
+    conv2d), forced on the CPU: the same image as the exact fill, and a flat grey stays
+    flat."""
     from dmenet.data.syndof import _composite_sample, _Options
 
     g = torch.Generator().manual_seed(5)
@@ -169,7 +175,8 @@ def test_iterative_fill_path_renders_like_the_exact_one():
     start = next(v for v in values if abs(v) <= max(1.0, min(abs(x) for x in values)))
     outs = {}
     for iterative in (False, True):
-        opt = _Options("gaussian", None, "replicate", True, True, 2, 0.1, iterative)
+        opt = _Options("gaussian", None, "replicate", True, True, 0.1, iterative,
+                       opencv=not iterative)
         outs[iterative] = _composite_sample(image, lid, sigmas, values, start, opt)
         grey = _composite_sample(torch.full_like(image, GREY), lid, sigmas, values, start, opt)
         assert float((grey - GREY).abs().max()) < TOL
