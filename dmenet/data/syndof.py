@@ -506,12 +506,240 @@ def _mask_reach_px(sigma_px: float, radius: int, opt: _Options) -> int:
     return int(far[0]) - 1 if far.size else radius
 
 
+TAIL_MASS = 1e-10
+"""The fast renderer drops the Gaussian taps beyond which both tails hold less than this
+mass (the loop keeps them): a difference far below float32 rounding. It matters in reference
+mode, whose 29-tap kernel is mostly zeros for small sigma."""
+
+
+def _significant_kernel1d(sigma_px: float, radius_px: int | None) -> np.ndarray:
+    """The taps of :func:`gaussian_kernel1d` within the smallest radius whose two tails
+    together hold less than ``TAIL_MASS`` (the same values, not renormalised)."""
+    k = _gaussian_kernel1d(round(float(sigma_px), 9), radius_px)
+    r = len(k) // 2
+    beyond = 2.0 * np.cumsum(k[::-1])[::-1][r + 1:]  # beyond[d] = mass at |u| > d
+    small = np.nonzero(beyond < TAIL_MASS)[0]
+    d = int(small[0]) if small.size else r
+    return k[r - d:r + d + 1]
+
+
+# Loops over tiles that touch every value once (NumPy semantics; compiled by numba on the CPU,
+# where each replaces 3-6 passes of torch ops over the same data). Layouts as in
+# :class:`_TileCompositor`.
+
+
+def _k_vertical_rows(hout, hin, tile_k, vrow, out):
+    """``out[j] = `` the horizontal pass's row ``vrow[j]`` (scratch row: tile ``vrow // T``,
+    local row ``vrow % T``), read from the filtered runs ``hout (J, T, C)`` (tile ``k``'s
+    column ``x`` at run row ``hin[k * T + x]``; ``tile_k``: a tile's ``k``, -1 = zero)."""
+    t = hout.shape[1]
+    for j in range(vrow.shape[0]):
+        tile, y = vrow[j] // t, vrow[j] % t
+        k = tile_k[tile]
+        if k < 0:
+            out[j] = 0.0
+        else:
+            for x in range(t):
+                out[j, x] = hout[hin[k * t + x], y]
+
+
+def _k_composite(state, tiles, vout, vin, eps):
+    """Composite the blurred layer ``vout[vin[k * T + y], x]`` (RGBA) over tile ``tiles[k]``
+    of ``state (tiles, T * T, 4)``: ``S = (1 - m) S + rgbm`` where ``m >= eps``."""
+    t = vout.shape[1]
+    one = np.float32(1.0)
+    for k in range(tiles.shape[0]):
+        s = state[tiles[k]]
+        for y in range(t):
+            src = vout[vin[k * t + y]]
+            for x in range(t):
+                a = src[x, 3]
+                if a >= eps:
+                    w = one - a
+                    q = y * t + x
+                    for c in range(4):
+                        s[q, c] = s[q, c] * w + src[x, c]
+
+
+def _k_unpremultiply(state, tiles):
+    """``colour = Acc / A``, ``A -> 1`` where ``A > 0``, on the tiles ``tiles`` of ``state``."""
+    one = np.float32(1.0)
+    for k in range(tiles.shape[0]):
+        s = state[tiles[k]]
+        for q in range(s.shape[0]):
+            a = s[q, 3]
+            if a > 0:
+                for c in range(3):
+                    s[q, c] = s[q, c] / a
+                s[q, 3] = one
+
+
+def _k_fill_system(ys, xs, index, lid_img, layer, state, p, t, gw, nb, deg, b):
+    """The Laplace system of the fill before layer ``layer`` on the unknown pixels ``ys, xs``
+    (image coordinates; ``index (H, W)`` all -1, restored): per unknown its in-image
+    neighbour count ``deg``, its unknown neighbours ``nb (n, 4)`` (-1: none) and ``b (n, 4)``
+    the sum of its known neighbours' ``(colour * u, u)``, ``u`` = in U (layers < ``layer``),
+    read from the tiled ``state (tiles * T * T, 4)`` (the image at ``(p, p)``)."""
+    h, w = index.shape
+    n = ys.shape[0]
+    for j in range(n):
+        index[ys[j], xs[j]] = j
+    tt = t * t
+    for j in range(n):
+        y0, x0 = ys[j], xs[j]
+        cnt = 0
+        for q in range(4):
+            y = y0 + (q == 1) - (q == 0)
+            x = x0 + (q == 3) - (q == 2)
+            nb[j, q] = -1
+            if y < 0 or y >= h or x < 0 or x >= w:
+                continue
+            cnt += 1
+            m = index[y, x]
+            if m >= 0:
+                nb[j, q] = m
+            elif lid_img[y, x] < layer:
+                yy, xx = y + p, x + p
+                s = ((yy // t) * gw + xx // t) * tt + (yy % t) * t + xx % t
+                for c in range(3):
+                    b[j, c] += state[s, c]
+                b[j, 3] += 1.0
+        deg[j] = cnt
+    for j in range(n):
+        index[ys[j], xs[j]] = -1
+
+
+def _k_envelope_order(nb, perm, nbp, first):
+    """``nbp``: the neighbours ``nb (n, 4)`` renumbered by the ordering ``perm`` (new ->
+    old), in the new order; ``first[i]``: the first column of row ``i``'s envelope. Returns
+    the envelope's size (entries of the factor)."""
+    n = perm.shape[0]
+    inv = np.empty(n, np.int64)
+    for i in range(n):
+        inv[perm[i]] = i
+    size = 0
+    for i in range(n):
+        f = i
+        for q in range(nb.shape[1]):
+            m = nb[perm[i], q]
+            nbp[i, q] = -1 if m < 0 else inv[m]
+            if m >= 0 and inv[m] < f:
+                f = inv[m]
+        first[i] = f
+        size += i - f + 1
+    return size
+
+
+def _k_envelope_solve(nbp, deg, first, b):
+    """Solve the Laplace system (``deg`` on the diagonal, -1 for each neighbour in ``nbp``;
+    symmetric positive definite) by Cholesky in the envelope ``first`` (fill-in stays
+    inside it), for every column of ``b (n, C)`` float64, in place."""
+    n = deg.shape[0]
+    off = np.empty(n + 1, np.int64)
+    off[0] = 0
+    for i in range(n):
+        off[i + 1] = off[i] + i - first[i] + 1
+    lo = np.zeros(off[n])  # row i of L: columns first[i] .. i at lo[off[i] - first[i] + j]
+    for i in range(n):
+        fi = first[i]
+        base = off[i] - fi
+        lo[base + i] = deg[i]
+        for q in range(nbp.shape[1]):
+            j = nbp[i, q]
+            if j >= 0 and j < i:
+                lo[base + j] = -1.0
+        for j in range(fi, i):
+            fj = first[j]
+            bj = off[j] - fj
+            acc = lo[base + j]
+            for k in range(max(fi, fj), j):
+                acc -= lo[base + k] * lo[bj + k]
+            lo[base + j] = acc / lo[bj + j]
+        acc = lo[base + i]
+        for k in range(fi, i):
+            acc -= lo[base + k] * lo[base + k]
+        lo[base + i] = np.sqrt(acc)
+    nc = b.shape[1]
+    for i in range(n):  # L y = b
+        base = off[i] - first[i]
+        for k in range(first[i], i):
+            v = lo[base + k]
+            for c in range(nc):
+                b[i, c] -= v * b[k, c]
+        for c in range(nc):
+            b[i, c] /= lo[base + i]
+    for i in range(n - 1, -1, -1):  # L^T x = y
+        base = off[i] - first[i]
+        for c in range(nc):
+            b[i, c] /= lo[base + i]
+        for k in range(first[i], i):
+            v = lo[base + k]
+            for c in range(nc):
+                b[k, c] -= v * b[i, c]
+
+
+ENVELOPE_MAX_WIDTH = 64
+"""The fill's Cholesky in the envelope of the reverse Cuthill-McKee order is used while the
+envelope holds at most this many entries per unknown (thin bands: 7-20 measured at 1 MP);
+wider regions (e.g. the fill among scattered pixels of a noisy depth) use SuperLU."""
+
+
+def _laplace_solve_envelope(deg: np.ndarray, nb: np.ndarray, b: np.ndarray,
+                            kern) -> np.ndarray | None:
+    """The exact solution ``(n, C)`` of the Laplace system of ``deg (n,)``, ``nb (n, 4)``
+    (:func:`_k_fill_system`) by envelope Cholesky in reverse Cuthill-McKee order (the
+    compiled ``kern``); None when the envelope is too wide (:data:`ENVELOPE_MAX_WIDTH`)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    n = deg.size
+    valid = nb >= 0
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(valid.sum(1), out=indptr[1:])
+    graph = csr_matrix((np.ones(int(indptr[-1]), dtype=np.int8), nb[valid], indptr),
+                       shape=(n, n))
+    perm = reverse_cuthill_mckee(graph, symmetric_mode=True).astype(np.int64)
+    nbp, first = np.empty_like(nb), np.empty(n, dtype=np.int64)
+    if kern["envelope_order"](nb, perm, nbp, first) > ENVELOPE_MAX_WIDTH * n:
+        return None
+    bp = np.ascontiguousarray(b[perm])
+    kern["envelope_solve"](nbp, deg[perm].astype(np.float64), first, bp)
+    x = np.empty_like(bp)
+    x[perm] = bp
+    return x
+
+
+@lru_cache(maxsize=1)
+def _kernels():
+    """The ``_k_*`` loops compiled by numba (cached on disk), or None without numba."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba comes with pymatting
+        return None
+    jit = numba.njit(cache=True, nogil=True)
+    return {"vertical_rows": jit(_k_vertical_rows), "composite": jit(_k_composite),
+            "unpremultiply": jit(_k_unpremultiply), "fill_system": jit(_k_fill_system),
+            "envelope_order": jit(_k_envelope_order),
+            # reassociating the envelope's dot products (SIMD) changes only rounding
+            "envelope_solve": numba.njit(cache=True, nogil=True,
+                                         fastmath={"reassoc", "contract"})(_k_envelope_solve)}
+
+
 def _dilate_tiles(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """``(gh, gw)`` bool dilated by ``dy`` tiles vertically and ``dx`` horizontally."""
     if dy == 0 and dx == 0:
         return t
     x = t[None, None].to(torch.float32)
     return F.max_pool2d(x, (2 * dy + 1, 2 * dx + 1), 1, (dy, dx))[0, 0] > 0
+
+
+import time as _time
+_T = {}
+_last = [0.0]
+def _tk(key):
+    now = _time.process_time()
+    _T[key] = _T.get(key, 0.0) + now - _last[0]
+    _last[0] = now
 
 
 class _TileCompositor:
@@ -531,12 +759,22 @@ class _TileCompositor:
     """
 
     def __init__(self, image, layer_id, sigmas, opt: _Options):
+        _tk("pre")
         self.opt, self.sigmas = opt, sigmas
         self.dev, self.dtype = image.device, image.dtype
         _, _, h, w = image.shape
         self.h, self.w = h, w
         t = self.t = opt.tile_px
-        self.radii = [_kernel_radius(s, opt.aperture, opt.radius_px) for s in sigmas]
+        radii = [_kernel_radius(s, opt.aperture, opt.radius_px) for s in sigmas]
+        # beyond this the blurred mask is below MASK_EPS (so zeroed, with its colour):
+        # compositing there changes nothing
+        self.reach = [_mask_reach_px(sg, r, opt) for sg, r in zip(sigmas, radii)]
+        if opt.aperture == "gaussian":
+            self.kernels = [_significant_kernel1d(s, opt.radius_px) if r else None
+                            for s, r in zip(sigmas, radii)]
+            radii = [0 if k is None else len(k) // 2 for k in self.kernels]
+            self.reach = [min(a, r) for a, r in zip(self.reach, radii)]
+        self.radii = radii
         rmax = self.rmax = max(self.radii)
         p = self.p = -(-rmax // t) * t  # the image sits at (p, p) of the tiled domain
         gh, gw = self.gh, self.gw = -(-(h + 2 * p) // t), -(-(w + 2 * p) // t)
@@ -544,6 +782,8 @@ class _TileCompositor:
         self.opencv = (self.dev.type == "cpu" and self.dtype == torch.float32
                        if opt.opencv is None else opt.opencv)
         self.iterative = self.dev.type != "cpu" if opt.iterative is None else opt.iterative
+        # the compiled loops on the CPU (with OpenCV's filters); torch ops elsewhere
+        self.kern = _kernels() if self.opencv and self.dev.type == "cpu" else None
         # source frames: the domain plus a margin of rmax; the border rule within rmax of
         # the image, nothing (layer -1) farther
         rows = torch.arange(hd + 2 * rmax, device=self.dev) - rmax - p
@@ -569,7 +809,9 @@ class _TileCompositor:
         self.count_img = torch.bincount(key[inimg], minlength=n * nt).view(n, gh, gw)
         self.n_img = torch.bincount(tile[inimg], minlength=nt).view(gh, gw)
         self.tile_in_image = self.n_img > 0
+        _tk("init0")
         self.h_tiles, self.out_tiles = self._reach_tiles(lid_dom, key, occ)
+        _tk("reach_tiles")
         self.out_tiles &= self.tile_in_image
         self.lid_tiles = self._tiled(lid_dom)  # (nt, T, T)
         self.inimg_tiles = self._tiled(inimg)
@@ -581,6 +823,20 @@ class _TileCompositor:
         self.frames = {"src": self.src, "lid": self.lid}
         self.columns = {k: f[rmax:rmax + hd].view(gh, t, *f.shape[1:]).transpose(1, 2)
                         .reshape(-1, t, f.shape[2]) for k, f in self.frames.items()}
+        # per layer its pixels in that layout (flat positions), to write its premultiplied
+        # source into a zero frame (and clear it) instead of masking every run it blurs
+        _tk("init1")
+        lid_cols = self.columns["lid"].reshape(-1)
+        order = torch.argsort(lid_cols, stable=True)
+        bounds = torch.bincount(lid_cols.long() + 1, minlength=n + 1).cumsum(0).tolist()
+        self.layer_pix = [order[bounds[i]:bounds[i + 1]] for i in range(n)]
+        self.tile_k = torch.full((nt,), -1, dtype=torch.int32, device=self.dev)
+        if self.kern is not None:  # the fill's unknowns' indices (all -1 between fills)
+            self.index_img = np.full((h, w), -1, dtype=np.int64)
+        self.masked = torch.zeros_like(self.columns["src"])  # the current layer's m * I, m
+        self.union_cols = torch.zeros_like(self.columns["lid"], dtype=self.dtype)  # U
+        self.plans = (self._plans(self.h_tiles, self.out_tiles, self.radii)
+                      if opt.aperture == "gaussian" else None)
 
     def _reach_tiles(self, lid_dom, key, occ):
         """Per layer ``(n, gh, gw)`` bool: the tiles where the horizontal pass of its blur can
@@ -601,11 +857,7 @@ class _TileCompositor:
             return out.scatter_reduce_(0, k, v, how).view(n, gh, gw)
 
         radius = torch.tensor(self.radii, device=self.dev, dtype=small).view(n, 1, 1)
-        # beyond this the blurred mask is below MASK_EPS (so zeroed, with its colour):
-        # compositing there changes nothing
-        reach = torch.tensor([_mask_reach_px(sg, r, self.opt) for sg, r in
-                              zip(self.sigmas, self.radii)], device=self.dev,
-                             dtype=small).view(n, 1, 1)
+        reach = torch.tensor(self.reach, device=self.dev, dtype=small).view(n, 1, 1)
         d = -(-self.rmax // t)
 
         def grow(mask, lo, hi, vertical, carry, radius):
@@ -678,32 +930,63 @@ class _TileCompositor:
             return out.reshape(x.shape)[:, r:x.shape[1] - r, r:x.shape[2] - r]
         return out
 
-    def _runs(self, tiles, r: int, line_stride: int, offset: int):
-        """The runs of consecutive tiles along the rows of ``tiles (lines, n)``, each extended
-        by ``r`` px at both ends, one after the other: per position, its row in a frame stored
-        line after line (``offset + line * line_stride + px along the line``); and the
-        positions inside the runs (without the extensions)."""
+    def _runs(self, tiles, r, line_stride: int, offset: int):
+        """The runs of consecutive tiles along the rows of ``tiles (G, lines, n)`` (G groups,
+        e.g. layers), each extended by ``r (G,)`` px at both ends, one after the other: per
+        group, per position, its row in a frame stored line after line (``offset + line *
+        line_stride + px along the line``); and the positions inside the runs (without the
+        extensions) in that group's rows. Two lists of G tensors."""
         t, dev = self.t, self.dev
-        edge = torch.diff(F.pad(tiles.to(torch.int8), (1, 1)), dim=1)
-        line, first = torch.nonzero(edge == 1, as_tuple=True)
-        end = torch.nonzero(edge == -1, as_tuple=True)[1]  # same (row-major) order
+        g_count = tiles.shape[0]
+        r = torch.as_tensor(r, device=dev).long().view(-1).expand(g_count)
+        edge = torch.diff(F.pad(tiles.to(torch.int8), (1, 1)), dim=-1)
+        grp, line, first = torch.nonzero(edge == 1, as_tuple=True)
+        end = torch.nonzero(edge == -1, as_tuple=True)[2]  # same (row-major) order
+        rg = r[grp]
         inner = (end - first) * t
-        length = inner + 2 * r
+        length = inner + 2 * rg
         start = length.cumsum(0) - length
         i32 = torch.int32  # (half the index traffic of int64)
-        base = (offset + line * line_stride + first * t - r - start).to(i32)
+        n_row = torch.zeros(g_count, dtype=torch.long, device=dev).index_add_(0, grp, length)
+        n_in = torch.zeros(g_count, dtype=torch.long, device=dev).index_add_(0, grp, inner)
+        g_start = n_row.cumsum(0) - n_row
+        base = (offset + line * line_stride + first * t - rg - start).to(i32)
         row = torch.repeat_interleave(base, length)
         row += torch.arange(row.numel(), device=dev, dtype=i32)
-        inside = torch.repeat_interleave((start + r - (inner.cumsum(0) - inner)).to(i32), inner)
+        inside = torch.repeat_interleave(
+            (start + rg - g_start[grp] - (inner.cumsum(0) - inner)).to(i32), inner)
         inside += torch.arange(inside.numel(), device=dev, dtype=i32)
-        return row, inside
+        return row.split(n_row.tolist()), inside.split(n_in.tolist())
 
-    def _blur_tiles(self, source, sigma, r, h_tiles, out_tiles):
+    def _plans(self, h_tiles, out_tiles, r):
+        _tk("x")
+        """Per group (``h_tiles``, ``out_tiles (G, gh, gw)``, radii ``r (G,)``) the index
+        plan of :meth:`_blur_tiles`: the horizontal pass's rows and inside positions, its
+        tiles' scratch indices, the vertical pass's rows and inside positions, and the output
+        tiles' indices."""
+        t, gh, gw, dev = self.t, self.gh, self.gw, self.dev
+        fw = self.src.shape[1]
+        hrow, hin = self._runs(h_tiles, r, fw, self.rmax)
+        vrow, vin = self._runs(out_tiles.transpose(1, 2), r, gh * t, 0)
+        g, hy, hx = torch.nonzero(h_tiles, as_tuple=True)  # the runs' order
+        hidx = (hx * gh + hy).split(torch.bincount(g, minlength=len(hrow)).tolist())
+        g, ox, oy = torch.nonzero(out_tiles.transpose(1, 2), as_tuple=True)
+        oidx = (oy * gw + ox).split(torch.bincount(g, minlength=len(hrow)).tolist())
+        del dev
+        _tk("plans")
+        return list(zip(hrow, hin, hidx, vrow, vin, oidx))
+
+    def _blur_tiles(self, source, sigma, r, h_tiles, out_tiles, cols=None, plan=None,
+                    raw=False):
         """The blur, on ``out_tiles``, of ``source(g)``: a masked source computed from
-        ``g(name)``, the gathered part of the source frame ``name`` ("src", "lid"). Separable: a horizontal pass over
-        the runs of ``h_tiles`` (where it can be non-zero; elsewhere it is 0) into the
-        scratch, then a vertical pass over the runs of ``out_tiles`` read back from it.
-        Returns ``(K, T, T, C)`` and the tiles' indices ``(K,)``."""
+        ``g(name)``, the gathered part of the source frame ``name`` ("src", "lid"); or, for
+        the Gaussian, of ``cols``, the masked source in the transposed layout of
+        ``self.columns``. Separable: a horizontal pass over the runs of ``h_tiles`` (where it
+        can be non-zero; elsewhere it is 0) into the scratch, then a vertical pass over the
+        runs of ``out_tiles`` read back from it (``plan``: :meth:`_plans`, precomputed).
+        Returns ``(K, T, T, C)`` and the tiles' indices ``(K,)``; with ``raw`` (the compiled
+        loops only) the vertical pass's filtered rows ``(J, T, C)``, the rows of the tiles'
+        pixel rows ``(K * T,)`` in it and the tiles' indices instead."""
         t, rm, gh, gw = self.t, self.rmax, self.gh, self.gw
         if r == 0 or self.opt.aperture == "disc":
             oy, ox = torch.nonzero(out_tiles, as_tuple=True)
@@ -714,28 +997,38 @@ class _TileCompositor:
 
             x = source(block)
             return (x if r == 0 else self._filter(x, disc_kernel2d(sigma), None)), oy * gw + ox
-        k = _gaussian_kernel1d(round(float(sigma), 9), self.opt.radius_px)
+        k = _significant_kernel1d(sigma, self.opt.radius_px)
+        if plan is None:
+            plan = self._plans(h_tiles[None], out_tiles[None], r)[0]
+        hrow, hin, hidx, vrow, vin, oidx = plan
         # horizontal: per position (tile row ty, column x) the tile row's T pixels there,
         # rows of the transposed source frames (gh * FW, T, C)
-        fw = self.src.shape[1]
-        row, inside = self._runs(h_tiles, r, fw, rm)
-        hout = self._filter(source(lambda name: self.columns[name].index_select(0, row)), k, 0)
+        hout = self._filter(cols.index_select(0, hrow), k, 0)
         c = hout.shape[-1]
-        hout = hout.index_select(0, inside).view(-1, t, t, c).transpose(1, 2)
-        hy, hx = torch.nonzero(h_tiles, as_tuple=True)  # the runs' order
-        hidx = hx * gh + hy
+        if self.kern is not None:
+            # the vertical pass's rows straight from the filtered runs (no scratch)
+            tile_k = self.tile_k
+            tile_k[hidx] = torch.arange(hidx.numel(), dtype=torch.int32)
+            rows = torch.empty(vrow.numel(), t, c, dtype=self.dtype)
+            self.kern["vertical_rows"](hout.numpy(), hin.numpy(), tile_k.numpy(), vrow.numpy(),
+                                       rows.numpy())
+            tile_k[hidx] = -1
+            out = self._filter(rows, k, 0)
+            if raw:
+                return out, vin, oidx
+            return out.index_select(0, vin).view(-1, t, t, c), oidx
+        hout = hout.index_select(0, hin).view(-1, t, t, c).transpose(1, 2)
         # the scratch, tile column after tile column: (gw * gh * T, T, C), row tx * hd + y
         scratch = self.scratch[c]
         scratch.index_copy_(0, hidx, hout)
         # vertical: per position (tile column tx, row y) the tile's T pixels of row y
-        row, inside = self._runs(out_tiles.T, r, gh * t, 0)
-        rows = scratch.view(-1, t, c).index_select(0, row)
-        out = self._filter(rows, k, 0).index_select(0, inside).view(-1, t, t, c)
+        rows = scratch.view(-1, t, c).index_select(0, vrow)
+        out = self._filter(rows, k, 0).index_select(0, vin).view(-1, t, t, c)
         scratch.index_fill_(0, hidx, 0.0)
-        ox, oy = torch.nonzero(out_tiles.T, as_tuple=True)  # the runs' order
-        return out, oy * gw + ox
+        return out, oidx
 
     def run(self, start: int) -> torch.Tensor:
+        _tk("init2")
         t, gw = self.t, self.gw
         state = self.state
         dirty = self.tile_in_image.clone()  # where A may lie strictly between 0 and 1
@@ -743,30 +1036,54 @@ class _TileCompositor:
         u_img = torch.zeros_like(self.n_img)  # U's pixels per tile, in the image
         for i, (sigma, r) in enumerate(zip(self.sigmas, self.radii)):
             d = -(-r // t)
+            _tk("loop")
             if i > start:
                 # un-premultiply: colour = Acc / A, A -> 1 where it was > 0
                 idx = torch.nonzero(dirty.flatten()).flatten()
-                st = state.index_select(0, idx)
-                a = st[..., 3:]
-                pos = a > 0
-                st = torch.where(pos, st / torch.where(pos, a, torch.ones_like(a)), st)
-                state.index_copy_(0, idx, st)
+                if self.kern is not None:
+                    self.kern["unpremultiply"](state.view(-1, t * t, 4).numpy(), idx.numpy())
+                else:
+                    st = state.index_select(0, idx)
+                    a = st[..., 3:]
+                    pos = a > 0
+                    st = torch.where(pos, st / torch.where(pos, a, torch.ones_like(a)), st)
+                    state.index_copy_(0, idx, st)
                 dirty = torch.zeros_like(dirty)
+                _tk("unpremul")
                 if r > 0:
                     filled = self._fill(i, sigma, r, d, any_u, u_img)
+                    _tk("fill")
                     if filled is not None:
                         dirty |= filled
             # blur the layer's premultiplied colour and mask together, composite it
             def layer(g, i=i):
                 return g("src") * (g("lid") == i)
 
-            rgba, idx = self._blur_tiles(layer, sigma, r, self.h_tiles[i], self.out_tiles[i])
-            rgba.mul_(rgba[..., 3:] >= MASK_EPS)
-            st = state.index_select(0, idx)
-            state.index_copy_(0, idx, st.mul_(1.0 - rgba[..., 3:]).add_(rgba))
+            pix = self.layer_pix[i]
+            src_flat, masked = self.columns["src"].view(-1, 4), self.masked.view(-1, 4)
+            gauss = self.plans is not None and r > 0
+            if gauss:
+                masked.index_copy_(0, pix, src_flat.index_select(0, pix))
+            fused = gauss and self.kern is not None
+            res = self._blur_tiles(layer, sigma, r, self.h_tiles[i], self.out_tiles[i],
+                                   self.masked, self.plans[i] if gauss else None, raw=fused)
+            if gauss:
+                masked.index_fill_(0, pix, 0.0)
+            _tk("layerblur")
+            if fused:
+                vout, vin, idx = res
+                self.kern["composite"](state.view(-1, t * t, 4).numpy(), idx.numpy(),
+                                       vout.numpy(), vin.numpy(), np.float32(MASK_EPS))
+            else:
+                rgba, idx = res
+                rgba.mul_(rgba[..., 3:] >= MASK_EPS)
+                st = state.index_select(0, idx)
+                state.index_copy_(0, idx, st.mul_(1.0 - rgba[..., 3:]).add_(rgba))
             dirty |= self.out_tiles[i]
             any_u |= self.count[i] > 0
             u_img += self.count_img[i]
+            self.union_cols.view(-1).index_fill_(0, pix, 1.0)
+            _tk("composite")
         out = state.view(self.gh, gw, t, t, 4).transpose(1, 2).reshape(self.gh * t, gw * t, 4)
         p = self.p
         out = out[p:p + self.h, p:p + self.w].permute(2, 0, 1)[None]
@@ -791,19 +1108,26 @@ class _TileCompositor:
             return ((lid >= 0) & (lid < i)).to(self.dtype)
 
         h_tiles = _dilate_tiles(cand, d, 0) & _dilate_tiles(any_u, 0, d)
-        reach, ct = self._blur_tiles(union, sigma, r, h_tiles, cand)
+        _tk("f_cand")
+        reach, ct = self._blur_tiles(union, sigma, r, h_tiles, cand, self.union_cols)
+        _tk("f_blur")
         reach = reach[..., 0]
         cy, cx = ct // gw, ct % gw
         lid = self.lid_tiles[ct]
         region = (reach >= FILL_REACH) & ((lid < 0) | (lid >= i)) & self.inimg_tiles[ct]
         k, yy, xx = torch.nonzero(region, as_tuple=True)
+        _tk("f_region")
         if k.numel() == 0:
             return None
         p, tt = self.p, t * t
         ys, xs = cy[k] * t + yy - p, cx[k] * t + xx - p  # image coordinates
         order = torch.argsort(ys * self.w + xs)  # row-major, like the loop: the LU's fill-in
         ys, xs, k = ys[order], xs[order], k[order]  # depends on it (2x here)
+        _tk("f_sort")
+        if self.kern is not None and not self.iterative:
+            return self._fill_compiled(i, ys, xs, ct[k])
         deg, nb, known, ny, nx = _laplace_system(ys, xs, self.h, self.w)
+        _tk("f_system")
         flat = self.state.view(-1, 4)
 
         def state_index(y, x):
@@ -814,6 +1138,7 @@ class _TileCompositor:
         kv = torch.cat([flat[state_index(ny, nx), :3] * u, u], dim=-1)  # (4, n, 4)
         b = _laplace_rhs(known, kv)
         ridx = state_index(ys, xs)
+        _tk("f_rhs")
         if self.iterative:
             x = _laplace_solve_cg(deg, nb, b, flat[ridx])
             # keep the iterate convex: colour within [min, max] of the known colours x alpha
@@ -826,10 +1151,34 @@ class _TileCompositor:
                 x = torch.zeros_like(x)
         else:
             x = torch.from_numpy(_laplace_solve_lu(deg, nb, b.cpu().double().numpy())).to(b)
+        _tk("f_lu")
         flat[ridx] = x
         written = torch.zeros(self.gh * gw, dtype=torch.bool, device=self.dev)
         written[ct[k]] = True
         return written.view(self.gh, gw)
+
+    def _fill_compiled(self, i, ys, xs, tiles):
+        """:meth:`_fill`'s system, exact solve and write on the CPU with the compiled loops,
+        for the region pixels ``ys, xs`` (image coordinates, row-major) in ``tiles``."""
+        n, t, p = ys.numel(), self.t, self.p
+        ys, xs = ys.numpy(), xs.numpy()
+        nb = np.empty((n, 4), dtype=np.int64)
+        deg = np.empty(n, dtype=np.int64)
+        b = np.zeros((n, 4), dtype=np.float64)
+        flat = self.state.view(-1, 4)
+        self.kern["fill_system"](ys, xs, self.index_img, self.lid_img.numpy(), i, flat.numpy(),
+                                 p, t, self.gw, nb, deg, b)
+        _tk("f_system")
+        x = _laplace_solve_envelope(deg, nb, b, self.kern)
+        if x is None:
+            x = _laplace_solve_lu(torch.from_numpy(deg), torch.from_numpy(nb.T), b)
+        _tk("f_lu")
+        y, xx = ys + p, xs + p
+        ridx = ((y // t) * self.gw + xx // t) * (t * t) + (y % t) * t + xx % t
+        flat[torch.from_numpy(ridx)] = torch.from_numpy(x).to(self.dtype)
+        written = torch.zeros(self.gh * self.gw, dtype=torch.bool)
+        written[tiles] = True
+        return written.view(self.gh, self.gw)
 
 
 # ---------------------------------------------------------------------------------------------
