@@ -30,11 +30,13 @@ Renderers (``renderer``):
   blur of every layer and the fill solved exactly (sparse LU, scipy) before every layer.
 * ``"fast"`` (default, :class:`_TileCompositor`): the same algorithm, the fill solved before
   every layer too, but sparse in ``TILE_PX`` x ``TILE_PX`` tiles: each layer is blurred
-  (separably, over runs of tiles) only on the tiles within its kernel radius of its own
-  pixels, ``Acc`` / ``A`` (kept tiled) are composited and un-premultiplied only on the tiles
-  that changed, the fill region is searched only on the tiles at the frontier of the union and
-  solved on its own pixels (sparse LU on the CPU, conjugate gradients elsewhere). Equal to the
-  loop up to float rounding (tested on dense-layer scenes).
+  (separably, over runs of tiles, with the kernel's significant taps) only on the tiles within
+  its kernel radius of its own pixels, ``Acc`` / ``A`` (kept tiled) are composited and
+  un-premultiplied only on the tiles that changed, the fill region is searched only on the
+  tiles at the frontier of the union and solved on its own pixels (on the CPU by compiled
+  loops and an exact envelope Cholesky, else SuperLU; conjugate gradients elsewhere). Equal to
+  the loop up to float rounding (tested on dense-layer scenes). On the CPU it compiles its
+  loops with numba on first use (cached on disk; ~0.5 s to load them in a new process).
 
 Known, deliberate differences from the generator: a blurred mask below ``1e-4`` is zeroed
 together with its colour (the generator keeps the colour, which breaks convexity by up to
@@ -532,15 +534,18 @@ def _k_vertical_rows(hout, hin, tile_k, vrow, out):
     """``out[j] = `` the horizontal pass's row ``vrow[j]`` (scratch row: tile ``vrow // T``,
     local row ``vrow % T``), read from the filtered runs ``hout (J, T, C)`` (tile ``k``'s
     column ``x`` at run row ``hin[k * T + x]``; ``tile_k``: a tile's ``k``, -1 = zero)."""
-    t = hout.shape[1]
+    t, nc = hout.shape[1], hout.shape[2]
     for j in range(vrow.shape[0]):
         tile, y = vrow[j] // t, vrow[j] % t
         k = tile_k[tile]
-        if k < 0:
-            out[j] = 0.0
-        else:
-            for x in range(t):
-                out[j, x] = hout[hin[k * t + x], y]
+        for x in range(t):
+            if k < 0:
+                for c in range(nc):
+                    out[j, x, c] = 0.0
+            else:
+                m = hin[k * t + x]
+                for c in range(nc):
+                    out[j, x, c] = hout[m, y, c]
 
 
 def _k_composite(state, tiles, vout, vin, eps):
@@ -612,7 +617,7 @@ def _k_fill_system(ys, xs, index, lid_img, layer, state, p, t, gw, nb, deg, b):
 def _k_envelope_order(nb, perm, nbp, first):
     """``nbp``: the neighbours ``nb (n, 4)`` renumbered by the ordering ``perm`` (new ->
     old), in the new order; ``first[i]``: the first column of row ``i``'s envelope. Returns
-    the envelope's size (entries of the factor)."""
+    the sum over rows of the squared envelope width (~ the factorisation's work)."""
     n = perm.shape[0]
     inv = np.empty(n, np.int64)
     for i in range(n):
@@ -626,7 +631,7 @@ def _k_envelope_order(nb, perm, nbp, first):
             if m >= 0 and inv[m] < f:
                 f = inv[m]
         first[i] = f
-        size += i - f + 1
+        size += (i - f + 1) * (i - f + 1)
     return size
 
 
@@ -678,17 +683,18 @@ def _k_envelope_solve(nbp, deg, first, b):
                 b[k, c] -= v * b[i, c]
 
 
-ENVELOPE_MAX_WIDTH = 64
+ENVELOPE_MAX_WORK = 2000
 """The fill's Cholesky in the envelope of the reverse Cuthill-McKee order is used while the
-envelope holds at most this many entries per unknown (thin bands: 7-20 measured at 1 MP);
-wider regions (e.g. the fill among scattered pixels of a noisy depth) use SuperLU."""
+mean squared envelope width per unknown is at most this (measured: it then beats SuperLU,
+2-3x on the thin bands of 1 MP scenes, mean width 7-20); wider regions (240 px crops with
+many near layers, scattered pixels of a noisy depth) use SuperLU."""
 
 
 def _laplace_solve_envelope(deg: np.ndarray, nb: np.ndarray, b: np.ndarray,
                             kern) -> np.ndarray | None:
     """The exact solution ``(n, C)`` of the Laplace system of ``deg (n,)``, ``nb (n, 4)``
     (:func:`_k_fill_system`) by envelope Cholesky in reverse Cuthill-McKee order (the
-    compiled ``kern``); None when the envelope is too wide (:data:`ENVELOPE_MAX_WIDTH`)."""
+    compiled ``kern``); None when the envelope is too wide (:data:`ENVELOPE_MAX_WORK`)."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import reverse_cuthill_mckee
 
@@ -700,7 +706,7 @@ def _laplace_solve_envelope(deg: np.ndarray, nb: np.ndarray, b: np.ndarray,
                        shape=(n, n))
     perm = reverse_cuthill_mckee(graph, symmetric_mode=True).astype(np.int64)
     nbp, first = np.empty_like(nb), np.empty(n, dtype=np.int64)
-    if kern["envelope_order"](nb, perm, nbp, first) > ENVELOPE_MAX_WIDTH * n:
+    if kern["envelope_order"](nb, perm, nbp, first) > ENVELOPE_MAX_WORK * n:
         return None
     bp = np.ascontiguousarray(b[perm])
     kern["envelope_solve"](nbp, deg[perm].astype(np.float64), first, bp)
@@ -733,33 +739,28 @@ def _dilate_tiles(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return F.max_pool2d(x, (2 * dy + 1, 2 * dx + 1), 1, (dy, dx))[0, 0] > 0
 
 
-import time as _time
-_T = {}
-_last = [0.0]
-def _tk(key):
-    now = _time.process_time()
-    _T[key] = _T.get(key, 0.0) + now - _last[0]
-    _last[0] = now
-
-
 class _TileCompositor:
     """:func:`_composite_loop`'s algorithm restricted to where each step changes something.
 
     The frame, extended beyond the image by the blur reach (border rule), is cut into
     ``T x T`` tiles. A layer is blurred only on the tiles within its kernel radius of its own
-    pixels (from the extent of its pixels in each tile), separably: a horizontal pass over the
-    runs of consecutive tiles of each tile row, extended by the radius at both ends (every run
-    of the layer in one filter call), into a scratch, then a vertical pass over the runs of each
-    tile column read back from it. Compositing and the un-premultiply (only on the tiles whose
-    alpha may lie strictly between 0 and 1) run on those tiles, with ``Acc`` and ``A`` kept
-    tiled, ``(tiles, T, T, 4)``; the fill region is searched only on the tiles at the frontier
-    of the union ``U = layers < i`` and solved on its own pixels, before every layer like the
-    loop: exactly (sparse LU) on the CPU, by conjugate gradients elsewhere. Equal to the loop
-    up to float rounding (tested).
+    pixels (from the extent of its pixels in each tile), separably, with the Gaussian's
+    significant taps only (:func:`_significant_kernel1d`): a horizontal pass over the runs of
+    consecutive tiles of each tile row, extended by the radius at both ends (every run of the
+    layer in one filter call), read from a zero frame into which the layer's own pixels are
+    written (and cleared after), then a vertical pass over the runs of each tile column. The
+    index plans of both passes are computed for all layers at once, up front. Compositing and
+    the un-premultiply (only on the tiles whose alpha may lie strictly between 0 and 1) run on
+    those tiles, with ``Acc`` and ``A`` kept tiled, ``(tiles, T, T, 4)``; the fill region is
+    searched only on the tiles at the frontier of the union ``U = layers < i`` and solved on
+    its own pixels, before every layer like the loop. On the CPU the per-pixel steps between
+    the filters (the vertical pass's rows, compositing, un-premultiply, the fill's system) are
+    compiled loops (numba, the ``_k_*`` functions) and the fill is solved exactly by Cholesky
+    in the envelope of the reverse Cuthill-McKee order (SuperLU for wide regions); elsewhere
+    torch ops and conjugate gradients. Equal to the loop up to float rounding (tested).
     """
 
     def __init__(self, image, layer_id, sigmas, opt: _Options):
-        _tk("pre")
         self.opt, self.sigmas = opt, sigmas
         self.dev, self.dtype = image.device, image.dtype
         _, _, h, w = image.shape
@@ -809,9 +810,7 @@ class _TileCompositor:
         self.count_img = torch.bincount(key[inimg], minlength=n * nt).view(n, gh, gw)
         self.n_img = torch.bincount(tile[inimg], minlength=nt).view(gh, gw)
         self.tile_in_image = self.n_img > 0
-        _tk("init0")
         self.h_tiles, self.out_tiles = self._reach_tiles(lid_dom, key, occ)
-        _tk("reach_tiles")
         self.out_tiles &= self.tile_in_image
         self.lid_tiles = self._tiled(lid_dom)  # (nt, T, T)
         self.inimg_tiles = self._tiled(inimg)
@@ -825,7 +824,6 @@ class _TileCompositor:
                         .reshape(-1, t, f.shape[2]) for k, f in self.frames.items()}
         # per layer its pixels in that layout (flat positions), to write its premultiplied
         # source into a zero frame (and clear it) instead of masking every run it blurs
-        _tk("init1")
         lid_cols = self.columns["lid"].reshape(-1)
         order = torch.argsort(lid_cols, stable=True)
         bounds = torch.bincount(lid_cols.long() + 1, minlength=n + 1).cumsum(0).tolist()
@@ -959,12 +957,11 @@ class _TileCompositor:
         return row.split(n_row.tolist()), inside.split(n_in.tolist())
 
     def _plans(self, h_tiles, out_tiles, r):
-        _tk("x")
         """Per group (``h_tiles``, ``out_tiles (G, gh, gw)``, radii ``r (G,)``) the index
         plan of :meth:`_blur_tiles`: the horizontal pass's rows and inside positions, its
         tiles' scratch indices, the vertical pass's rows and inside positions, and the output
         tiles' indices."""
-        t, gh, gw, dev = self.t, self.gh, self.gw, self.dev
+        t, gh, gw = self.t, self.gh, self.gw
         fw = self.src.shape[1]
         hrow, hin = self._runs(h_tiles, r, fw, self.rmax)
         vrow, vin = self._runs(out_tiles.transpose(1, 2), r, gh * t, 0)
@@ -972,8 +969,6 @@ class _TileCompositor:
         hidx = (hx * gh + hy).split(torch.bincount(g, minlength=len(hrow)).tolist())
         g, ox, oy = torch.nonzero(out_tiles.transpose(1, 2), as_tuple=True)
         oidx = (oy * gw + ox).split(torch.bincount(g, minlength=len(hrow)).tolist())
-        del dev
-        _tk("plans")
         return list(zip(hrow, hin, hidx, vrow, vin, oidx))
 
     def _blur_tiles(self, source, sigma, r, h_tiles, out_tiles, cols=None, plan=None,
@@ -987,7 +982,7 @@ class _TileCompositor:
         Returns ``(K, T, T, C)`` and the tiles' indices ``(K,)``; with ``raw`` (the compiled
         loops only) the vertical pass's filtered rows ``(J, T, C)``, the rows of the tiles'
         pixel rows ``(K * T,)`` in it and the tiles' indices instead."""
-        t, rm, gh, gw = self.t, self.rmax, self.gh, self.gw
+        t, rm, gw = self.t, self.rmax, self.gw
         if r == 0 or self.opt.aperture == "disc":
             oy, ox = torch.nonzero(out_tiles, as_tuple=True)
             y0, th = rm - r, t + 2 * r
@@ -1003,7 +998,8 @@ class _TileCompositor:
         hrow, hin, hidx, vrow, vin, oidx = plan
         # horizontal: per position (tile row ty, column x) the tile row's T pixels there,
         # rows of the transposed source frames (gh * FW, T, C)
-        hout = self._filter(cols.index_select(0, hrow), k, 0)
+        hg = cols.index_select(0, hrow)
+        hout = self._filter(hg, k, 0)
         c = hout.shape[-1]
         if self.kern is not None:
             # the vertical pass's rows straight from the filtered runs (no scratch)
@@ -1028,7 +1024,6 @@ class _TileCompositor:
         return out, oidx
 
     def run(self, start: int) -> torch.Tensor:
-        _tk("init2")
         t, gw = self.t, self.gw
         state = self.state
         dirty = self.tile_in_image.clone()  # where A may lie strictly between 0 and 1
@@ -1036,7 +1031,6 @@ class _TileCompositor:
         u_img = torch.zeros_like(self.n_img)  # U's pixels per tile, in the image
         for i, (sigma, r) in enumerate(zip(self.sigmas, self.radii)):
             d = -(-r // t)
-            _tk("loop")
             if i > start:
                 # un-premultiply: colour = Acc / A, A -> 1 where it was > 0
                 idx = torch.nonzero(dirty.flatten()).flatten()
@@ -1049,10 +1043,8 @@ class _TileCompositor:
                     st = torch.where(pos, st / torch.where(pos, a, torch.ones_like(a)), st)
                     state.index_copy_(0, idx, st)
                 dirty = torch.zeros_like(dirty)
-                _tk("unpremul")
                 if r > 0:
                     filled = self._fill(i, sigma, r, d, any_u, u_img)
-                    _tk("fill")
                     if filled is not None:
                         dirty |= filled
             # blur the layer's premultiplied colour and mask together, composite it
@@ -1069,7 +1061,6 @@ class _TileCompositor:
                                    self.masked, self.plans[i] if gauss else None, raw=fused)
             if gauss:
                 masked.index_fill_(0, pix, 0.0)
-            _tk("layerblur")
             if fused:
                 vout, vin, idx = res
                 self.kern["composite"](state.view(-1, t * t, 4).numpy(), idx.numpy(),
@@ -1083,7 +1074,6 @@ class _TileCompositor:
             any_u |= self.count[i] > 0
             u_img += self.count_img[i]
             self.union_cols.view(-1).index_fill_(0, pix, 1.0)
-            _tk("composite")
         out = state.view(self.gh, gw, t, t, 4).transpose(1, 2).reshape(self.gh * t, gw * t, 4)
         p = self.p
         out = out[p:p + self.h, p:p + self.w].permute(2, 0, 1)[None]
@@ -1108,26 +1098,21 @@ class _TileCompositor:
             return ((lid >= 0) & (lid < i)).to(self.dtype)
 
         h_tiles = _dilate_tiles(cand, d, 0) & _dilate_tiles(any_u, 0, d)
-        _tk("f_cand")
         reach, ct = self._blur_tiles(union, sigma, r, h_tiles, cand, self.union_cols)
-        _tk("f_blur")
         reach = reach[..., 0]
         cy, cx = ct // gw, ct % gw
         lid = self.lid_tiles[ct]
         region = (reach >= FILL_REACH) & ((lid < 0) | (lid >= i)) & self.inimg_tiles[ct]
         k, yy, xx = torch.nonzero(region, as_tuple=True)
-        _tk("f_region")
         if k.numel() == 0:
             return None
         p, tt = self.p, t * t
         ys, xs = cy[k] * t + yy - p, cx[k] * t + xx - p  # image coordinates
         order = torch.argsort(ys * self.w + xs)  # row-major, like the loop: the LU's fill-in
         ys, xs, k = ys[order], xs[order], k[order]  # depends on it (2x here)
-        _tk("f_sort")
         if self.kern is not None and not self.iterative:
             return self._fill_compiled(i, ys, xs, ct[k])
         deg, nb, known, ny, nx = _laplace_system(ys, xs, self.h, self.w)
-        _tk("f_system")
         flat = self.state.view(-1, 4)
 
         def state_index(y, x):
@@ -1138,7 +1123,6 @@ class _TileCompositor:
         kv = torch.cat([flat[state_index(ny, nx), :3] * u, u], dim=-1)  # (4, n, 4)
         b = _laplace_rhs(known, kv)
         ridx = state_index(ys, xs)
-        _tk("f_rhs")
         if self.iterative:
             x = _laplace_solve_cg(deg, nb, b, flat[ridx])
             # keep the iterate convex: colour within [min, max] of the known colours x alpha
@@ -1151,7 +1135,6 @@ class _TileCompositor:
                 x = torch.zeros_like(x)
         else:
             x = torch.from_numpy(_laplace_solve_lu(deg, nb, b.cpu().double().numpy())).to(b)
-        _tk("f_lu")
         flat[ridx] = x
         written = torch.zeros(self.gh * gw, dtype=torch.bool, device=self.dev)
         written[ct[k]] = True
@@ -1168,11 +1151,9 @@ class _TileCompositor:
         flat = self.state.view(-1, 4)
         self.kern["fill_system"](ys, xs, self.index_img, self.lid_img.numpy(), i, flat.numpy(),
                                  p, t, self.gw, nb, deg, b)
-        _tk("f_system")
         x = _laplace_solve_envelope(deg, nb, b, self.kern)
         if x is None:
             x = _laplace_solve_lu(torch.from_numpy(deg), torch.from_numpy(nb.T), b)
-        _tk("f_lu")
         y, xx = ys + p, xs + p
         ridx = ((y // t) * self.gw + xx // t) * (t * t) + (y % t) * t + xx % t
         flat[torch.from_numpy(ridx)] = torch.from_numpy(x).to(self.dtype)
