@@ -174,6 +174,56 @@ class TestDepthEdges:
         assert int(fast.num_layers[0]) > 150
         assert float((fast.image - loop).abs().max()) < 0.01 / 255
 
+    def test_fast_equals_the_loop_with_the_superlu_fill(self, monkeypatch):
+        """The dense-layer scene with every fill of the fast renderer forced off its envelope
+        Cholesky onto its fallback for wide regions (SuperLU): still equal to the loop."""
+        import dmenet.data.syndof as syndof
+
+        monkeypatch.setattr(syndof, "ENVELOPE_MAX_WORK", 0)
+        h, w = 24, 40
+        g = torch.Generator().manual_seed(8)
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        depth = (900.0 + 60.0 * xx + 8.0 * yy + 60.0 * torch.rand(h, w, generator=g))[None, None]
+        depth[..., 6:18, 14:26] = 700.0
+        cam = Camera([3000.0], [28.0 / (3000.0 / 700.0 - 1.0)])
+        image = texture(h=h, w=w, seed=9)
+        fast = render_defocus(image, depth, cam)
+        loop = render_defocus_loop(image, depth, cam)
+        assert float((fast.image - loop).abs().max()) < 0.01 / 255
+
+    def test_envelope_fill_solves_the_laplace_equation(self):
+        """The fast renderer's exact fill solver on a ring-shaped region with holes: every
+        unknown is the mean of its 4 neighbours (known ones from the right-hand side)."""
+        from dmenet.data.syndof import _kernels, _laplace_solve_envelope
+
+        kern = _kernels()
+        if kern is None:
+            pytest.skip("needs numba")
+        h, w = 30, 36
+        yy, xx = np.mgrid[:h, :w]
+        rr = np.hypot(yy - 15, xx - 18)
+        region = (rr > 6) & (rr < 13) & ~((yy % 7 == 0) & (xx % 5 == 0))
+        ys, xs = np.nonzero(region)
+        index = np.full((h, w), -1)
+        index[ys, xs] = np.arange(ys.size)
+        nb = np.full((ys.size, 4), -1)
+        deg = np.zeros(ys.size, dtype=np.int64)
+        b = np.zeros((ys.size, 2))
+        values = np.random.default_rng(0).random((h, w, 2))
+        for q, (dy, dx) in enumerate([(-1, 0), (1, 0), (0, -1), (0, 1)]):
+            y, x = ys + dy, xs + dx
+            ok = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            deg += ok
+            m = np.where(ok, index[y.clip(0, h - 1), x.clip(0, w - 1)], -1)
+            nb[:, q] = np.where(ok, m, -1)
+            known = ok & (m < 0)
+            b[known] += values[y[known], x[known]]
+        x = _laplace_solve_envelope(deg, nb, b, kern)
+        assert x is not None
+        xp = np.concatenate([x, np.zeros((1, 2))])
+        residual = deg[:, None] * x - xp[nb].sum(1) - b
+        assert np.abs(residual).max() < 1e-12
+
     def test_fast_equals_the_loop_with_the_disc_aperture(self):
         """The disc (non-separable: 2-D blocks) through :func:`render_from_sigma`."""
         h, w = 32, 40
