@@ -183,9 +183,9 @@ class TrainingSummary(pl.Callback):
         from lightning.pytorch.callbacks import Timer
 
         for callback in trainer.callbacks:
-            if isinstance(callback, Timer) and callback._duration is not None:
-                remaining = callback.time_remaining()
-                return remaining is not None and remaining <= 0
+            remaining = callback.time_remaining() if isinstance(callback, Timer) else None
+            if remaining is not None:  # a Timer with a duration (max_time)
+                return remaining <= 0
         return False
 
     def _stopped_by(self, trainer: pl.Trainer, done: int, planned: int | None) -> str:
@@ -295,8 +295,9 @@ def _max_time_text(trainer: pl.Trainer) -> str | None:
     from lightning.pytorch.callbacks import Timer
 
     for callback in trainer.callbacks:
-        if isinstance(callback, Timer) and callback._duration is not None:
-            total = int(callback._duration)
+        remaining = callback.time_remaining() if isinstance(callback, Timer) else None
+        if remaining is not None:  # its duration, from public API: elapsed + remaining
+            total = int(round(callback.time_elapsed() + remaining))
             days, rest = divmod(total, 86400)
             return f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
     return None

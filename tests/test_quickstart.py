@@ -52,11 +52,11 @@ def _dmenet(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path):
+def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path, monkeypatch):
     config = str(repo_root / "configs" / "quickstart.yaml")
     proc = _dmenet([
         "fit", "--config", config,
-        # manual optimisation: 2 optimizer steps per batch -> 2 batches of the 2 x 10 planned
+        # manual optimisation: 2 optimizer steps per batch -> 2 batches of the 2 x 6 planned
         "--trainer.max_steps", "4",
         "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false",
@@ -90,20 +90,22 @@ def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path):
     assert all(cv2.imread(str(p)).shape[0] >= 256 for p in strips)
     # the last lines say what was trained, with the held-out metrics in px
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["iterations_done"] == 2 and summary["iterations_planned"] == 20
+    assert summary["iterations_done"] == 2 and summary["iterations_planned"] == 12
     assert summary["stopped_by"] == "max_steps"
     assert set(summary["held_out"]) == {"embedded", "proxy"}
     last_lines = proc.stdout.strip().splitlines()[-8:]
     text = "\n".join(last_lines)
-    assert "trained 2 of 20 planned iterations" in text, text
+    assert "trained 2 of 12 planned iterations" in text, text
     assert "held-out embedded (last validation): MAE" in text and " px" in text
     assert f"{(run / 'val_images').relative_to(tmp_path)}/" in text  # as the user gave it
     assert not (run / "TIME_CAP_REACHED.txt").exists()
 
-    # test on the run's own checkpoint: the report lands inside the run, no new version
-    _dmenet(["test", "--config", config, "--ckpt_path", str(checkpoints / "last.ckpt"),
-             "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
-             *TINY_DATA], tmp_path)
+    # test on the run's own checkpoint: the report lands inside the run, no new version (in
+    # this process, from the same folder: the console of a command was checked above)
+    monkeypatch.chdir(tmp_path)
+    assert main(["test", "--config", config, "--ckpt_path", str(checkpoints / "last.ckpt"),
+                 "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
+                 *TINY_DATA]) == 0
     report = json.loads((run / "results" / "last" / "embedded" / "metrics.json").read_text())
     assert {"mse", "mae_px"} <= set(report["metrics"]) and report["units"]["mae_px"].endswith("px")
     assert sorted(p.name for p in (tmp_path / "runs" / "quickstart").iterdir()) == ["version_0"]

@@ -25,6 +25,7 @@ The variants are ``configs/quickstart.yaml`` composed with ``configs/ablation/<v
 from __future__ import annotations
 
 import argparse
+import contextvars
 import csv
 import json
 import time
@@ -72,7 +73,9 @@ def _build(base_config: Path, variant_config: Path, cli_args: Sequence[str], see
         "--config", str(base_config), "--config", str(variant_config),
         "--seed_everything", str(seed), *cli_args,
     ]
-    cli = DMENetCLI(args=args, run=False)
+    # in a copy of the contextvars context, as dmenet.cli runs it: jsonargparse keeps its parser
+    # (and through it this variant's model) in a context variable, alive during the next variant
+    cli = contextvars.copy_context().run(DMENetCLI, args=args, run=False)
     return cli.model, cli.datamodule
 
 

@@ -41,7 +41,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ from dmenet.inference.deconvolution import (
     ALPHA,
     BOUNDARIES,
     MODELS,
+    beta_schedule,
     deconvolve,
     gaussian_taps,
     invert_blur,
@@ -247,13 +248,31 @@ def bin_plan(sigma_px: torch.Tensor, bins: int = DEFAULT_BINS, bin_mode: str = "
     return plan[0], _weights(plan, 0, len(plan[0]))
 
 
+class _Progress:
+    """Counts the steps of one :func:`deblur` call for its ``progress(done, total)`` callback."""
+
+    def __init__(self, callback: Callable[[int, int], None] | None) -> None:
+        self.callback, self.done, self.total = callback, 0, 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.callback is not None:
+            self.callback(0, total)
+
+    def advance(self, n: int = 1) -> None:
+        self.done = min(self.total, self.done + n)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
 def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float = DEFAULT_LAMBDA,
            alpha: float = ALPHA, bins: int = DEFAULT_BINS, bin_mode: str = "blend",
            boundary: str = "reflect", min_sigma_px: float = MIN_SIGMA_PX,
            device: torch.device | str | None = None,
            memory_mb: int | None = DEFAULT_MEMORY_MB, isolate: bool = True,
            edge_safe: bool = True, method: str = "invert", model: str = "layered",
-           cg_iters: int = DEFAULT_CG_ITERS, guard: bool = True) -> torch.Tensor:
+           cg_iters: int = DEFAULT_CG_ITERS, guard: bool = True,
+           progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """All-in-focus ``image (C, H, W)`` in ``[0, 1]`` (any C) from its defocus map
     ``sigma_px (H, W)`` (Gaussian sigma in px). Returns ``(C, H, W)`` in ``[0, 1]`` on the CPU.
 
@@ -275,6 +294,10 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     and the result falls back smoothly, by :func:`guarded_blend`, to the gather model's
     inversion on the edge-safe map wherever the layered model does not explain the photo;
     ``edge_safe`` then applies to that fallback only.
+
+    ``progress(done, total)``: called once with ``done = 0`` and then after every step of the
+    work (a half-quadratic step of each inversion, or a chunk of bins and channels), ending with
+    ``done == total``: a photo of many megapixels takes minutes on a CPU.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -291,15 +314,21 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     raw = sigma
     if edge_safe:
         sigma = edge_safe_sigma(sigma)
+    tracker = _Progress(progress)
     if method == "invert":
+        steps = len(beta_schedule())
+
         def solve(s: torch.Tensor, kind: str, residual: bool = False):
             s = torch.where(s >= min_sigma_px, s, torch.zeros_like(s))
             if not s.numel() or float(s.max()) <= 0:
+                tracker.advance(steps)
                 x = image.float().to(device)
                 return (x, torch.zeros_like(x)) if residual else x
             return invert_blur(image.float().to(device), s.to(device), lam, alpha=alpha,
-                               model=kind, cg_iters=cg_iters, return_residual=residual)
+                               model=kind, cg_iters=cg_iters, return_residual=residual,
+                               on_step=tracker.advance)
 
+        tracker.start((2 if guarded else 1) * steps)
         if not guarded:
             return solve(sigma, model).clamp_(0.0, 1.0).cpu()
         x, residual = solve(raw, "layered", residual=True)
@@ -309,6 +338,8 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     nodes = plan[0]
     source = image.float().cpu()
     if not nodes:
+        tracker.start(1)
+        tracker.advance()
         return source.clamp(0.0, 1.0)
     out = source * (~plan[3]).float()[None]
     img = image.float().to(device)
@@ -319,6 +350,7 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
     plane_bytes = 4 * (h + 4 * radius + 16) * (w + 4 * radius + 16)
     planes = max(1, int(memory_mb * 2**20 // (12 * plane_bytes)))  # node-channel planes per chunk
     chunk, channels = max(1, planes // c), min(c, planes)
+    tracker.start(-(-len(nodes) // chunk) * -(-c // channels))
     for start in range(0, len(nodes), chunk):
         stop = min(start + chunk, len(nodes))
         wk = _weights(plan, start, stop).to(device)
@@ -328,6 +360,7 @@ def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float 
                            pad_px=pad_px, masks=masks).clamp_(0.0, 1.0)
             out[c0:c0 + channels] += (x * wk[:, None]).sum(0).cpu()
             del x
+            tracker.advance()
         del wk, masks
     return out.clamp_(0.0, 1.0)
 
@@ -558,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = tqdm(items, desc="dmenet deblur", unit="photo", disable=None)
     for path, name in bar:
         bar.set_postfix_str(path.name, refresh=False)
+        steps = None
         try:
             raw, colour, alpha = _read_photo(path)
             start = time.perf_counter()
@@ -570,12 +604,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sigma = check_sigma_map(estimator(read_image_tensor(path)), colour.shape[1:],
                                         str(path))
                 meta = dict(estimator.describe)
+            steps = tqdm(desc=f"deblurring {path.name}", unit="step", leave=False,
+                         disable=None, position=1)
+
+            def progress(done: int, total: int, steps=steps) -> None:
+                steps.total = total
+                steps.n = done
+                steps.refresh()
+
             result = deblur(colour, sigma, lam=args.lam, alpha=args.alpha, bins=args.bins,
                             bin_mode=args.bin_mode, boundary=args.boundary,
                             min_sigma_px=args.min_sigma, device=device, memory_mb=args.memory_mb,
                             isolate=not args.reference, edge_safe=not args.reference,
                             method=args.method, model=args.model, cg_iters=args.cg_iters,
-                            guard=args.guard)
+                            guard=args.guard, progress=progress)
             paths = output_paths(out_dir, name, _output_suffixes(path, args.save_map))
             meta.update({"source": str(path), "seconds": round(time.perf_counter() - start, 3),
                          "deblur": settings, "deblurred": paths["deblurred"].name})
@@ -585,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             written += 1
         except PHOTO_ERRORS as exc:
             failures.append((str(path), failure_reason(exc)))
+        finally:
+            if steps is not None:
+                steps.close()
     bar.close()
     return report_failures("dmenet deblur", f"wrote {written} deblurred photo(s) to {out_dir}",
                            failures)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -447,7 +448,7 @@ def _diff_adjoint(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
 def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.Tensor | None = None,
                 alpha: float = ALPHA, model: str = "gather", cg_iters: int = 8,
                 betas: list[float] | None = None, robust_px: float | None = None,
-                return_residual: bool = False):
+                return_residual: bool = False, on_step: Callable[[], None] | None = None):
     """K&F hyper-Laplacian deconvolution of ``y (C, H, W)`` under the spatially varying blur of
     ``sigma_px (H, W)`` (:class:`BlurOperator`), unclipped ``(C, H, W)``.
 
@@ -459,6 +460,7 @@ def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.T
 
     With ``return_residual``: ``(x, residual)``, the residual ``K clip(x, 0, 1) - y (C, H, W)``
     of the model on the result (how well the model explains the photo, per pixel).
+    ``on_step``: called after each half-quadratic step (``len(betas)`` times), for progress.
     """
     if not lam > 0:
         raise ValueError(f"the data weight lambda must be > 0, got {lam}")
@@ -495,6 +497,8 @@ def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.T
             rr_new = (r * r).sum()
             p = r + (rr_new / rr.clamp(min=1e-30)) * p
             rr = rr_new
+        if on_step is not None:
+            on_step()
     out = x[:, top:top + h, left:left + w]
     if not return_residual:
         return out

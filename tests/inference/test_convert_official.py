@@ -10,6 +10,7 @@ the reference's forward pass on the same arrays, and with a stored output (regre
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
 import warnings
@@ -247,8 +248,10 @@ def test_fit_init_from_a_converted_file(converted, tmp_path, repo_root, ablation
     base = tmp_path / "base.yaml"
     base.write_text(FINE_TUNE_CONFIG)
     ckpt = load_checkpoint(converted[1])
-    cli = LightningCLI(
-        DMENet, L.LightningDataModule, subclass_mode_data=True, save_config_callback=None,
+    # in a copied contextvars context, as dmenet.cli runs it (jsonargparse keeps the parser, and
+    # through it the run's model, in a context variable: ~0.5 GB for the rest of the session)
+    cli = contextvars.copy_context().run(
+        LightningCLI, DMENet, L.LightningDataModule, subclass_mode_data=True, save_config_callback=None,
         args=["fit", "--config", str(base), "--config", str(repo_root / f"configs/ablation/{ablation}.yaml"),
               "--trainer.default_root_dir", str(tmp_path), "--model.init_from", str(converted[1])],
     )

@@ -13,7 +13,13 @@ from dmenet.cli import main as dmenet
 from dmenet.data.syndof import gaussian_kernel1d
 from dmenet.errors import DataError
 from dmenet.inference.deblur import bin_plan, check_sigma_map, deblur, read_sigma_map
-from dmenet.inference.deconvolution import LEVEL_TOL, BlurOperator, deconvolve, shrink
+from dmenet.inference.deconvolution import (
+    LEVEL_TOL,
+    BlurOperator,
+    beta_schedule,
+    deconvolve,
+    shrink,
+)
 from dmenet.inference.writer import PNG_SIGMA_SCALE, write_defocus_outputs
 
 
@@ -196,6 +202,28 @@ def test_result_does_not_depend_on_the_memory_chunks():
     image, sigma = torch.rand(3, 24, 30), torch.rand(24, 30) * 4
     whole = deblur(image, sigma, memory_mb=1024, method="bins")
     assert torch.allclose(deblur(image, sigma, memory_mb=1, method="bins"), whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    dict(method="invert"),  # layered + guard: two inversions
+    dict(method="invert", model="gather"),
+    dict(method="bins", memory_mb=1),  # several chunks of bins
+    dict(method="bins", min_sigma_px=10.0),  # nothing to deblur
+])
+def test_progress_counts_every_step_to_the_end(options):
+    """Long photos show progress: ``progress(done, total)`` starts at 0, never goes back, and
+    ends at ``total``; the result is the same with and without it."""
+    torch.manual_seed(0)
+    image, sigma = torch.rand(3, 20, 26), torch.rand(20, 26) * 3
+    calls = []
+    out = deblur(image, sigma, progress=lambda done, total: calls.append((done, total)), **options)
+    assert torch.equal(out, deblur(image, sigma, **options))
+    assert calls[0][0] == 0 and calls[-1][0] == calls[-1][1] >= 1
+    assert len({total for _, total in calls}) == 1
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and len(done) == calls[-1][1] + 1  # one call per step
+    if options.get("method") == "invert" and "model" not in options:
+        assert calls[-1][1] == 2 * len(beta_schedule())  # the layered and the gather solve
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 2, 3), (3, 7, 5), (4, 33, 17), (3, 5, 64)])
