@@ -36,7 +36,8 @@ Renderers (``renderer``):
   tiles at the frontier of the union and solved on its own pixels (on the CPU by compiled
   loops and an exact envelope Cholesky, else SuperLU; conjugate gradients elsewhere). Equal to
   the loop up to float rounding (tested on dense-layer scenes). On the CPU it compiles its
-  loops with numba on first use (cached on disk; ~0.5 s to load them in a new process).
+  loops with numba on first use (cached on disk; the first render of a process pays 1-2 s
+  to import numba and load them, ~7 s to compile them where no cache exists).
 
 Known, deliberate differences from the generator: a blurred mask below ``1e-4`` is zeroed
 together with its colour (the generator keeps the colour, which breaks convexity by up to
