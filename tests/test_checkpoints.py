@@ -223,6 +223,7 @@ print("FINISHED", trainer.global_step, flush=True)
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_run_killed_by_sigterm_resumes_from_its_last_checkpoint(tmp_path):
     script = tmp_path / "train.py"

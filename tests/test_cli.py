@@ -44,6 +44,7 @@ def test_lightning_subcommand_help(sub, capsys):
     assert "--ckpt_path" in out
 
 
+@pytest.mark.subprocess
 def test_python_dash_m_is_the_same_command():
     a = subprocess.run([sys.executable, "-m", "dmenet", "--help"], capture_output=True, text=True)
     b = subprocess.run(["dmenet", "--help"], capture_output=True, text=True)

@@ -51,6 +51,7 @@ def _dmenet(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path, monkeypatch):
     config = str(repo_root / "configs" / "quickstart.yaml")

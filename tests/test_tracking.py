@@ -53,6 +53,7 @@ def _run(args: list[str], cwd: Path, env_extra: dict[str, str], timeout: int = 4
     return proc
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_offline_wandb_run_holds_losses_metrics_images_and_config(tmp_path):
     # offline W&B writes files only; a dead base URL makes sure nothing could go out
@@ -90,6 +91,7 @@ def test_offline_wandb_run_holds_losses_metrics_images_and_config(tmp_path):
     assert not (tmp_path / "runs" / "val_images").exists()  # nothing shared between runs
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_logs_metrics_once(tmp_path):
     args = [*TINY, "--config", str(REPO / "configs/logging/csv.yaml"),
