@@ -105,6 +105,20 @@ def two_planes(near_mm=1000.0, far_mm=4000.0):
     return image, depth, near_c, far_c
 
 
+def _dense_layer_scene(h: int, w: int, slope_x: float, occluder: tuple[int, int, int, int],
+                       seed: int):
+    """A slanted, noisy depth (mm; a layer at nearly every 0.1 px CoC step) with a box occluder
+    at 700 mm ``(y0, y1, x0, x1)``, a camera focused at 3 m with c = 28 px at the occluder, and
+    a texture: ``(image, depth_mm, camera)``."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    depth = (900.0 + slope_x * xx + 8.0 * yy + 60.0 * torch.rand(h, w, generator=g))[None, None]
+    y0, y1, x0, x1 = occluder
+    depth[..., y0:y1, x0:x1] = 700.0
+    cam = Camera([3000.0], [28.0 / (3000.0 / 700.0 - 1.0)])
+    return texture(h=h, w=w, seed=seed + 1), depth, cam
+
+
 class TestDepthEdges:
     def check_no_halo(self, out, near_c, far_c):
         lo = torch.minimum(near_c, far_c).view(1, 3, 1, 1) - 1e-4
@@ -162,13 +176,8 @@ class TestDepthEdges:
         """A slanted, noisy depth (a layer at nearly every 0.1 px CoC step, like the stereo
         motorcycle) with an occluder, focused near the back so many layers are filled: the
         fast renderer (the fill before every layer, like the loop) equals the loop."""
-        h, w = 30, 60
-        g = torch.Generator().manual_seed(4)
-        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        depth = (900.0 + 40.0 * xx + 8.0 * yy + 60.0 * torch.rand(h, w, generator=g))[None, None]
-        depth[..., 8:22, 20:34] = 700.0
-        cam = Camera([3000.0], [28.0 / (3000.0 / 700.0 - 1.0)])
-        image = texture(h=h, w=w, seed=5)
+        image, depth, cam = _dense_layer_scene(30, 60, slope_x=40.0, occluder=(8, 22, 20, 34),
+                                               seed=4)
         fast = render_defocus(image, depth, cam, render_mode=render_mode)
         loop = render_defocus_loop(image, depth, cam, render_mode=render_mode)
         assert int(fast.num_layers[0]) > 150
@@ -180,13 +189,8 @@ class TestDepthEdges:
         import dmenet.data.syndof as syndof
 
         monkeypatch.setattr(syndof, "ENVELOPE_MAX_WORK", 0)
-        h, w = 24, 40
-        g = torch.Generator().manual_seed(8)
-        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        depth = (900.0 + 60.0 * xx + 8.0 * yy + 60.0 * torch.rand(h, w, generator=g))[None, None]
-        depth[..., 6:18, 14:26] = 700.0
-        cam = Camera([3000.0], [28.0 / (3000.0 / 700.0 - 1.0)])
-        image = texture(h=h, w=w, seed=9)
+        image, depth, cam = _dense_layer_scene(24, 40, slope_x=60.0, occluder=(6, 18, 14, 26),
+                                               seed=8)
         fast = render_defocus(image, depth, cam)
         loop = render_defocus_loop(image, depth, cam)
         assert float((fast.image - loop).abs().max()) < 0.01 / 255
