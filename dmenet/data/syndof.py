@@ -515,6 +515,7 @@ mass (the loop keeps them): a difference far below float32 rounding. It matters 
 mode, whose 29-tap kernel is mostly zeros for small sigma."""
 
 
+@lru_cache(maxsize=4096)
 def _significant_kernel1d(sigma_px: float, radius_px: int | None) -> np.ndarray:
     """The taps of :func:`gaussian_kernel1d` within the smallest radius whose two tails
     together hold less than ``TAIL_MASS`` (the same values, not renormalised)."""
@@ -1107,7 +1108,7 @@ class _TileCompositor:
         k, yy, xx = torch.nonzero(region, as_tuple=True)
         if k.numel() == 0:
             return None
-        p, tt = self.p, t * t
+        p = self.p
         ys, xs = cy[k] * t + yy - p, cx[k] * t + xx - p  # image coordinates
         order = torch.argsort(ys * self.w + xs)  # row-major, like the loop: the LU's fill-in
         ys, xs, k = ys[order], xs[order], k[order]  # depends on it (2x here)
@@ -1115,15 +1116,10 @@ class _TileCompositor:
             return self._fill_compiled(i, ys, xs, ct[k])
         deg, nb, known, ny, nx = _laplace_system(ys, xs, self.h, self.w)
         flat = self.state.view(-1, 4)
-
-        def state_index(y, x):
-            y, x = y + p, x + p
-            return ((y // t) * gw + x // t) * tt + (y % t) * t + x % t
-
         u = (self.lid_img[ny, nx] < i).to(self.dtype)[..., None]  # (4, n, 1)
-        kv = torch.cat([flat[state_index(ny, nx), :3] * u, u], dim=-1)  # (4, n, 4)
+        kv = torch.cat([flat[self._state_index(ny, nx), :3] * u, u], dim=-1)  # (4, n, 4)
         b = _laplace_rhs(known, kv)
-        ridx = state_index(ys, xs)
+        ridx = self._state_index(ys, xs)
         if self.iterative:
             x = _laplace_solve_cg(deg, nb, b, flat[ridx])
             # keep the iterate convex: colour within [min, max] of the known colours x alpha
@@ -1141,6 +1137,13 @@ class _TileCompositor:
         written[ct[k]] = True
         return written.view(self.gh, gw)
 
+    def _state_index(self, y, x):
+        """The row in ``state.view(-1, 4)`` of image pixel ``(y, x)`` (tensors or arrays; the
+        compiled ``_k_fill_system`` computes the same)."""
+        t, p = self.t, self.p
+        y, x = y + p, x + p
+        return ((y // t) * self.gw + x // t) * (t * t) + (y % t) * t + x % t
+
     def _fill_compiled(self, i, ys, xs, tiles):
         """:meth:`_fill`'s system, exact solve and write on the CPU with the compiled loops,
         for the region pixels ``ys, xs`` (image coordinates, row-major) in ``tiles``."""
@@ -1155,9 +1158,7 @@ class _TileCompositor:
         x = _laplace_solve_envelope(deg, nb, b, self.kern)
         if x is None:
             x = _laplace_solve_lu(torch.from_numpy(deg), torch.from_numpy(nb.T), b)
-        y, xx = ys + p, xs + p
-        ridx = ((y // t) * self.gw + xx // t) * (t * t) + (y % t) * t + xx % t
-        flat[torch.from_numpy(ridx)] = torch.from_numpy(x).to(self.dtype)
+        flat[torch.from_numpy(self._state_index(ys, xs))] = torch.from_numpy(x).to(self.dtype)
         written = torch.zeros(self.gh * self.gw, dtype=torch.bool)
         written[tiles] = True
         return written.view(self.gh, self.gw)
