@@ -105,7 +105,7 @@ def test_two_process_ddp_on_cpu_logs_metrics_once(tmp_path):
             # SyncBatchNorm needs GPUs: torch refuses it on CPU
             "--trainer.sync_batchnorm", "false",
             # the light B (with D and S, which DDP must find unused in each pass) keeps the two
-            # ranks' memory down: the suite's process tree peaks here
+            # ranks' memory down: with the VGG19 B and C they were the suite's memory peak
             "--model.blur_estimator", "light_resnet18",
             "--model.blur_estimator.init_args.weights", "null", "--model.content_loss", "false"]
     proc = _run(["fit", *args], tmp_path, {"WANDB_MODE": "disabled"}, timeout=500)
