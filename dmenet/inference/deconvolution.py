@@ -51,6 +51,8 @@ __all__ = [
     "edge_taper",
     "deconvolve_padded",
     "deconvolve",
+    "half_quadratic_cg",
+    "invert_blur",
 ]
 
 ALPHA: float = 1.5
@@ -445,44 +447,28 @@ def _diff_adjoint(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.Tensor | None = None,
-                alpha: float = ALPHA, model: str = "gather", cg_iters: int = 8,
-                betas: list[float] | None = None, robust_px: float | None = None,
-                return_residual: bool = False, on_step: Callable[[], None] | None = None):
-    """K&F hyper-Laplacian deconvolution of ``y (C, H, W)`` under the spatially varying blur of
-    ``sigma_px (H, W)`` (:class:`BlurOperator`), unclipped ``(C, H, W)``.
+def half_quadratic_cg(apply: Callable[[torch.Tensor], torch.Tensor],
+                      adjoint: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
+                      x0: torch.Tensor, lam: float, weight: torch.Tensor | None = None,
+                      alpha: float = ALPHA, cg_iters: int = 8, betas: list[float] | None = None,
+                      on_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """K&F's objective ``lam/2 ||M (A x - y)||^2 + sum |d_x x|^alpha + |d_y x|^alpha`` for any
+    linear blur ``A`` given as ``apply`` and its exact transpose ``adjoint`` on ``(C, H, W)``.
 
-    Half-quadratic splitting as :func:`deconvolve_padded`, but the ``x``-step
-    ``(lam K^T M K + beta D^T D) x = lam K^T M y + beta D^T w`` is solved by ``cg_iters``
-    conjugate-gradient iterations warm-started from the previous ``x`` (from ``x0``, default
-    ``y``). The photo is mirror-padded by the largest kernel radius and the data term ``M`` only
-    counts the photo's own pixels, so the borders need no tapering.
-
-    With ``return_residual``: ``(x, residual)``, the residual ``K clip(x, 0, 1) - y (C, H, W)``
-    of the model on the result (how well the model explains the photo, per pixel).
-    ``on_step``: called after each half-quadratic step (``len(betas)`` times), for progress.
+    Half-quadratic splitting as :func:`deconvolve_padded` (``beta`` over :func:`beta_schedule`,
+    or ``betas``), the ``x``-step ``(lam A^T M A + beta D^T D) x = lam A^T M y + beta D^T w``
+    solved by ``cg_iters`` conjugate-gradient iterations warm-started from the previous ``x``
+    (from ``x0``). ``weight``: the data term's per-pixel ``M`` (broadcast over ``y``; default 1).
+    ``on_step`` is called after each half-quadratic step. Returns ``x`` unclipped.
     """
-    if not lam > 0:
-        raise ValueError(f"the data weight lambda must be > 0, got {lam}")
-    c, h, w = y.shape
-    pad = max(1, len(gaussian_taps(float(sigma_px.max()))) // 2)
-    yp, (top, left) = pad_image(y.float(), pad, "reflect", fast=False)
-    sp, _ = pad_image(sigma_px.float()[None], pad, "reflect", fast=False)
-    op = BlurOperator(sp[0], model)
-    mask = torch.zeros_like(yp[:1])
-    mask[:, top:top + h, left:left + w] = 1.0
-    inside = mask
-    x = pad_image((y if x0 is None else x0).float(), pad, "reflect", fast=False)[0]
-    data_rhs = lam * op.adjoint(mask * yp)
+    m = torch.ones_like(y[:1]) if weight is None else weight
+    x = x0
+    data_rhs = lam * adjoint(m * y)
 
     def normal(v: torch.Tensor, beta: float) -> torch.Tensor:
-        return lam * op.adjoint(mask * op.apply(v)) + beta * _diff_adjoint(*_diff(v))
+        return lam * adjoint(m * apply(v)) + beta * _diff_adjoint(*_diff(v))
 
     for beta in beta_schedule() if betas is None else betas:
-        if robust_px is not None:
-            res = (op.apply(x) - yp).abs().mean(0, keepdim=True)
-            mask = inside / (1.0 + (res / robust_px) ** 2)
-            data_rhs = lam * op.adjoint(mask * yp)
         vx, vy = _diff(x)
         rhs = data_rhs + beta * _diff_adjoint(shrink(vx, beta, alpha), shrink(vy, beta, alpha))
         del vx, vy
@@ -499,6 +485,36 @@ def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.T
             rr = rr_new
         if on_step is not None:
             on_step()
+    return x
+
+
+def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.Tensor | None = None,
+                alpha: float = ALPHA, model: str = "gather", cg_iters: int = 8,
+                betas: list[float] | None = None, return_residual: bool = False,
+                on_step: Callable[[], None] | None = None):
+    """K&F hyper-Laplacian deconvolution of ``y (C, H, W)`` under the spatially varying blur of
+    ``sigma_px (H, W)`` (:class:`BlurOperator`), unclipped ``(C, H, W)``.
+
+    :func:`half_quadratic_cg` with that operator, warm-started from ``x0`` (default ``y``). The
+    photo is mirror-padded by the largest kernel radius and the data term ``M`` only counts the
+    photo's own pixels, so the borders need no tapering.
+
+    With ``return_residual``: ``(x, residual)``, the residual ``K clip(x, 0, 1) - y (C, H, W)``
+    of the model on the result (how well the model explains the photo, per pixel).
+    ``on_step``: called after each half-quadratic step (``len(betas)`` times), for progress.
+    """
+    if not lam > 0:
+        raise ValueError(f"the data weight lambda must be > 0, got {lam}")
+    c, h, w = y.shape
+    pad = max(1, len(gaussian_taps(float(sigma_px.max()))) // 2)
+    yp, (top, left) = pad_image(y.float(), pad, "reflect", fast=False)
+    sp, _ = pad_image(sigma_px.float()[None], pad, "reflect", fast=False)
+    op = BlurOperator(sp[0], model)
+    mask = torch.zeros_like(yp[:1])
+    mask[:, top:top + h, left:left + w] = 1.0
+    x = pad_image((y if x0 is None else x0).float(), pad, "reflect", fast=False)[0]
+    x = half_quadratic_cg(op.apply, op.adjoint, yp, x, lam, weight=mask, alpha=alpha,
+                          cg_iters=cg_iters, betas=betas, on_step=on_step)
     out = x[:, top:top + h, left:left + w]
     if not return_residual:
         return out
