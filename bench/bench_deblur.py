@@ -421,7 +421,7 @@ def merge(files: list[str], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--scenes", type=int, default=4, help="procedural scenes (plus the motorcycle)")
+    parser.add_argument("--scenes", type=int, default=8, help="procedural scenes (plus the motorcycle)")
     parser.add_argument("--max-side", type=int, default=720)
     parser.add_argument("--no-shared", action="store_true", help="skip ../shared/data/rgbd_samples")
     parser.add_argument("--only", nargs="+", metavar="TEXT",

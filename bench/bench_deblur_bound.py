@@ -269,7 +269,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--scenes", type=int, default=2)
+    parser.add_argument("--scenes", type=int, default=8, help="procedural scenes (plus the motorcycle)")
     parser.add_argument("--max-side", type=int, default=256)
     parser.add_argument("--coc-step", type=float, default=0.5, help="layer step (px of CoC)")
     parser.add_argument("--c-max", type=float, nargs="+", default=[28.0, 12.0])
@@ -278,15 +278,26 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="TEXT")
     parser.add_argument("--out", default=str(OUT_DIR))
     parser.add_argument("--partial", help="also write the rows so far to this JSON file")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="only merge earlier runs' deblur_bound.json files (rows in this order, "
+                             "a later row replacing an earlier one of the same image and camera)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    out = Path(args.out)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        rows = {(r["name"], r["c_max_px"]): r for p in parts for r in p["quality"]["rows"]}
+        result = dict(parts[0], when=", ".join(dict.fromkeys(p["when"] for p in parts)))
+        result["quality"] = dict(parts[0]["quality"], rows=list(rows.values()))
+    else:
+        result = None
     if args.quick:
         args.scenes, args.max_side, args.c_max, args.only = 1, 128, args.c_max[:1], ["scene", "motorcycle"]
-    result = {"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"torch {torch.__version__}, 1 thread",
-              "quality": run(args)}
-    out = Path(args.out)
+    if result is None:
+        result = {"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} "
+                             f"cores, torch {torch.__version__}, 1 thread",
+                  "quality": run(args)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "deblur_bound.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "deblur_bound.md").write_text(markdown(result))

@@ -18,7 +18,7 @@ renderer does (occlusions at depth edges; the sharper layer taken as the nearer)
 inverted on the map itself; :func:`guarded_blend` then falls back smoothly, wherever that model
 does not explain the photo (local RMS residual above about one 8-bit level), to the inversion of
 the occlusion-free ``"gather"`` model (each pixel the blur of the sharp photo by its own
-Gaussian) on the edge-safe map (:func:`edge_safe_sigma`), which never rings.
+Gaussian) on the edge-safe map (:func:`edge_safe_sigma`), which rarely rings.
 
 ``method="bins"`` (the previous default): the map's blurred pixels (sigma >= ``min_sigma_px``,
 0.3 px) are split into ``bins`` quantile bins (32); the whole photo is deconvolved once per bin sigma with a
