@@ -56,21 +56,6 @@ class _LaplaceSolve(torch.autograd.Function):
         return torch.from_numpy(ctx.lu.solve(g.double().contiguous().numpy())).to(g.dtype), None
 
 
-def _laplace_lu(deg: torch.Tensor, nb: torch.Tensor):
-    """Sparse LU of the Laplace system of :func:`dmenet.data.syndof._laplace_system`."""
-    from scipy.sparse import csc_matrix
-    from scipy.sparse.linalg import splu
-
-    deg, nb = deg.numpy(), nb.numpy()
-    n = deg.size
-    src = np.broadcast_to(np.arange(n), nb.shape)[nb >= 0]
-    dst = nb[nb >= 0]
-    data = np.concatenate([deg.astype(np.float64), -np.ones(dst.size)])
-    a = csc_matrix((data, (np.concatenate([np.arange(n), src]),
-                           np.concatenate([np.arange(n), dst]))), shape=(n, n))
-    return splu(a)
-
-
 def _blur_near(x: torch.Tensor, taps: np.ndarray | None, box: tuple[int, int, int, int]):
     """``x (1, C, H, W)`` blurred by the separable ``taps`` with a replicate border (the
     renderer's "paper" mode), on the output pixels within the kernel radius of ``box``
@@ -121,7 +106,7 @@ class RenderOperator:
                 if taps is not None and bool(region.any()):
                     ys, xs = torch.nonzero(region, as_tuple=True)
                     deg, nb, known, ny, nx = syndof._laplace_system(ys, xs, h, w)
-                    lu = _laplace_lu(deg, nb)
+                    lu = syndof._laplace_factor(deg, nb)
                     u = union[0, 0].float()
                     step["fill"] = (ys * w + xs, known.float(), ny, nx, lu, u)
                     filled = torch.from_numpy(lu.solve((u[ny, nx] * known.float()).sum(0).double().numpy()))

@@ -250,8 +250,8 @@ def _laplace_rhs(known: torch.Tensor, known_values: torch.Tensor) -> torch.Tenso
     return (known_values * known[..., None].to(known_values.dtype)).sum(0)
 
 
-def _laplace_solve_lu(deg, nb, b: np.ndarray) -> np.ndarray:
-    """The exact solution ``(n, C)`` float64 (sparse LU, one factorisation for all channels)."""
+def _laplace_factor(deg, nb):
+    """SuperLU factorisation of the Laplace system of :func:`_laplace_system` (``.solve(b)``)."""
     from scipy.sparse import csc_matrix
     from scipy.sparse.linalg import splu
 
@@ -264,9 +264,13 @@ def _laplace_solve_lu(deg, nb, b: np.ndarray) -> np.ndarray:
                            np.concatenate([np.arange(n), dst]))), shape=(n, n))
     # small supernodes and panels: 1.6x faster than SuperLU's defaults on these band-shaped
     # regions (measured, 20-30k unknowns)
-    lu = splu(a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, relax=1, panel_size=2,
-              options={"SymmetricMode": True})
-    return lu.solve(np.asarray(b, dtype=np.float64))
+    return splu(a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, relax=1, panel_size=2,
+                options={"SymmetricMode": True})
+
+
+def _laplace_solve_lu(deg, nb, b: np.ndarray) -> np.ndarray:
+    """The exact solution ``(n, C)`` float64 (sparse LU, one factorisation for all channels)."""
+    return _laplace_factor(deg, nb).solve(np.asarray(b, dtype=np.float64))
 
 
 def _laplace_solve_cg(deg, nb, b: torch.Tensor, init: torch.Tensor, tol: float = 1e-5,
