@@ -167,7 +167,8 @@ def weights_urls(name: str) -> list[str]:
     mirror = os.environ.get(MIRROR_ENV, "").strip()
     if not mirror:
         return list(weights.urls)
-    return [f"{prefix.rstrip('/')}/{weights.archive}" for prefix in re.split(r"[\s,]+", mirror) if prefix]
+    prefixes = [prefix for prefix in re.split(r"[\s,]+", mirror) if prefix]
+    return [f"{prefix.rstrip('/')}/{weights.archive}" for prefix in prefixes]
 
 
 def describe_weights(name: str) -> dict[str, Any]:
