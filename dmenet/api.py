@@ -1,7 +1,7 @@
 """The Python API: ``dmenet.load(...)`` and :class:`DefocusEstimator`.
 
     import dmenet
-    estimator = dmenet.load("runs/quickstart/version_0/checkpoints/last.ckpt", device="cpu")
+    estimator = dmenet.load("dmenet_bdcs", device="cpu")  # the published weights (cached)
     sigma_px = estimator.predict("photo.jpg")          # (H, W) float32 NumPy, sigma in px
 
 It runs exactly what ``dmenet infer`` runs (:func:`dmenet.inference.infer.make_estimator`:
@@ -31,11 +31,13 @@ def load(
     device: str | torch.device = "auto",
     **options: Any,
 ) -> DefocusEstimator:
-    """A defocus estimator from a checkpoint file, or ``"zhuo_sim"`` (the classical baseline).
+    """A defocus estimator from named weights, a checkpoint file, or ``"zhuo_sim"`` (the
+    classical baseline).
 
     Args:
-        checkpoint: a ``dmenet fit`` checkpoint (``.ckpt``), the output of
-            ``dmenet convert-official``, or ``"zhuo_sim"``.
+        checkpoint: the name of published weights (``"dmenet_bdcs"``: fetched, converted and
+            cached on first use, :mod:`dmenet.inference.weights`), a ``dmenet fit`` checkpoint
+            (``.ckpt``), the output of ``dmenet convert-official``, or ``"zhuo_sim"``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         **options: ``dmenet infer``'s options by their Python names, with its defaults:
             ``tile`` (``"auto"``, a side in px, or 0 = never tile), ``overlap``, ``memory_gb``,
@@ -45,6 +47,7 @@ def load(
         DMENetError: a missing or unreadable checkpoint, a bad device or option (one line).
     """
     from dmenet.inference.infer import build_parser, make_estimator
+    from dmenet.inference.weights import NAMED_WEIGHTS, is_named
 
     name = str(checkpoint)
     # infer's own defaults, so that predict() equals `dmenet infer` with the same options
@@ -56,9 +59,12 @@ def load(
     args.device = str(device)
     if name in CLASSICAL:
         args.estimator, args.ckpt = name, None
+    elif is_named(name):
+        args.estimator, args.ckpt = "b", name
     else:
         if not Path(name).expanduser().is_file():
-            raise DMENetError(f"{name}: no such checkpoint file (or use one of {', '.join(CLASSICAL)})")
+            raise DMENetError(f"{name}: no such checkpoint file (or use one of "
+                              f"{', '.join([*NAMED_WEIGHTS, *CLASSICAL])})")
         args.estimator, args.ckpt = "b", str(Path(name).expanduser())
     return DefocusEstimator(make_estimator(args))
 

@@ -31,6 +31,8 @@ TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "dmenet.inference.convert_official",
         "convert the public TensorLayer DMENet_BDCS.npz into a dmenet checkpoint",
     ),
+    "weights": ("dmenet.inference.weights", "the published weights by name (--ckpt dmenet_bdcs): "
+                "origin, licence, URLs, cache"),
     "list": ("dmenet.cli", "list the registered subnetworks (B, D, C, S) and their class paths"),
 }
 
@@ -51,7 +53,8 @@ def _top_level_help() -> str:
     lines += [
         "",
         "Run 'dmenet <command> --help' for a command's options.",
-        "Example: dmenet fit --config configs/quickstart.yaml",
+        "Examples: dmenet infer photo.jpg (the published weights, fetched once)",
+        "          dmenet fit --config configs/quickstart.yaml",
     ]
     return "\n".join(lines)
 

@@ -113,9 +113,10 @@ class DMENet(L.LightningModule):
             weights'); ``None``: that of ``init_from``'s weights, else ``"ours"``. Training
             converts the labels into it; evaluation and inference read it.
         overwrite_results: let ``test`` replace an existing ``<results_dir>/<set>/`` report.
-        init_from: a dmenet checkpoint (``dmenet fit``) or a ``dmenet convert-official`` file
-            whose weights of B (and D, S when it has them and they are on) are loaded now,
-            strictly, before training. Not a resume: use ``--ckpt_path`` for that.
+        init_from: a dmenet checkpoint (``dmenet fit``), a ``dmenet convert-official`` file or
+            the name of published weights (``dmenet_bdcs``, fetched on first use), whose
+            weights of B (and D, S when it has them and they are on) are loaded now, strictly,
+            before training. Not a resume: use ``--ckpt_path`` for that.
         predict_tile_px, predict_overlap_px: ``dmenet predict`` runs photos larger than one
             tile in overlapping, blended tiles of this size (px), like ``dmenet infer``.
     """

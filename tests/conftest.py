@@ -93,6 +93,17 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _named_weights_never_downloaded(tmp_path_factory):
+    """Named weights (``--ckpt dmenet_bdcs``, dmenet.inference.weights) never come from the real
+    hosts in tests: an empty cache and a mirror that refuses connections, unless a test sets its
+    own (tests/inference/test_weights.py serves them from a local HTTP server)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DMENET_HOME", str(tmp_path_factory.mktemp("dmenet_home")))
+        patch.setenv("DMENET_MIRROR", "http://127.0.0.1:9")  # the discard port: refused
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

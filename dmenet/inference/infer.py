@@ -1,5 +1,6 @@
 """``dmenet infer``: defocus maps (sigma in pixels) for photos of any size, without ground truth.
 
+    dmenet infer photo.jpg                      # the published weights (dmenet_bdcs), maps in .
     dmenet infer photos/ more/*.jpg one.png --ckpt model.ckpt --out maps/
 
 Per photo it writes ``NAME_sigma_px.npy`` (float32 sigma in pixels), ``NAME_sigma_px_x1000.png``
@@ -33,12 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Estimate defocus maps (Gaussian blur sigma in pixels) for photos of any size.",
         epilog="Outputs per photo NAME: NAME_sigma_px.npy (float32 sigma in px), "
         "NAME_sigma_px_x1000.png (16-bit, value/1000 = sigma in px), NAME_sigma_color.png, "
-        "NAME_defocus.json. Example: dmenet infer photos/ --ckpt model.ckpt --out maps/",
+        "NAME_defocus.json. Examples: dmenet infer photo.jpg (the published weights dmenet_bdcs, "
+        "maps in the current folder); dmenet infer photos/ --ckpt model.ckpt --out maps/",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="photo files, folders or glob patterns (jpg, png, tiff, webp; 8 or 16 bit)")
     add_model_arguments(parser)
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", default=".", help="output folder (default: the current folder)")
     parser.add_argument("--recursive", action="store_true", help="also read subfolders of folders")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
@@ -46,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_model_arguments(parser: argparse.ArgumentParser, estimator_choice: bool = True) -> None:
     """The options every tool that runs B shares (infer, magnify, depth)."""
-    parser.add_argument("--ckpt", help="checkpoint: a dmenet training checkpoint (.ckpt) or the "
-                        "output of 'dmenet convert-official'")
+    parser.add_argument("--ckpt", help="checkpoint: the name of published weights (default "
+                        "dmenet_bdcs, fetched and cached on first use; see 'dmenet weights'), a "
+                        "dmenet training checkpoint (.ckpt) or the output of 'dmenet convert-official'")
     if estimator_choice:
         parser.add_argument("--estimator", choices=("b", "zhuo_sim"), default="b",
                             help="b: the checkpoint's network (default); zhuo_sim: the classical "
@@ -122,10 +125,14 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
 
         return SigmaEstimator(zhuo, {"estimator": "zhuo_sim", "label_space": None})
 
-    if not args.ckpt:
-        raise DMENetError("--ckpt is required (or use --estimator zhuo_sim)")
     from dmenet.inference.checkpoint import load_predictor
     from dmenet.inference.tiling import auto_tile_px, predict_image
+    from dmenet.inference.weights import DEFAULT_WEIGHTS, describe_weights, is_named
+
+    if not args.ckpt:
+        args.ckpt = DEFAULT_WEIGHTS
+        print(f"dmenet: no --ckpt given: using the published weights {DEFAULT_WEIGHTS} "
+              "(see 'dmenet weights'; --ckpt FILE for another model)", file=sys.stderr)
 
     device = resolve_device(args.device)
     if args.half and device.type != "cuda":
@@ -158,7 +165,7 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
     ckpt = getattr(predictor, "checkpoint", None)
     describe = {
         "estimator": "b",
-        "checkpoint": str(Path(args.ckpt).resolve()),
+        "checkpoint": args.ckpt if is_named(args.ckpt) else str(Path(args.ckpt).resolve()),
         "label_space": predictor.label_space,
         "device": str(device),
         "dtype": "float16" if args.half else "float32",
@@ -168,6 +175,8 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
     }
     if ckpt is not None and ckpt.record.get("source"):
         describe["converted_from"] = ckpt.record["source"]
+    if is_named(args.ckpt):
+        describe["weights"] = describe_weights(args.ckpt)
     estimator = SigmaEstimator(b, describe)
     estimator.predictor = predictor
     return estimator
