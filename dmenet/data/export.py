@@ -63,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="paper (default) or reference: the official generator's camera "
                          "sampling (unless --focus-mm fixes the camera) AND its rendering "
                          "(29 x 29 kernel, symmetric border, its layering and occlusion fill)")
-    ex.add_argument("--renderer", choices=("fast", "loop"), default="fast",
-                    help="fast (default) or loop: the straightforward per-layer loop with the "
-                         "exact fill before every layer (slower)")
+    ex.add_argument("--renderer", choices=("auto", "batched", "tiled", "loop"), default="auto",
+                    help="auto (default: tiled on the CPU, batched on a GPU), batched (tensor "
+                         "operations over the layers, any device), tiled (CPU, the exact fill "
+                         "before every layer) or loop (the straightforward per-layer loop, "
+                         "slowest)")
     ex.add_argument("--sigma-rule", choices=("paper", "reference"), default="paper",
                     help="sigma = c / 4 (paper) or (c - 1) / 4 where c > 1 (reference)")
     ex.add_argument("--max-layers", type=int, default=350,
@@ -75,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder source: multiply the depth files by this to get mm")
     ex.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"),
                     help="embedded source: size of the procedural scenes")
-    ex.add_argument("--device", default="cpu", help="cpu or cuda")
+    ex.add_argument("--device", default="cpu",
+                    help="cpu (default) or cuda (renders on the GPU with the batched renderer)")
     ex.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     return parser
 

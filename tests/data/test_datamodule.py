@@ -258,17 +258,19 @@ def test_shared_rgbd_samples_as_synthetic_source(rgbd_samples, kind, folder):
     assert batch["synthetic"]["label"].max() > 0  # a real scene has depth, hence defocus
 
 
+@pytest.mark.parametrize("renderer", ["tiled", "batched"])
 @pytest.mark.parametrize("render_mode", ["paper", "reference"])
-def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode):
+def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode, renderer):
     """A training crop is rendered with the whole image's camera and fill start and a margin of
-    the blur reach: it equals the same crop of the whole-image render within 1/255."""
+    the blur reach: it equals the same crop of the whole-image render within 1/255 (the
+    batched renderer: within the fidelity bars, its fill being approximate)."""
     from dmenet.data.datamodule import CAMERA_KEYS, DMENetDataModule, WholeImageCameraCrops
     from dmenet.data.rgbd import EmbeddedRGBD
     from dmenet.data.syndof import SyndofRenderer, pad_like_border
     from dmenet.data.thin_lens import Camera, clean_depth_mm
 
     kwargs = {"mode": "reference" if render_mode == "reference" else "paper",
-              "render_mode": render_mode, "sigma_rule": render_mode}
+              "render_mode": render_mode, "sigma_rule": render_mode, "renderer": renderer}
     source = EmbeddedRGBD(num_scenes=1, size=(72, 96), seed=4, include_motorcycle=False)
     renderer = SyndofRenderer(**kwargs)
     crops = WholeImageCameraCrops(source, 32, renderer, short_side_range=None,
@@ -294,7 +296,14 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
         y, x = hits[0]
         camera = Camera(*(item[k][None] for k in CAMERA_KEYS))
         ref = SyndofRenderer(**kwargs)(whole["image"][None], depth, camera=camera).image
-        assert float((rendered - ref[..., y:y + 32, x:x + 32]).abs().max()) <= 1.0 / 255
+        diff = (rendered - ref[..., y:y + 32, x:x + 32]).abs()
+        if renderer == "tiled":  # the exact fill: the same numbers
+            assert float(diff.max()) <= 1.0 / 255
+        else:  # the fill by fixed relaxation sweeps, whose error depends on the frame: within
+            # the fidelity bars of the official generator, and far closer
+            psnr = float(10 * torch.log10(1.0 / (diff ** 2).mean()))
+            p99 = float(diff.amax(1).flatten().quantile(0.99)) * 255
+            assert psnr >= 50.0 and p99 <= 4.0 and float(diff.max()) <= 6.0 / 255
 
 
 def _parse_data_options(args):

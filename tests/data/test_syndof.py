@@ -186,9 +186,9 @@ class TestDepthEdges:
     def test_fast_equals_the_loop_with_the_superlu_fill(self, monkeypatch):
         """The dense-layer scene with every fill of the fast renderer forced off its envelope
         Cholesky onto its fallback for wide regions (SuperLU): still equal to the loop."""
-        import dmenet.data.syndof as syndof
+        import dmenet.data.syndof.tiled as tiled
 
-        monkeypatch.setattr(syndof, "ENVELOPE_MAX_WORK", 0)
+        monkeypatch.setattr(tiled, "ENVELOPE_MAX_WORK", 0)
         image, depth, cam = _dense_layer_scene(24, 40, slope_x=60.0, occluder=(6, 18, 14, 26),
                                                seed=8)
         fast = render_defocus(image, depth, cam)
@@ -198,11 +198,9 @@ class TestDepthEdges:
     def test_envelope_fill_solves_the_laplace_equation(self):
         """The fast renderer's exact fill solver on a ring-shaped region with holes: every
         unknown is the mean of its 4 neighbours (known ones from the right-hand side)."""
-        from dmenet.data.syndof import _kernels, _laplace_solve_envelope
+        from dmenet.data.syndof.tiled import _kernels, _laplace_solve_envelope
 
         kern = _kernels()
-        if kern is None:
-            pytest.skip("needs numba")
         h, w = 30, 36
         yy, xx = np.mgrid[:h, :w]
         rr = np.hypot(yy - 15, xx - 18)
@@ -363,16 +361,27 @@ class TestRenderFromSigma:
 @pytest.mark.parametrize("border", ["replicate", "symmetric"])
 @pytest.mark.parametrize("aperture", ["gaussian", "disc"])
 @pytest.mark.parametrize("sigma_px", [0.7, 2.5, 6.0])
-def test_device_blur_path_equals_the_cpu_path(aperture, sigma_px, border):
-    """The conv2d path (GPUs, non-float32 tensors) and OpenCV's CPU path blur identically."""
-    from dmenet.data.syndof import _blur
+def test_kornia_blur_equals_the_opencv_path(aperture, sigma_px, border):
+    """The package's one blur: Kornia (any device, here float64 on the CPU) and OpenCV (float32
+    on the CPU) blur identically, and :func:`blur_stack` with a kernel per item equals it."""
+    from dmenet.data.syndof import blur_stack, disc_kernel2d, gaussian_blur, gaussian_kernel1d
+    from dmenet.data.syndof.kernels import pad_border
 
     x = torch.rand(2, 4, 37, 41)
     radius = 14 if aperture == "gaussian" and border == "symmetric" else None
-    cpu = _blur(x, sigma_px, aperture, radius, border)  # float32 on the CPU: OpenCV
-    conv_path = _blur(x.double(), sigma_px, aperture, radius, border).float()
-    assert torch.allclose(cpu, conv_path, atol=1e-5)
+    cpu = gaussian_blur(x, sigma_px, radius, border, aperture)  # float32 on the CPU: OpenCV
+    kornia_path = gaussian_blur(x.double(), sigma_px, radius, border, aperture).float()
+    assert torch.allclose(cpu, kornia_path, atol=1e-5)
     assert not torch.allclose(cpu, x, atol=1e-3)  # it did blur
+    # per-item kernels: item 0 with this sigma, item 1 with another one
+    kernels = [disc_kernel2d(s) if aperture == "disc" else gaussian_kernel1d(s, radius)
+               for s in (sigma_px, sigma_px / 2)]
+    r = kernels[0].shape[0] // 2
+    taps = torch.stack([torch.from_numpy(np.pad(k, r - k.shape[0] // 2)) for k in kernels])
+    both = blur_stack(pad_border(x.double(), r, border), taps).float()
+    assert torch.allclose(both[0], cpu[0], atol=1e-5)
+    other = gaussian_blur(x[1:], sigma_px / 2, radius, border, aperture)
+    assert torch.allclose(both[1:], other, atol=1e-5)
 
 
 def test_reference_mode_is_the_generators_kernel_and_border():

@@ -11,14 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmenet.data.syndof import (
-    _laplace_rhs,
-    _laplace_solve_cg,
-    _laplace_system,
-    regionfill,
-    render_defocus,
-    render_from_sigma,
-)
+from dmenet.data.syndof import regionfill, relax_fill, render_defocus, render_from_sigma
 from dmenet.data.thin_lens import CameraSampler
 
 GREY = 128.0 / 255.0
@@ -59,7 +52,7 @@ def random_camera(depth: torch.Tensor, g: torch.Generator, rule_index: int):
     return CameraSampler(mode, c_max_px=c_max, max_redraws=2).sample(depth, g), c_max
 
 
-@pytest.mark.parametrize("renderer", ["fast", "loop"])
+@pytest.mark.parametrize("renderer", ["tiled", "batched", "loop"])
 @pytest.mark.parametrize("render_mode", ["paper", "reference"])
 def test_flat_grey_stays_flat(renderer, render_mode):
     """Every combination of sigma rule, aperture, gamma and fill, over random depth kinds and
@@ -82,7 +75,7 @@ def test_flat_grey_stays_flat(renderer, render_mode):
         assert dev < TOL, (kind, rule, aperture, gamma, fill, dev * 255)
 
 
-@pytest.mark.parametrize("renderer", ["fast", "loop"])
+@pytest.mark.parametrize("renderer", ["tiled", "batched", "loop"])
 def test_flat_grey_from_sigma(renderer):
     g = torch.Generator().manual_seed(3)
     image = torch.full((1, 3, H, W), GREY)
@@ -138,53 +131,30 @@ def test_regionfill_is_the_laplace_solution():
     assert np.array_equal(out[:, ~region], values[:, ~region])
 
 
-def test_iterative_fill_converges_to_the_exact_one():
-    """The conjugate-gradient fill (the renderer's path on GPUs) reaches the sparse solve."""
+def test_relaxation_fill_converges_to_the_exact_one():
+    """The batched renderer's fill (red-black SOR on the whole frame, a batch at once) reaches
+    the sparse solve; a warm start from the exact solution stays there; colour / alpha of a
+    constant photo is exact after any number of sweeps."""
     rng = np.random.default_rng(1)
-    values = rng.random((4, 20, 24))
-    region = rng.random((20, 24)) < 0.5
-    exact = regionfill(values, region)
-    ys, xs = (torch.from_numpy(v) for v in np.nonzero(region))
-    deg, nb, known, ny, nx = _laplace_system(ys, xs, *region.shape)
-    v = torch.from_numpy(values)
-    b = _laplace_rhs(known, v[:, ny, nx].permute(1, 2, 0))
-    got = _laplace_solve_cg(deg, nb, b, torch.zeros_like(b), tol=1e-9)
-    assert np.abs(got.numpy().T - exact[:, region]).max() < 1e-6
+    values = torch.from_numpy(rng.random((2, 4, 20, 24)))
+    values[:, 3] = (values[:, 3] > 0.5).double()  # an alpha channel: the union, 0 or 1
+    region = torch.from_numpy(rng.random((2, 1, 20, 24)) < 0.5)
+    known = torch.cat([values[:, :3] * values[:, 3:], values[:, 3:]], 1)
+    exact = torch.stack([torch.from_numpy(regionfill(known[i].numpy(), region[i, 0].numpy()))
+                         for i in range(2)])
+    assert float((relax_fill(known, region, sweeps=300) - exact).abs().max()) < 1e-9
+    assert float((relax_fill(known, region, exact, sweeps=2) - exact).abs().max()) < 1e-12
+    few = relax_fill(known, region, sweeps=1)
+    assert float((few - exact).abs().max()) > 1e-3  # one sweep is not the solution yet
+    grey = torch.cat([GREY * values[:, 3:].expand(2, 3, 20, 24), values[:, 3:]], 1)
+    for sweeps in (1, 3, 8):
+        out = relax_fill(grey, region, sweeps=sweeps)
+        a = out[:, 3:]
+        ratio = out[:, :3] / torch.where(a > 0, a, 1.0)
+        assert float((ratio - GREY)[(a > 1e-6).expand_as(ratio)].abs().max()) < 1e-9
 
 
-def test_iterative_fill_path_renders_like_the_exact_one():
-    """The fast renderer's GPU path (conjugate-gradient fill, convexity clamp, filters by
-    conv2d), forced on the CPU: the same image as the exact fill, and a flat grey stays
-    flat."""
-    from dmenet.data.syndof import _composite_sample, _Options
-
-    g = torch.Generator().manual_seed(5)
-    depth = random_depth("steps", g, 40, 56)
-    image = torch.rand(1, 3, 40, 56, generator=g)
-    camera = CameraSampler("reference", c_max_px=24.0, max_redraws=1).sample(depth, g)
-    base = render_defocus(image, depth, camera)
-    lid = base.layer_id
-    n = int(base.num_layers[0])
-    values, sigmas = [], []
-    for i in range(n):
-        sel = lid == i
-        c = float(base.coc_px[sel][0]) * (1 if float(camera.signed_coc_px(
-            depth.nan_to_num(5000.0).clamp(min=1))[sel].mean()) > 0 else -1)
-        values.append(round(c, 6))
-        sigmas.append(float(base.sigma_px[sel][0]))
-    start = next(v for v in values if abs(v) <= max(1.0, min(abs(x) for x in values)))
-    outs = {}
-    for iterative in (False, True):
-        opt = _Options("gaussian", None, "replicate", True, True, 0.1, iterative,
-                       opencv=not iterative)
-        outs[iterative] = _composite_sample(image, lid, sigmas, values, start, opt)
-        grey = _composite_sample(torch.full_like(image, GREY), lid, sigmas, values, start, opt)
-        assert float((grey - GREY).abs().max()) < TOL
-    assert torch.allclose(outs[False], base.image, atol=1e-5)
-    assert float((outs[True] - outs[False]).abs().max()) < 1.0 / 255
-
-
-@pytest.mark.parametrize("renderer", ["fast", "loop"])
+@pytest.mark.parametrize("renderer", ["tiled", "batched", "loop"])
 def test_a_crop_whose_fill_starts_farther_than_its_layers(renderer):
     """A training crop takes the fill start from its whole image; when that is farther than
     every layer of the crop, the fill runs before the first layer, with nothing composited yet

@@ -1,0 +1,167 @@
+"""The batched renderer: a whole batch of samples, each with its own layers and camera, as
+tensor operations over the batch and the layer axes, on the batch's device.
+
+The layers far to near fall into two phases:
+
+* the back (the in-focus layer and everything behind it, where the generator never fills):
+  chunks of layers, every chunk blurred in one Kornia call (:func:`~.kernels.blur_stack`, one
+  kernel per sample and layer) and composited at once (:func:`~.composite.composite_run`, a
+  reverse cumulative product over the layer axis);
+* the front (every layer nearer than the in-focus one): chunks blurred at once the same way
+  (with the union ``U`` of the farther layers as a fifth channel, whose blur gives the fill
+  region), then layer after layer: un-premultiply, the fill by :func:`~.fill.relax_fill` (fixed
+  sweeps, warm-started from the previous layer's solution) and compositing. A ramp in front of
+  the focus needs a fill before every layer: one fill for a group of layers misses the
+  generator by up to 6 levels there (measured, BENCHMARKS.md section 1).
+
+All samples step through the same chunks and front positions (a sample with fewer layers gets
+empty ones), so the number of host round trips does not depend on the batch or the layers:
+the layer count is read once (:func:`~.layers.layer_decomposition`) and the layer table once
+(:func:`plan`); every other decision is a tensor operation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .composite import composite_run, layer_rgba, over, resolve, unpremultiply
+from .fill import RELAX_SWEEPS, fill_region, relax_fill, relaxation_operators
+from .kernels import blur_stack, disc_kernel2d, pad_border, significant_kernel1d
+
+__all__ = ["CHUNK_ELEMENTS", "BatchPlan", "composite_batched", "plan", "read_to_host"]
+
+CHUNK_ELEMENTS = 1 << 27
+"""The layers blurred in one call hold at most about this many values (512 MB in float32)."""
+
+
+def read_to_host(x: torch.Tensor) -> np.ndarray:
+    """A device tensor's values on the host: the renderer's one explicit host round trip per
+    batch (a copy to the CPU, visible to dispatch counters as ``aten._to_copy`` to ``cpu``)."""
+    return x.to("cpu", copy=True).numpy()
+
+
+@dataclass
+class BatchPlan:
+    """What the host decides once per batch: per chunk of layers ``(B, K)`` layer indices
+    (-1: none), the chunk's kernel radius, whether it is in the front; per front position
+    whether any sample fills there."""
+
+    back: list[tuple[torch.Tensor, int]]
+    front: list[tuple[torch.Tensor, int, list[bool]]]
+    kernels: torch.Tensor  # (B, L, 2R + 1) or (B, L, 2R + 1, 2R + 1): centred, zero-padded
+    radius: int  # R
+    fills: torch.Tensor  # (B, L) bool: the fill runs before this layer
+
+
+def _kernel(sigma: float, aperture: str, radius_px: int | None) -> np.ndarray:
+    if sigma <= 1e-6:
+        return np.ones((1, 1) if aperture == "disc" else 1)
+    if aperture == "disc":
+        return disc_kernel2d(sigma)
+    return significant_kernel1d(sigma, radius_px)
+
+
+def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tensor | None,
+         shape: tuple[int, ...], aperture: str, radius_px: int | None) -> BatchPlan:
+    """The chunks of :func:`composite_batched` from the layer table (one host read).
+
+    ``layer_sigma (B, L)`` px, ``num_layers (B,)``, ``start (B,)``: the fill runs before every
+    layer after ``start`` (None: no fill). ``shape``: the batch's ``(B, C, H, W)``."""
+    b, big_l = layer_sigma.shape
+    dev = layer_sigma.device
+    starts = start if start is not None else num_layers
+    table = read_to_host(torch.cat([layer_sigma.double(), num_layers[:, None].double(),
+                                    starts[:, None].double()], dim=1))
+    sigma, n = table[:, :big_l], table[:, big_l].astype(np.int64)
+    back = n if start is None else np.clip(table[:, big_l + 1].astype(np.int64) + 1, 0, n)
+    kernels = {s: _kernel(s, aperture, radius_px) for s in np.unique(sigma)}
+    radius = np.vectorize(lambda s: kernels[s].shape[0] // 2)(sigma)  # (B, L)
+    big_r = int(radius.max())
+    width = 2 * big_r + 1
+    taps = np.zeros((b, big_l) + ((width,) if aperture != "disc" else (width, width)))
+    for s, k in kernels.items():
+        taps[sigma == s] = np.pad(k, big_r - k.shape[0] // 2)  # centred
+    h, w = shape[-2:]
+    per_layer = b * 5 * (h + 2 * big_r) * (w + 2 * big_r)
+    k_max = max(1, CHUNK_ELEMENTS // per_layer)
+    layer_index = np.arange(big_l)[None]
+
+    def chunks(first, count):
+        """Chunks of up to k_max layers ``first + j`` for ``j < count`` per sample."""
+        out = []
+        for c0 in range(0, int(count.max(initial=0)), k_max):
+            j = np.arange(c0, c0 + k_max)[None]
+            idx = np.where(j < count[:, None], first[:, None] + j, -1)
+            idx = idx[:, : max(1, int((j < count[:, None]).sum(1).max()))]
+            r = int(np.where(idx >= 0, radius[np.arange(b)[:, None], idx.clip(0)], 0).max())
+            out.append((idx, r))
+        return out
+
+    back_chunks = [(torch.as_tensor(i, device=dev), r)
+                   for i, r in chunks(np.zeros(b, np.int64), back)]
+    fills = (layer_index > (back - 1)[:, None]) & (layer_index < n[:, None]) & (radius > 0)
+    front_chunks = []
+    for idx, r in chunks(back, n - back):
+        fill_at = [bool(fills[np.arange(b), col.clip(0)][col >= 0].any()) for col in idx.T]
+        front_chunks.append((torch.as_tensor(idx, device=dev), r, fill_at))
+    return BatchPlan(back_chunks, front_chunks,
+                     torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r,
+                     torch.as_tensor(fills, device=dev))
+
+
+def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: torch.Tensor,
+                      num_layers: torch.Tensor, start: torch.Tensor | None, aperture: str,
+                      radius_px: int | None, border: str) -> torch.Tensor:
+    """Composite ``image (B,3,H,W)`` far to near by ``layer_id (B,1,H,W)`` (0 = farthest), each
+    layer blurred with its ``layer_sigma (B, L)`` (px); the fill before every layer after
+    ``start (B,)`` (None: no fill), by :data:`~.fill.RELAX_SWEEPS` relaxation sweeps.
+    Returns ``(B,3,H,W)``."""
+    b, _, h, w = image.shape
+    p = plan(layer_sigma, num_layers, start, image.shape, aperture, radius_px)
+    big_r = p.radius
+    img = pad_border(image, big_r, border)
+    lid = pad_border(layer_id, big_r, border)
+    batch = torch.arange(b, device=image.device)[:, None]
+
+    def blur_chunk(idx: torch.Tensor, r: int, with_union: bool) -> torch.Tensor:
+        """``(B, K, C, H, W)``: the chunk's layers ``(m I, m)`` (and ``U``) blurred."""
+        k = idx.shape[1]
+        crop = (..., slice(big_r - r, big_r + r + h), slice(big_r - r, big_r + r + w))
+        ids = lid[crop][:, None]
+        m = (ids == idx[:, :, None, None, None]).to(image.dtype)  # (B, K, 1, Hp, Wp)
+        parts = [img[crop][:, None] * m, m]
+        if with_union:
+            parts.append((ids < idx[:, :, None, None, None]).to(image.dtype))
+        x = torch.cat(parts, dim=2).flatten(0, 1)
+        taps = p.kernels[batch.expand(b, k), idx.clamp(min=0)].flatten(0, 1)
+        taps = taps[..., big_r - r:big_r + r + 1]
+        if taps.dim() == 3:
+            taps = taps[:, big_r - r:big_r + r + 1]
+        return blur_stack(x, taps).view(b, k, -1, h, w)
+
+    acc = torch.zeros_like(image)
+    alpha = torch.zeros_like(image[:, :1])
+    for idx, r in p.back:
+        acc, alpha = composite_run(acc, alpha, layer_rgba(blur_chunk(idx, r, False)[:, :, :4]))
+    solution = None
+    operators = relaxation_operators(h, w, 4, device=image.device, dtype=image.dtype)
+    for idx, r, fill_at in p.front:
+        stack = blur_chunk(idx, r, any(fill_at))
+        rgba = layer_rgba(stack[:, :, :4])
+        for j in range(idx.shape[1]):
+            acc, alpha = unpremultiply(acc, alpha)
+            if fill_at[j]:
+                layer = idx[:, j].view(b, 1, 1, 1)
+                union = layer_id < layer
+                fills = p.fills[batch[:, 0], layer.view(b).clamp(min=0)] & (layer.view(b) >= 0)
+                region = fill_region(union, stack[:, j, 4:]) & fills.view(b, 1, 1, 1)
+                u = union.to(image.dtype)
+                solution = relax_fill(torch.cat([acc * u, u], dim=1), region, solution,
+                                      RELAX_SWEEPS, operators=operators)
+                acc = torch.where(region, solution[:, :3], acc)
+                alpha = torch.where(region, solution[:, 3:], alpha)
+            acc, alpha = over(acc, alpha, rgba[:, j])
+    return resolve(acc, alpha, image)

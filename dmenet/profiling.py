@@ -1,0 +1,79 @@
+"""What a piece of tensor code dispatches: aten ops, host synchronisations and bytes touched.
+
+    with DispatchCounter() as count:
+        render_defocus(image, depth_mm, camera, renderer="batched")
+    count.ops, count.syncs, count.bytes
+
+A GPU runs each dispatched op as at least one kernel launch (about 5 us from eager PyTorch),
+and each host synchronisation stalls the queue; the counts therefore estimate what code that
+runs on the CPU here would cost on a device (:meth:`DispatchCounter.launch_bound_s`), and
+they must not grow with what should be batched. Counted as synchronisations: reading a value
+(``aten._local_scalar_dense``: ``int(t)``, ``bool(t)``, ``t.item()``), ops whose output size
+depends on the data (``nonzero``, ``masked_select``, ``unique``, ``bincount``,
+``repeat_interleave`` by a tensor) and explicit copies to the CPU (``aten._to_copy`` to
+``cpu``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["LAUNCH_S", "SYNC_S", "DispatchCounter"]
+
+LAUNCH_S = 5e-6
+"""Seconds per dispatched op on a GPU when launches bound the time (eager PyTorch)."""
+
+SYNC_S = 20e-6
+"""Seconds per host synchronisation (a device round trip) on a GPU."""
+
+_DATA_DEPENDENT = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select",
+                   "aten.unique", "aten._unique", "aten.bincount", "aten.is_nonzero",
+                   "aten.equal", "aten.item")
+
+
+class DispatchCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched while it is active (``ops``, ``by_op``), the host
+    synchronisations among them (``syncs``) and the bytes of their tensor inputs and outputs
+    (``bytes``, a bound on the memory traffic)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_op: Counter[str] = Counter()
+        self.syncs = 0
+        self.bytes = 0
+
+    @property
+    def ops(self) -> int:
+        return sum(self.by_op.values())
+
+    def launch_bound_s(self) -> float:
+        """The GPU time of what was counted if launches and synchronisations bound it."""
+        return self.ops * LAUNCH_S + self.syncs * SYNC_S
+
+    @staticmethod
+    def _is_sync(name: str, args, kwargs) -> bool:
+        if name.startswith(_DATA_DEPENDENT):
+            return True
+        if name.startswith("aten.repeat_interleave") and len(args) > 1 and torch.is_tensor(
+                args[1]):
+            return True
+        if name.startswith("aten._to_copy"):
+            device = kwargs.get("device")
+            return device is not None and torch.device(device).type == "cpu"
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = str(func)
+        self.by_op[name] += 1
+        if self._is_sync(name, args, kwargs):
+            self.syncs += 1
+        for t in tree_flatten((args, kwargs, out))[0]:
+            if torch.is_tensor(t):
+                self.bytes += t.numel() * t.element_size()
+        return out
