@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from dmenet.errors import ConfigError, DMENetError
-from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from dmenet.labels import check_label_space, training_label
 from dmenet.losses import (
     REFERENCE_LD_SCALE,
@@ -53,6 +52,7 @@ from dmenet.modules.contracts import BlurEstimate
 from dmenet.modules.domain_discriminator import DomainDiscriminator
 from dmenet.modules.sharpness_calibrator import SharpnessCalibrator
 from dmenet.modules.spec import PART_NAMES, build, describe, load_strictly
+from dmenet.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 
 __all__ = ["DMENet", "PART_NAMES"]
 
@@ -202,7 +202,7 @@ class DMENet(L.LightningModule):
         label space of the weights."""
         from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-        from dmenet.inference.checkpoint import load_checkpoint
+        from dmenet.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
         loaded = []
@@ -448,10 +448,10 @@ class DMENet(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         """Defocus maps of photos of any size: large ones run in overlapping, blended tiles
-        (``dmenet.inference.tiling``, equal to whole-photo inference within 1e-3), so memory
+        (``dmenet.tiling``, equal to whole-photo inference within 1e-3), so memory
         stays bounded, exactly as ``dmenet infer`` does."""
-        from dmenet.inference.checkpoint import DefocusPredictor
-        from dmenet.inference.tiling import predict_image
+        from dmenet.checkpoint import DefocusPredictor
+        from dmenet.tiling import predict_image
 
         # the predictor type of dmenet infer / dmenet.load: B plus what its y means (a plain
         # wrapper made per call, so B is not registered twice in this module's state_dict)

@@ -355,8 +355,8 @@ def build_converted(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, nn.
 
 def convert(npz_path: str | Path, out_path: str | Path, overwrite: bool = False) -> dict:
     """Convert ``npz_path`` and write the dmenet checkpoint ``out_path``; returns a summary."""
+    from dmenet.checkpoint import save_checkpoint
     from dmenet.data.io import check_output_file
-    from dmenet.inference.checkpoint import save_checkpoint
 
     check_output_file(out_path, overwrite)
     arrays = load_npz(npz_path)

@@ -5,7 +5,7 @@
 Per photo it writes ``NAME_sigma_px.npy`` (float32 sigma in pixels), ``NAME_sigma_px_x1000.png``
 (16-bit, ``value / 1000`` = sigma in pixels), ``NAME_sigma_color.png`` and ``NAME_defocus.json``
 (see :mod:`dmenet.inference.writer`). Big photos are processed in overlapping tiles
-(:mod:`dmenet.inference.tiling`) so memory stays bounded. A photo that cannot be read or
+(:mod:`dmenet.tiling`) so memory stays bounded. A photo that cannot be read or
 processed is reported by name, the others are still processed, and the exit status is 1.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dmenet.errors import DMENetError
-from dmenet.inference.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
+from dmenet.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
 __all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator",
            "failure_reason", "gather_inputs", "report_failures"]
@@ -124,8 +124,8 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
 
     if not args.ckpt:
         raise DMENetError("--ckpt is required (or use --estimator zhuo_sim)")
-    from dmenet.inference.checkpoint import load_predictor
-    from dmenet.inference.tiling import auto_tile_px, predict_image
+    from dmenet.checkpoint import load_predictor
+    from dmenet.tiling import auto_tile_px, predict_image
 
     device = resolve_device(args.device)
     if args.half and device.type != "cuda":
@@ -213,7 +213,7 @@ def gather_inputs(paths: Sequence[str], recursive: bool) -> tuple[list[tuple[Pat
                                                                    list[tuple[str, str]]]:
     """Expand every entry (file, folder, glob) on its own: ``(items, failures)``, where an entry
     that cannot be expanded is a failure ``(entry, message)`` and the others still count."""
-    from dmenet.inference.data import deduplicate_names, expand_paths
+    from dmenet.data.photos import deduplicate_names, expand_paths
 
     failures: list[tuple[str, str]] = []
     items: list[tuple[Path, str]] = []
