@@ -262,9 +262,9 @@ def test_shared_rgbd_samples_as_synthetic_source(rgbd_samples, kind, folder):
 def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode):
     """A training crop is rendered with the whole image's camera and fill start and a margin of
     the blur reach: it equals the same crop of the whole-image render within 1/255."""
-    from dmenet.data.synthetic import CAMERA_KEYS, WholeImageCameraCrops
     from dmenet.data.rgbd import EmbeddedRGBD
     from dmenet.data.syndof import SyndofRenderer, pad_like_border
+    from dmenet.data.synthetic import CAMERA_KEYS, WholeImageCameraCrops
     from dmenet.data.thin_lens import Camera, clean_depth_mm
 
     kwargs = {"mode": "reference" if render_mode == "reference" else "paper",
