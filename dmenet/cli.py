@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dmenet {__version__}")
         return 0
     command = argv[0]
-    from dmenet.errors import DMENetError
+    from dmenet.errors import DMENetError, OutputWriteError
 
     try:
         if command in TOOL_SUBCOMMANDS:
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.setdefault("WANDB_SILENT", "true")
             run_lightning_cli(argv)
             return 0
-    except DMENetError as exc:  # a user's mistake: one clear line, no traceback
+    except (DMENetError, OutputWriteError) as exc:  # one clear line, no traceback
         print(f"dmenet {command}: error: {exc}", file=sys.stderr)
         return 2
     print(_top_level_help(), file=sys.stderr)

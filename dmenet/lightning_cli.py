@@ -2,7 +2,8 @@
 
 Besides Lightning's own behaviour, :class:`DMENetCLI`
 
-* refuses a missing or unreadable ``--ckpt_path`` with one line naming the file;
+* refuses a missing or unreadable ``--ckpt_path`` with one line naming the file, and a GPU
+  accelerator on a machine without one with one line saying how to run on the CPU;
 * turns ``--trainer.strategy ddp`` (and ``ddp_spawn`` / ``ddp_fork``) into its
   ``..._find_unused_parameters_true`` form, and says so: each batch makes two backward passes
   (D's, then B + S's), each leaving some parameters without a gradient;
@@ -39,6 +40,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from dmenet.devices import check_accelerator
 from dmenet.errors import DMENetError
 from dmenet.runs import run_dir
 
@@ -291,8 +293,9 @@ class DMENetCLI(LightningCLI):
         else:
             super().parse_arguments(parser, resolve_argv_part_names(args))
         subcommand = self.config.get("subcommand")
-        if subcommand:  # before Lightning reads the file's hyperparameters
+        if subcommand:  # before Lightning reads the file's hyperparameters, or seeds anything
             check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+            check_accelerator(self.config[subcommand].trainer.get("accelerator"))
 
     def _given(self, option: str) -> bool:
         return any(a == option or a.startswith(option + "=") for a in self._command_line)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dmenet.devices import resolve_device
 from dmenet.errors import DMENetError
 from dmenet.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
@@ -77,19 +78,6 @@ def _tile_arg(value: str) -> int | str:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a tile size: {value!r} (px, 0 or auto)") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; anything else must be a usable torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise DMENetError(f"--device {name!r}: not a device name ({exc})") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DMENetError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 class SigmaEstimator:

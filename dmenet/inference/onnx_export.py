@@ -54,11 +54,13 @@ class ExportWrapper(nn.Module):
 
 
 def export_onnx(predictor: nn.Module, out: str | Path, example_hw: tuple[int, int] = (64, 96)) -> Path:
-    """Export ``predictor`` (a :class:`~dmenet.checkpoint.DefocusPredictor`) to ``out``."""
+    """Export ``predictor`` (a :class:`~dmenet.checkpoint.DefocusPredictor`) to ``out`` (written
+    under a temporary name and renamed: an export that fails leaves no file)."""
     from torch.export import Dim
 
+    from dmenet.data.io import atomic_outputs
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportWrapper(predictor.float().eval().cpu()).eval()
     # batch 2: an example batch of 1 would make torch.export specialise N to 1
     example = torch.rand(2, 3, *example_hw)
@@ -71,8 +73,9 @@ def export_onnx(predictor: nn.Module, out: str | Path, example_hw: tuple[int, in
         )
     if onnx_program is None:
         raise DMENetError("the ONNX exporter returned nothing")
-    onnx_program.save(str(out), external_data=False)
-    name_dynamic_axes(out)
+    with atomic_outputs(out) as (temporary,):
+        onnx_program.save(str(temporary), external_data=False)
+        name_dynamic_axes(temporary)
     return out
 
 
