@@ -86,9 +86,9 @@ def run_lightning_cli(args: Sequence[str]) -> None:
     """
     import contextvars
 
-    from dmenet.lightning_cli import DMENetCLI, quiet_lightning
+    from dmenet.lightning_cli import DMENetCLI, finishing_its_wandb_run, quiet_lightning
 
-    with quiet_lightning():
+    with quiet_lightning(), finishing_its_wandb_run():
         contextvars.copy_context().run(DMENetCLI, args=list(args))
 
 

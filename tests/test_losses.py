@@ -100,39 +100,11 @@ LAMBDAS = {"lambda_aux": 0.2, "lambda_c": 3.0, "lambda_s": 0.05, "lambda_adv": 0
 TERM_WEIGHTS = {"L_B": 1.0, "L_aux": 0.2, "L_C": 3.0, "L_S": 0.05, "L_adv": 0.7}
 
 
-@pytest.mark.parametrize("reference_ld_scaling", [False, True])
-def test_logged_totals_are_the_lambda_weighted_sums_of_the_logged_terms(tmp_path, reference_ld_scaling):
-    from dmenet.lightning_model import DMENet
-    from dmenet.modules import LightBlurEstimator
-    from tests.helpers.tiny_data import TinyDataModule, cpu_trainer
-
-    model = DMENet(
-        blur_estimator=LightBlurEstimator(weights=None),
-        vgg_weights=None,
-        reference_ld_scaling=reference_ld_scaling,
-        log_images_every_n_steps=0,
-        **LAMBDAS,
-    )
-    trainer = cpu_trainer(tmp_path, max_steps=2)
-    trainer.fit(model, TinyDataModule(size=64, n_batches=1))
-    logged = {
-        k.removeprefix("train/"): float(v)
-        for k, v in trainer.callback_metrics.items()
-        if k.startswith("train/")
-    }
-    assert set(TERM_WEIGHTS) | {"L_g", "L_D", "L_d"} <= set(logged)
-    # the check below can tell lambda_C from lambda_S only if L_C and L_S differ
-    assert abs(logged["L_C"] - logged["L_S"]) > 0.1 * max(logged["L_C"], logged["L_S"])
-    expected_g = sum(weight * logged[term] for term, weight in TERM_WEIGHTS.items())
-    assert logged["L_g"] == pytest.approx(expected_g, rel=1e-5)
-    scale = 1.7 * (1e-3 if reference_ld_scaling else 1.0)
-    assert logged["L_d"] == pytest.approx(scale * logged["L_D"], rel=1e-5)
-
-
-def test_reference_ld_scaling_scales_the_gradient_that_updates_d(tmp_path):
-    """The reference's extra factor reaches D's update, not only the logged L_d: with the same
-    weights and batch, D's gradient is REFERENCE_LD_SCALE (the reference's 1e-3) times the
-    unscaled one (Adam then makes nearly the same step, as in the reference)."""
+def test_logged_totals_are_the_lambda_weighted_sums_and_the_reference_scale_reaches_d(tmp_path):
+    """L_g and L_d are the lambda-weighted sums of the logged terms; with the reference's
+    extra factor on L_D, D's gradient itself (not only the logged L_d) is REFERENCE_LD_SCALE
+    (the reference's 1e-3) times the unscaled one, for the same weights and batch (Adam then
+    makes nearly the same step, as in the reference)."""
     import lightning as L
 
     from dmenet.lightning_model import DMENet
@@ -149,16 +121,33 @@ def test_reference_ld_scaling_scales_the_gradient_that_updates_d(tmp_path):
                 self.grads.append(torch.cat([p.grad.flatten() for p in d_params]))
 
     grads = {}
-    for scaled in (False, True):
+    for reference_ld_scaling in (False, True):
         L.seed_everything(0)
-        model = DMENet(blur_estimator=LightBlurEstimator(weights=None, aux_heads=False),
-                       vgg_weights=None, content_loss=False, sharpness_calibrator=False,
-                       lambda_d=1.7, reference_ld_scaling=scaled, log_images_every_n_steps=0)
+        model = DMENet(
+            blur_estimator=LightBlurEstimator(weights=None),
+            vgg_weights=None,
+            reference_ld_scaling=reference_ld_scaling,
+            log_images_every_n_steps=0,
+            **LAMBDAS,
+        )
         recorder = DGradients()
-        cpu_trainer(tmp_path / str(scaled), max_steps=2, callbacks=[recorder]).fit(
-            model, TinyDataModule(size=64, n_batches=1))
+        trainer = cpu_trainer(tmp_path / str(reference_ld_scaling), max_steps=2,
+                              callbacks=[recorder])
+        trainer.fit(model, TinyDataModule(size=64, n_batches=1))
+        logged = {
+            k.removeprefix("train/"): float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("train/")
+        }
+        assert set(TERM_WEIGHTS) | {"L_g", "L_D", "L_d"} <= set(logged)
+        # the check below can tell lambda_C from lambda_S only if L_C and L_S differ
+        assert abs(logged["L_C"] - logged["L_S"]) > 0.1 * max(logged["L_C"], logged["L_S"])
+        expected_g = sum(weight * logged[term] for term, weight in TERM_WEIGHTS.items())
+        assert logged["L_g"] == pytest.approx(expected_g, rel=1e-5)
+        scale = 1.7 * (1e-3 if reference_ld_scaling else 1.0)
+        assert logged["L_d"] == pytest.approx(scale * logged["L_D"], rel=1e-5)
         assert len(recorder.grads) == 1  # one D step
-        grads[scaled] = recorder.grads[0]
+        grads[reference_ld_scaling] = recorder.grads[0]
     assert REFERENCE_LD_SCALE == pytest.approx(1e-3)
     expected = REFERENCE_LD_SCALE * grads[False]
     largest = float(expected.abs().max())
