@@ -148,6 +148,7 @@ def test_logged_totals_are_the_lambda_weighted_sums_and_the_reference_scale_reac
         assert logged["L_d"] == pytest.approx(scale * logged["L_D"], rel=1e-5)
         assert len(recorder.grads) == 1  # one D step
         grads[reference_ld_scaling] = recorder.grads[0]
+        del model, trainer  # one model in memory at a time
     assert REFERENCE_LD_SCALE == pytest.approx(1e-3)
     expected = REFERENCE_LD_SCALE * grads[False]
     largest = float(expected.abs().max())
