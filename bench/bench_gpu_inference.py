@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dmenet.inference.checkpoint import prepare_for_inference  # noqa: E402
+from dmenet.checkpoint import prepare_for_inference  # noqa: E402
 from dmenet.inference.fast import FastBlurEstimator  # noqa: E402
 from dmenet.modules.blur_estimator import BlurEstimator  # noqa: E402
 

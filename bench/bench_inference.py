@@ -4,7 +4,7 @@ For each photo size (default 0.25, 1, 4 and 24 megapixels, 3:2) and path (``fast
 :mod:`dmenet.inference.fast`, what ``dmenet infer`` runs; ``reference``: B's own forward with
 BatchNorm folded, ``--reference-path``) a fresh subprocess builds B (random weights: speed and
 memory do not depend on the values), runs ``dmenet infer``'s code path
-(:func:`dmenet.inference.tiling.predict_image`, tiled where the photo does not fit the memory
+(:func:`dmenet.tiling.predict_image`, tiled where the photo does not fit the memory
 budget, ``--tile auto``) and reports its wall time and peak resident memory (``ru_maxrss``).
 
 The floor: B's FLOPs per megapixel (``FlopCounterMode`` on a 512 x 512 input; the reference
@@ -52,7 +52,7 @@ def _size_for(megapixels: float) -> tuple[int, int]:
 
 def _reference_model():
     """B as the reference path runs it: eval mode, auxiliary heads dropped, BatchNorm folded."""
-    from dmenet.inference.checkpoint import prepare_for_inference
+    from dmenet.checkpoint import prepare_for_inference
     from dmenet.modules.blur_estimator import BlurEstimator
 
     return prepare_for_inference(BlurEstimator(weights=None))
@@ -60,7 +60,7 @@ def _reference_model():
 
 def _predictor(path: str):
     """``image -> y`` as ``dmenet infer`` runs it on ``path`` ("fast" or "reference")."""
-    from dmenet.inference.checkpoint import DefocusPredictor
+    from dmenet.checkpoint import DefocusPredictor
     from dmenet.inference.fast import fast_predictor
 
     predictor = DefocusPredictor(_reference_model()).eval()
@@ -129,7 +129,7 @@ def peak_rss_mb() -> float:
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from dmenet.inference.tiling import auto_tile_px, needs_tiling, predict_image, tile_spans
+    from dmenet.tiling import auto_tile_px, needs_tiling, predict_image, tile_spans
 
     torch.set_num_threads(args.threads)
     height, width = _size_for(args.mp)
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mp", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--path", default="fast", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from dmenet.inference.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
+    from dmenet.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
     args.memory_gb = DEFAULT_MEMORY_GB if args.memory_gb is None else args.memory_gb
     args.overlap = DEFAULT_OVERLAP_PX if args.overlap is None else args.overlap

@@ -5,8 +5,8 @@
     sigma_px = estimator.predict("photo.jpg")          # (H, W) float32 NumPy, sigma in px
 
 It runs exactly what ``dmenet infer`` runs (:func:`dmenet.inference.infer.make_estimator`:
-the checkpoint's B through :func:`dmenet.inference.checkpoint.load_predictor`, big photos in
-overlapping tiles by :mod:`dmenet.inference.tiling`), so ``predict`` equals the ``.npy`` that
+the checkpoint's B through :func:`dmenet.checkpoint.load_predictor`, big photos in
+overlapping tiles by :mod:`dmenet.tiling`), so ``predict`` equals the ``.npy`` that
 ``dmenet infer`` writes for the same photo and options.
 """
 

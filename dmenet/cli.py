@@ -89,9 +89,9 @@ def run_lightning_cli(args: Sequence[str]) -> None:
     """
     import contextvars
 
-    from dmenet.lightning_cli import DMENetCLI, quiet_lightning
+    from dmenet.lightning_cli import DMENetCLI, finishing_its_wandb_run, quiet_lightning
 
-    with quiet_lightning():
+    with quiet_lightning(), finishing_its_wandb_run():
         contextvars.copy_context().run(DMENetCLI, args=list(args))
 
 
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dmenet {__version__}")
         return 0
     command = argv[0]
-    from dmenet.errors import DMENetError
+    from dmenet.errors import DMENetError, OutputWriteError
 
     try:
         if command in TOOL_SUBCOMMANDS:
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.setdefault("WANDB_SILENT", "true")
             run_lightning_cli(argv)
             return 0
-    except DMENetError as exc:  # a user's mistake: one clear line, no traceback
+    except (DMENetError, OutputWriteError) as exc:  # one clear line, no traceback
         print(f"dmenet {command}: error: {exc}", file=sys.stderr)
         return 2
     print(_top_level_help(), file=sys.stderr)

@@ -16,3 +16,13 @@ class ConfigError(DMENetError, ValueError):
 
 class OutputExistsError(DMENetError, FileExistsError):
     """An output exists and ``--overwrite`` was not given."""
+
+
+class OutputWriteError(OSError):
+    """An output could not be written (full disk, no permission); nothing partial was left
+    under its name. Not a :class:`DMENetError`: it stops the whole run (a tool does not go on
+    with its next photo), and the command line prints it as one line too. ``errno``,
+    ``strerror`` and ``filename`` (the output) are those of the failed write."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()

@@ -2,7 +2,8 @@
 
 Besides Lightning's own behaviour, :class:`DMENetCLI`
 
-* refuses a missing or unreadable ``--ckpt_path`` with one line naming the file;
+* refuses a missing or unreadable ``--ckpt_path`` with one line naming the file, and a GPU
+  accelerator on a machine without one with one line saying how to run on the CPU;
 * turns ``--trainer.strategy ddp`` (and ``ddp_spawn`` / ``ddp_fork``) into its
   ``..._find_unused_parameters_true`` form, and says so: each batch makes two backward passes
   (D's, then B + S's), each leaving some parameters without a gradient;
@@ -10,7 +11,8 @@ Besides Lightning's own behaviour, :class:`DMENetCLI`
   the report goes to ``RUN/results/X/<set>/`` and no new logger version is opened.
 
 :func:`quiet_lightning` hides the messages of Lightning and torch that a dmenet user cannot act
-on (listed in :data:`UNACTIONABLE_WARNINGS`); ``dmenet``'s commands run inside it.
+on (listed in :data:`UNACTIONABLE_WARNINGS`); ``dmenet``'s commands run inside it, and inside
+:func:`finishing_its_wandb_run`, so that each command's W&B run ends with the command.
 
 Parts may be named by their registry name (``dmenet list``) wherever a class path is accepted:
 ``--model.blur_estimator light_resnet18``, ``--model.domain_discriminator.class_path dmenet``,
@@ -39,6 +41,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from dmenet.devices import check_accelerator
 from dmenet.errors import DMENetError
 from dmenet.runs import run_dir
 
@@ -91,6 +94,30 @@ def quiet_lightning() -> Iterator[None]:
         finally:
             for logger in loggers:
                 logger.removeFilter(info_filter)
+
+
+@contextlib.contextmanager
+def finishing_its_wandb_run() -> Iterator[None]:
+    """Finish the W&B run that the block started, when it ends (marked failed if it raised).
+
+    A ``dmenet`` process finishes its run at exit anyway; in-process callers (a notebook, the
+    tests) otherwise leave it open, and Lightning's next WandbLogger would log into it. A run
+    that was already open before the block is left alone.
+    """
+    before = _wandb_run()
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        run = _wandb_run()
+        if run is not None and run is not before:
+            run.finish(exit_code=1 if failed else 0)
+
+
+def _wandb_run() -> Any:
+    wandb = sys.modules.get("wandb")  # not imported: no run
+    return getattr(wandb, "run", None) if wandb is not None else None
 
 
 def check_ckpt_path(value: str | os.PathLike | None) -> None:
@@ -291,8 +318,9 @@ class DMENetCLI(LightningCLI):
         else:
             super().parse_arguments(parser, resolve_argv_part_names(args))
         subcommand = self.config.get("subcommand")
-        if subcommand:  # before Lightning reads the file's hyperparameters
+        if subcommand:  # before Lightning reads the file's hyperparameters, or seeds anything
             check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+            check_accelerator(self.config[subcommand].trainer.get("accelerator"))
 
     def _given(self, option: str) -> bool:
         return any(a == option or a.startswith(option + "=") for a in self._command_line)

@@ -6,12 +6,14 @@ Per training batch (manual optimisation, one D step then one G step on the same 
     L_g = L_B + lambda_aux * sum_k L_aux,k + lambda_C * L_C
               + lambda_S * L_S + lambda_adv * L_adv               (updates B and S)
 
-Subnetworks are constructor arguments (anomalib style): ``True`` builds the paper's part,
-``False`` removes it (no parameters, no optimiser, no loss term), an ``nn.Module`` replaces it.
-Ablations are therefore configs (configs/ablation/*.yaml), not code branches. A lambda of 0
-switches its term off the same way: ``lambda_c = 0``, ``lambda_s = 0`` and ``lambda_adv = 0``
-build no C, S and D (as ``False`` would), ``lambda_aux = 0`` builds the default B without its
-auxiliary heads, and ``lambda_d = 0`` keeps D's weights as built (no D step, no D optimiser).
+Subnetworks are constructor arguments (anomalib style), each typed ``nn.Module | bool``:
+``True`` builds the paper's part, ``False`` removes it (no parameters, no optimiser, no loss
+term), an ``nn.Module`` replaces it. Ablations are therefore configs (configs/ablation/*.yaml),
+not code branches. ``False`` is the one way to switch a part off: a lambda of 0 for a part that
+is on (``lambda_adv`` or ``lambda_d`` with D, ``lambda_c`` with C, ``lambda_s`` with S) is a
+:class:`~dmenet.errors.ConfigError` naming the switch; a switched-off part's lambdas are not
+used. B cannot be switched off. ``lambda_aux = 0`` drops the auxiliary term L_aux (a term of
+B, not a part), and the default B is then built without its auxiliary heads.
 
 Validation logs ``val/<set>/<metric>`` for each validation set; a callback that monitors a
 ``val/`` metric no set logs (a CUHK-only run has no ``mse``) fails at the start of ``fit``.
@@ -37,7 +39,6 @@ import torch
 from torch import nn
 
 from dmenet.errors import ConfigError, DMENetError
-from dmenet.inference.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 from dmenet.labels import check_label_space, training_label
 from dmenet.losses import (
     REFERENCE_LD_SCALE,
@@ -53,6 +54,7 @@ from dmenet.modules.contracts import BlurEstimate
 from dmenet.modules.domain_discriminator import DomainDiscriminator
 from dmenet.modules.sharpness_calibrator import SharpnessCalibrator
 from dmenet.modules.spec import PART_NAMES, build, describe, load_strictly
+from dmenet.tiling import DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX
 
 __all__ = ["DMENet", "PART_NAMES"]
 
@@ -73,17 +75,39 @@ RUNTIME_OPTIONS: tuple[str, ...] = (
 _TERM_NAMES = {"blur": "L_B", "aux": "L_aux", "content": "L_C", "sharpness": "L_S", "adv": "L_adv"}
 
 
+# the lambdas that weight each switchable part's loss terms
+PART_LAMBDAS: dict[str, tuple[str, ...]] = {
+    "domain_discriminator": ("lambda_adv", "lambda_d"),
+    "content_loss": ("lambda_c",),
+    "sharpness_calibrator": ("lambda_s",),
+}
+
+
 def _resolve_part(value: Any, role: str, default: Any) -> nn.Module | None:
-    """``True`` -> default(), ``False``/``None`` -> None, module -> itself, dict spec -> built."""
+    """``True`` -> default(), ``False`` -> None, module -> itself, dict spec (a checkpoint's
+    description) -> built."""
     if isinstance(value, nn.Module):
         return value
     if isinstance(value, dict):
         return build(value, role)
     if value is True:
         return default()
-    if value is False or value is None:
+    if value is False:
         return None
     raise DMENetError(f"{role}: expected an nn.Module, true or false, got {value!r}")
+
+
+def _check_lambdas(parts: dict[str, Any], lambdas: dict[str, float]) -> None:
+    """Every lambda ``>= 0``, and none ``0`` for a part that is on (``False`` switches it off)."""
+    for option, value in lambdas.items():
+        if not value >= 0:
+            raise ConfigError(f"--model.{option} must be >= 0, got {value}")
+    for part, options in PART_LAMBDAS.items():
+        zero = [option for option in options if lambdas[option] == 0]
+        if zero and parts[part] is not False:
+            raise ConfigError(f"--model.{zero[0]} is 0 while --model.{part} is on; a part is "
+                              f"switched off with --model.{part} false (and a lambda of a part "
+                              "that is on must be > 0)")
 
 
 def _as_list(x: Any) -> list:
@@ -96,12 +120,14 @@ class DMENet(L.LightningModule):
     """DMENet (CVPR 2019): B trained with D, C and S. See the module docstring for the losses.
 
     Args:
-        blur_estimator: B; ``None`` builds the paper's VGG19 U-Net with ``vgg_weights``.
+        blur_estimator: B; ``True`` builds the paper's VGG19 U-Net with ``vgg_weights``, or an
+            ``nn.Module`` (B cannot be switched off).
         domain_discriminator, content_loss, sharpness_calibrator: D, C, S
             (``True`` = paper's part, ``False`` = off, or an ``nn.Module``).
         vgg_weights: ``"imagenet"``, a local torchvision VGG19 state_dict path, or ``None``; used
             for the default B and C. Stored as ``None`` in checkpoints (the weights are in them).
-        lambda_adv, lambda_d, lambda_c, lambda_s, lambda_aux: loss weights (paper defaults).
+        lambda_adv, lambda_d, lambda_c, lambda_s, lambda_aux: loss weights (paper defaults),
+            ``>= 0``; a part's lambdas are ``> 0`` while it is on (module docstring).
         reference_ld_scaling: multiply L_D by a further 1e-3 as the reference code does.
         lr, beta1, beta2: Adam, the same for the G (B + S) and D optimisers.
         lr_decay_factor, lr_decay_every_epochs: step decay, applied at epoch ends by hand.
@@ -123,7 +149,7 @@ class DMENet(L.LightningModule):
 
     def __init__(
         self,
-        blur_estimator: nn.Module | None = None,
+        blur_estimator: nn.Module | bool = True,
         domain_discriminator: nn.Module | bool = True,
         content_loss: nn.Module | bool = True,
         sharpness_calibrator: nn.Module | bool = True,
@@ -152,11 +178,14 @@ class DMENet(L.LightningModule):
         super().__init__()
         if label_space is not None:
             check_label_space(label_space, "--model.label_space")
-        lambdas = {"lambda_adv": lambda_adv, "lambda_d": lambda_d, "lambda_c": lambda_c,
-                   "lambda_s": lambda_s, "lambda_aux": lambda_aux}
-        for option, value in lambdas.items():
-            if not value >= 0:
-                raise ConfigError(f"--model.{option} must be >= 0 (0 switches its term off), got {value}")
+        _check_lambdas(
+            {"domain_discriminator": domain_discriminator, "content_loss": content_loss,
+             "sharpness_calibrator": sharpness_calibrator},
+            {"lambda_adv": lambda_adv, "lambda_d": lambda_d, "lambda_c": lambda_c,
+             "lambda_s": lambda_s, "lambda_aux": lambda_aux})
+        if blur_estimator is False:
+            raise ConfigError("--model.blur_estimator false: B is the model and cannot be switched "
+                              "off; give true (the paper's B), a registry name or a class_path")
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=[*PART_NAMES, *RUNTIME_OPTIONS])
         self.results_dir = results_dir
@@ -168,25 +197,16 @@ class DMENet(L.LightningModule):
         self.predict_tile_px, self.predict_overlap_px = int(predict_tile_px), int(predict_overlap_px)
 
         self.blur_estimator = _resolve_part(
-            True if blur_estimator is None else blur_estimator,
-            "blur_estimator",
+            blur_estimator, "blur_estimator",
             lambda: BlurEstimator(weights=vgg_weights, aux_heads=lambda_aux > 0),
         )
-        # a lambda of 0 switches its part off: not built, never run, not in the checkpoint
+        # a part switched off is not built, never run, not in the checkpoint
         self.domain_discriminator = _resolve_part(
-            domain_discriminator if lambda_adv > 0 else False, "domain_discriminator",
-            DomainDiscriminator,
-        )
+            domain_discriminator, "domain_discriminator", DomainDiscriminator)
         self.content_loss = _resolve_part(
-            content_loss if lambda_c > 0 else False, "content_loss",
-            lambda: ContentLoss(weights=vgg_weights),
-        )
+            content_loss, "content_loss", lambda: ContentLoss(weights=vgg_weights))
         self.sharpness_calibrator = _resolve_part(
-            sharpness_calibrator if lambda_s > 0 else False, "sharpness_calibrator",
-            SharpnessCalibrator,
-        )
-        if self.domain_discriminator is not None and lambda_d == 0:
-            self.domain_discriminator.requires_grad_(False)  # L_d is off: D's weights stay as built
+            sharpness_calibrator, "sharpness_calibrator", SharpnessCalibrator)
         # checkpoints rebuild the parts from plain data (no pickled modules, no weight download)
         for name in PART_NAMES:
             part = getattr(self, name)
@@ -203,7 +223,7 @@ class DMENet(L.LightningModule):
         label space of the weights."""
         from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-        from dmenet.inference.checkpoint import load_checkpoint
+        from dmenet.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
         loaded = []
@@ -239,7 +259,7 @@ class DMENet(L.LightningModule):
         hp = self.hparams
         betas = (hp.beta1, hp.beta2)
         optimizers = [torch.optim.Adam(self.generator_parameters(), lr=hp.lr, betas=betas)]
-        if self.domain_discriminator is not None and hp.lambda_d > 0:
+        if self.domain_discriminator is not None:
             optimizers.append(
                 torch.optim.Adam(self.domain_discriminator.parameters(), lr=hp.lr, betas=betas)
             )
@@ -290,7 +310,7 @@ class DMENet(L.LightningModule):
         adv_streams = [s for s in ("blur", "real") if s in real_outs] if adversarial else []
         logs: dict[str, torch.Tensor] = {}
 
-        # ---- D step: L_d = lambda_D * L_D on detached features (no D optimiser: lambda_D = 0)
+        # ---- D step: L_d = lambda_D * L_D on detached features
         if opt_d is not None and adv_streams:
             with self.toggled_optimizer(opt_d):
                 logits_syn = self.domain_discriminator(out_syn.feature.detach())
@@ -449,10 +469,10 @@ class DMENet(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         """Defocus maps of photos of any size: large ones run in overlapping, blended tiles
-        (``dmenet.inference.tiling``, equal to whole-photo inference within 1e-3), so memory
+        (``dmenet.tiling``, equal to whole-photo inference within 1e-3), so memory
         stays bounded, exactly as ``dmenet infer`` does."""
-        from dmenet.inference.checkpoint import DefocusPredictor
-        from dmenet.inference.tiling import predict_image
+        from dmenet.checkpoint import DefocusPredictor
+        from dmenet.tiling import predict_image
 
         # the predictor type of dmenet infer / dmenet.load: B plus what its y means (a plain
         # wrapper made per call, so B is not registered twice in this module's state_dict)

@@ -132,11 +132,31 @@ def test_data_imports_nothing_from_evaluation():
     graph = import_graph()
     data_modules = [n for n in graph if n == "dmenet.data" or n.startswith("dmenet.data.")]
     assert "dmenet.data.real" in data_modules
+    assert _upward_imports(graph, data_modules, "dmenet.evaluation") == {}
+
+
+def _upward_imports(graph: dict[str, set[str]], floor: list[str], above: str) -> dict[str, list[str]]:
+    """``{module of floor: [modules under the package above it reaches]}``, offenders only."""
     offending = {
-        name: sorted(m for m in _reachable(graph, name) if m.split(".")[:2] == ["dmenet", "evaluation"])
-        for name in data_modules
+        name: sorted(m for m in _reachable(graph, name) if m == above or m.startswith(above + "."))
+        for name in floor
     }
-    assert {name: mods for name, mods in offending.items() if mods} == {}
+    return {name: mods for name, mods in offending.items() if mods}
+
+
+def test_upward_import_finder_sees_an_indirect_one():
+    graph = {"p.data.a": {"p.util"}, "p.util": {"p.inference.x"}, "p.inference.x": set()}
+    assert _upward_imports(graph, ["p.data.a"], "p.inference") == {"p.data.a": ["p.inference.x"]}
+
+
+def test_data_and_the_lightning_module_import_nothing_from_inference():
+    # training sits below the user tools: what both need (checkpoints, tiling, photo lists)
+    # lives one floor down (dmenet.checkpoint, dmenet.tiling, dmenet.data.photos)
+    graph = import_graph()
+    floor = [n for n in graph if n == "dmenet.data" or n.startswith("dmenet.data.")]
+    floor.append("dmenet.lightning_model")
+    assert {"dmenet.data.datamodule", "dmenet.data.photos"} <= set(floor)
+    assert _upward_imports(graph, floor, "dmenet.inference") == {}
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if n != "dmenet.__main__"))

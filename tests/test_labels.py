@@ -36,10 +36,10 @@ def test_unknown_space():
 
 
 def test_every_label_space_option_is_checked_once_with_one_error_type(tmp_path):
+    from dmenet.checkpoint import DefocusPredictor
     from dmenet.data.syndof_files import ReleasedSyndof
     from dmenet.errors import ConfigError
     from dmenet.evaluation.evaluator import Evaluator
-    from dmenet.inference.checkpoint import DefocusPredictor
     from dmenet.lightning_model import DMENet
 
     assert labels.check_label_space("released") == "released"

@@ -428,7 +428,7 @@ def test_init_from_loads_b_d_s_and_a_resume_stays_a_resume(tmp_path):
         DMENet(blur_estimator=TinyB(width=4), domain_discriminator=False, content_loss=False,
                sharpness_calibrator=False, init_from=str(ckpt))
     b_only = tmp_path / "b_only.ckpt"
-    from dmenet.inference.checkpoint import save_checkpoint
+    from dmenet.checkpoint import save_checkpoint
 
     save_checkpoint(b_only, {"blur_estimator": source.blur_estimator}, label_space="released")
     with pytest.warns(UserWarning, match="has no domain_discriminator"):

@@ -85,10 +85,6 @@ def test_adversarial_loss_wants_real_features_called_synthetic_summed_over_strea
         adversarial_loss([])
 
 
-def test_reference_ld_scale_is_the_reference_codes_1e_3():
-    assert REFERENCE_LD_SCALE == 1e-3
-
-
 def test_losses_are_differentiable_scalars():
     pred = torch.zeros(1, 1, 2, 2, requires_grad=True)
     loss = blur_loss(pred, LABEL) + adversarial_loss([pred]) + sharpness_loss(pred, LABEL > 0.5)
@@ -104,36 +100,65 @@ LAMBDAS = {"lambda_aux": 0.2, "lambda_c": 3.0, "lambda_s": 0.05, "lambda_adv": 0
 TERM_WEIGHTS = {"L_B": 1.0, "L_aux": 0.2, "L_C": 3.0, "L_S": 0.05, "L_adv": 0.7}
 
 
-@pytest.mark.parametrize("reference_ld_scaling", [False, True])
-def test_logged_totals_are_the_lambda_weighted_sums_of_the_logged_terms(tmp_path, reference_ld_scaling):
+def test_logged_totals_are_the_lambda_weighted_sums_and_the_reference_scale_reaches_d(tmp_path):
+    """L_g and L_d are the lambda-weighted sums of the logged terms; with the reference's
+    extra factor on L_D, D's gradient itself (not only the logged L_d) is REFERENCE_LD_SCALE
+    (the reference's 1e-3) times the unscaled one, for the same weights and batch (Adam then
+    makes nearly the same step, as in the reference)."""
+    import lightning as L
+
     from dmenet.lightning_model import DMENet
     from dmenet.modules import LightBlurEstimator
     from tests.helpers.tiny_data import TinyDataModule, cpu_trainer
 
-    model = DMENet(
-        blur_estimator=LightBlurEstimator(weights=None),
-        vgg_weights=None,
-        reference_ld_scaling=reference_ld_scaling,
-        log_images_every_n_steps=0,
-        **LAMBDAS,
-    )
-    trainer = cpu_trainer(tmp_path, max_steps=2)
-    trainer.fit(model, TinyDataModule(size=64, n_batches=1))
-    logged = {
-        k.removeprefix("train/"): float(v)
-        for k, v in trainer.callback_metrics.items()
-        if k.startswith("train/")
-    }
-    assert set(TERM_WEIGHTS) | {"L_g", "L_D", "L_d"} <= set(logged)
-    # the check below can tell lambda_C from lambda_S only if L_C and L_S differ
-    assert abs(logged["L_C"] - logged["L_S"]) > 0.1 * max(logged["L_C"], logged["L_S"])
-    expected_g = sum(weight * logged[term] for term, weight in TERM_WEIGHTS.items())
-    assert logged["L_g"] == pytest.approx(expected_g, rel=1e-5)
-    scale = 1.7 * (1e-3 if reference_ld_scaling else 1.0)
-    assert logged["L_d"] == pytest.approx(scale * logged["L_D"], rel=1e-5)
+    class DGradients(L.Callback):
+        def __init__(self) -> None:
+            self.grads: list[torch.Tensor] = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            d_params = list(pl_module.domain_discriminator.parameters())
+            if optimizer.param_groups[0]["params"][0] is d_params[0]:  # D's optimiser
+                self.grads.append(torch.cat([p.grad.flatten() for p in d_params]))
+
+    grads = {}
+    for reference_ld_scaling in (False, True):
+        L.seed_everything(0)
+        model = DMENet(
+            blur_estimator=LightBlurEstimator(weights=None),
+            vgg_weights=None,
+            reference_ld_scaling=reference_ld_scaling,
+            log_images_every_n_steps=0,
+            **LAMBDAS,
+        )
+        recorder = DGradients()
+        trainer = cpu_trainer(tmp_path / str(reference_ld_scaling), max_steps=2,
+                              callbacks=[recorder])
+        trainer.fit(model, TinyDataModule(size=64, n_batches=1))
+        logged = {
+            k.removeprefix("train/"): float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("train/")
+        }
+        assert set(TERM_WEIGHTS) | {"L_g", "L_D", "L_d"} <= set(logged)
+        # the check below can tell lambda_C from lambda_S only if L_C and L_S differ
+        assert abs(logged["L_C"] - logged["L_S"]) > 0.1 * max(logged["L_C"], logged["L_S"])
+        expected_g = sum(weight * logged[term] for term, weight in TERM_WEIGHTS.items())
+        assert logged["L_g"] == pytest.approx(expected_g, rel=1e-5)
+        scale = 1.7 * (1e-3 if reference_ld_scaling else 1.0)
+        assert logged["L_d"] == pytest.approx(scale * logged["L_D"], rel=1e-5)
+        assert len(recorder.grads) == 1  # one D step
+        grads[reference_ld_scaling] = recorder.grads[0]
+        del model, trainer  # one model in memory at a time
+    assert REFERENCE_LD_SCALE == pytest.approx(1e-3)
+    expected = REFERENCE_LD_SCALE * grads[False]
+    largest = float(expected.abs().max())
+    assert largest > 0
+    # float32 backward: elements that nearly cancel differ by rounding, so the tolerance is
+    # relative to the largest gradient
+    torch.testing.assert_close(grads[True], expected, rtol=1e-4, atol=1e-5 * largest)
 
 
-# ------------------------------------------------------------ a lambda of 0 switches off
+# ------------------------------------------------------ switching a part off: False, only
 
 
 def _model(**kwargs):
@@ -157,38 +182,51 @@ def _fit_one_batch(tmp_path, model):
     return trainer, logged
 
 
-def test_lambda_c_zero_never_builds_or_runs_vgg19(tmp_path, monkeypatch):
+def test_content_loss_false_never_builds_or_runs_vgg19(tmp_path, monkeypatch):
     from dmenet.modules import content_loss, vgg
 
     built = []
     original = vgg.vgg19_features
     monkeypatch.setattr(content_loss, "vgg19_features", lambda *a, **k: built.append(1) or original(*a, **k))
-    model = _model(lambda_c=0.0)
+    model = _model(content_loss=False)
     trainer, logged = _fit_one_batch(tmp_path, model)
     assert built == [] and model.content_loss is None
     assert model.hparams.content_loss is False  # the checkpoint rebuilds no C either
     assert "L_C" not in logged and {"L_B", "L_S", "L_adv", "L_D"} <= logged
-    # lambda_c > 0 builds C (and training_step then runs it): the spy above is live
-    assert _model(lambda_c=1e-4).content_loss is not None and built == [1]
+    # C on builds it (and training_step then runs it): the spy above is live
+    assert _model(content_loss=True).content_loss is not None and built == [1]
 
 
-def test_lambda_s_and_lambda_adv_zero_remove_s_and_d(tmp_path):
-    model = _model(lambda_s=0.0, lambda_adv=0.0, content_loss=False)
+def test_parts_switched_off_leave_b_alone_with_one_optimiser(tmp_path):
+    model = _model(domain_discriminator=False, content_loss=False, sharpness_calibrator=False,
+                   lambda_adv=0.0, lambda_s=0.0)  # an off part's lambdas are not used
     trainer, logged = _fit_one_batch(tmp_path, model)
     assert model.sharpness_calibrator is None and model.domain_discriminator is None
     assert len(trainer.optimizers) == 1 and trainer.global_step == 1  # G step only
     assert logged == {"L_B", "L_g"}
 
 
-def test_lambda_d_zero_keeps_d_fixed_and_still_trains_b_against_it(tmp_path):
-    model = _model(lambda_d=0.0, content_loss=False)
-    assert not any(p.requires_grad for p in model.domain_discriminator.parameters())
-    before = {n: p.detach().clone() for n, p in model.domain_discriminator.named_parameters()}
-    trainer, logged = _fit_one_batch(tmp_path, model)
-    assert len(trainer.optimizers) == 1 and trainer.global_step == 1
-    assert "L_adv" in logged and not {"L_D", "L_d"} & logged
-    after = dict(model.domain_discriminator.named_parameters())
-    assert all(torch.equal(before[n], after[n]) for n in before)  # weights as built
+@pytest.mark.parametrize("part, option", [
+    ("domain_discriminator", "lambda_adv"), ("domain_discriminator", "lambda_d"),
+    ("content_loss", "lambda_c"), ("sharpness_calibrator", "lambda_s"),
+])
+def test_a_lambda_of_zero_for_a_part_that_is_on_is_a_config_error(part, option, monkeypatch):
+    from dmenet.errors import ConfigError
+    from dmenet.modules import content_loss
+
+    # refused before any part is built (no VGG19 for C)
+    monkeypatch.setattr(content_loss, "vgg19_features", lambda *a, **k: pytest.fail("C was built"))
+    with pytest.raises(ConfigError, match=f"--model.{option} is 0 while --model.{part} is on; "
+                                          f"a part is switched off with --model.{part} false"):
+        _model(**{option: 0.0, "content_loss": part == "content_loss"})
+
+
+def test_b_cannot_be_switched_off():
+    from dmenet.errors import ConfigError
+    from dmenet.lightning_model import DMENet
+
+    with pytest.raises(ConfigError, match="--model.blur_estimator false: B is the model"):
+        DMENet(blur_estimator=False, vgg_weights=None)
 
 
 def test_negative_lambda_is_a_config_error():

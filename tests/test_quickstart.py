@@ -1,21 +1,20 @@
 """The README's main job, ``dmenet fit --config configs/quickstart.yaml``, for a few steps.
 
-The full run is measured by hand; here the same config runs through the real command (a
-subprocess, as a user runs it: its warnings and console lines are what a user sees) with
-overrides for two iterations and tiny embedded data, and must write what the full run writes:
-metrics with L_B and validation metrics in y and px, a checkpoint (last.ckpt a link, not a
-copy), titled panels, the summary lines and summary.json; then ``dmenet test`` on that run's
-checkpoint writes its report inside the run and opens no new version.
+The full run is measured by hand; here the same config runs through the real command (in this
+process, with Python's default warning filters and the console captured: the warnings and
+lines a user would see) with overrides for two iterations and tiny embedded data, and must
+write what the full run writes: metrics with L_B and validation metrics in y and px, a
+checkpoint (last.ckpt a link, not a copy), titled panels, the summary lines and summary.json;
+then ``dmenet test`` on that run's checkpoint writes its report inside the run and opens no
+new version. (``tests/test_cli.py`` starts the real ``dmenet`` process.)
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -40,22 +39,34 @@ TINY_DATA = [
 UNACTIONABLE = ("LightningCLI's args parameter", "litlogger", "module(s) in eval mode", "LeafSpec")
 
 
-def _dmenet(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", "PYTHONWARNINGS": ""}
-    proc = subprocess.run([sys.executable, "-m", "dmenet", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+def _dmenet(args: list[str], capfd) -> str:
+    """Run ``dmenet ARGS`` here as a user's process would; its console output (stdout).
+
+    Fails on a warning that Python's default filters would show, or on a console line a user
+    cannot act on (:data:`UNACTIONABLE`)."""
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as shown:
+        # Python's defaults (no -W): DeprecationWarning and the like hidden, the rest shown
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        code = main(args)
+    out, err = capfd.readouterr()
+    assert code == 0, f"{args}:\n{out[-3000:]}\n{err[-5000:]}"
+    assert not shown, [f"{w.category.__name__}: {w.message}" for w in shown]
     for text in UNACTIONABLE:
-        assert text not in proc.stdout + proc.stderr, (text, proc.stderr[-3000:])
-    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
-    return proc
+        assert text not in out + err, (text, err[-3000:])
+    assert "Warning" not in err, err[-3000:]
+    return out
 
 
-@pytest.mark.subprocess
 @pytest.mark.slow
-def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path, monkeypatch):
+def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path, monkeypatch, capfd):
     config = str(repo_root / "configs" / "quickstart.yaml")
-    proc = _dmenet([
+    monkeypatch.chdir(tmp_path)
+    stdout = _dmenet([
         "fit", "--config", config,
         # manual optimisation: 2 optimizer steps per batch -> 2 batches of the 2 x 6 planned
         "--trainer.max_steps", "4",
@@ -64,7 +75,7 @@ def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path, monk
         "--model.log_images_every_n_steps", "1",
         "--trainer.log_every_n_steps", "1",
         *TINY_DATA,
-    ], tmp_path)
+    ], capfd)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -94,16 +105,14 @@ def test_quickstart_config_trains_validates_and_writes(repo_root, tmp_path, monk
     assert summary["iterations_done"] == 2 and summary["iterations_planned"] == 12
     assert summary["stopped_by"] == "max_steps"
     assert set(summary["held_out"]) == {"embedded", "proxy"}
-    last_lines = proc.stdout.strip().splitlines()[-8:]
+    last_lines = stdout.strip().splitlines()[-8:]
     text = "\n".join(last_lines)
     assert "trained 2 of 12 planned iterations" in text, text
     assert "held-out embedded (last validation): MAE" in text and " px" in text
     assert f"{(run / 'val_images').relative_to(tmp_path)}/" in text  # as the user gave it
     assert not (run / "TIME_CAP_REACHED.txt").exists()
 
-    # test on the run's own checkpoint: the report lands inside the run, no new version (in
-    # this process, from the same folder: the console of a command was checked above)
-    monkeypatch.chdir(tmp_path)
+    # test on the run's own checkpoint: the report lands inside the run, no new version
     assert main(["test", "--config", config, "--ckpt_path", str(checkpoints / "last.ckpt"),
                  "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
                  *TINY_DATA]) == 0
@@ -133,14 +142,41 @@ def test_time_cap_is_reported_loudly(tmp_path, capsys):
     assert warning.strip() in out and "under-trained" in out
 
 
-@pytest.mark.parametrize("config", ["quickstart.yaml", "dmenet.yaml"])
-def test_configs_parse(repo_root, config, capsys):
+def _print_config(args: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(repo_root / "configs" / config), "--print_config"])
+        main(["fit", *args, "--print_config"])
     assert exit_info.value.code == 0
-    printed = capsys.readouterr().out
-    assert "DMENetDataModule" in printed or "crop_size" in printed
-    assert "dmenet.callbacks.ModelCheckpoint" in printed and "TrainingSummary" in printed
+    return capsys.readouterr().out
+
+
+def _assert_within(given, printed, where: str = "config") -> None:
+    """Every value ``given`` sets is in ``printed`` unchanged (printed adds the defaults)."""
+    if isinstance(given, dict):
+        assert isinstance(printed, dict), where
+        for key, value in given.items():
+            assert key in printed, f"{where}.{key} is missing"
+            _assert_within(value, printed[key], f"{where}.{key}")
+    elif isinstance(given, list):
+        assert isinstance(printed, list) and len(printed) == len(given), where
+        for i, (a, b) in enumerate(zip(given, printed)):
+            _assert_within(a, b, f"{where}[{i}]")
+    else:
+        assert printed == given, f"{where}: printed {printed!r}, the file says {given!r}"
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "dmenet.yaml"])
+def test_print_config_shows_what_the_config_file_sets(repo_root, config, capsys, tmp_path):
+    """``--print_config`` shows what would run: every value of the file as it says (the parts
+    and callbacks by their full class paths), and it is itself a complete config that prints
+    the same when read back."""
+    import yaml
+
+    path = repo_root / "configs" / config
+    printed = _print_config(["--config", str(path)], capsys)
+    _assert_within(yaml.safe_load(path.read_text()), yaml.safe_load(printed))
+    again = tmp_path / "printed.yaml"
+    again.write_text(printed)
+    assert _print_config(["--config", str(again)], capsys) == printed
 
 
 def test_quickstart_is_budgeted_by_iterations(repo_root):

@@ -1,10 +1,11 @@
 """Experiment tracking and scale-out, end to end through the real `dmenet fit` command.
 
 * an offline W&B run of the quickstart holds the losses, the validation metrics, the
-  learning rates, image panels and the resolved config;
-* two runs never overwrite each other's saved config;
+  learning rates, image panels and the resolved config; two runs never overwrite each other's
+  saved config (in this process, as a notebook would run them: each command ends its run);
 * two-process DDP on CPU (gloo), asked for as ``--trainer.strategy ddp``, trains a few steps
-  and logs the metrics once.
+  and logs the metrics once (a subprocess: DDP starts its second rank by running the command
+  line of the process again).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from dmenet.cli import main
 from tests.helpers.wandb_offline import read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,16 +55,28 @@ def _run(args: list[str], cwd: Path, env_extra: dict[str, str], timeout: int = 4
     return proc
 
 
-@pytest.mark.subprocess
+def _wait_for_wandb_files() -> None:
+    """The command finished its run; W&B's service process may still be writing the run's
+    files (as it does when a process exits): shut it down, which waits for them."""
+    import wandb
+
+    wandb.teardown()
+
+
 @pytest.mark.slow
-def test_offline_wandb_run_holds_losses_metrics_images_and_config(tmp_path):
+def test_offline_wandb_run_holds_losses_metrics_images_and_config(tmp_path, monkeypatch):
     # offline W&B writes files only; a dead base URL makes sure nothing could go out
     env = {"WANDB_MODE": "offline", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_DIR": str(tmp_path)}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
     args = [*TINY, "--config", str(REPO / "configs/logging/wandb.yaml"),
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
             "--trainer.default_root_dir", str(tmp_path / "root"),
-            "--model.results_dir", str(tmp_path / "results")]
-    _run(["fit", *args], tmp_path, env)
+            "--model.results_dir", str(tmp_path / "results"),
+            "--trainer.enable_progress_bar", "false"]
+    assert main(["fit", *args]) == 0
+    _wait_for_wandb_files()
     runs = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((tmp_path / "runs").rglob("*"))[:20]
     fit_run = runs[0]
@@ -80,7 +94,8 @@ def test_offline_wandb_run_holds_losses_metrics_images_and_config(tmp_path):
     assert "lambda_adv" in (files / "config.yaml").read_text()
     # a second run in the same folder (validating the first's checkpoint) must not clash
     checkpoint = next((tmp_path / "runs").rglob("checkpoints/last.ckpt"))
-    _run(["validate", *args, "--ckpt_path", str(checkpoint)], tmp_path, env)
+    assert main(["validate", *args, "--ckpt_path", str(checkpoint)]) == 0
+    _wait_for_wandb_files()
     runs = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and fit_run in runs
     val_run = next(r for r in runs if r != fit_run)

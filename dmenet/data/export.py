@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dmenet.data.io import check_output_dir, write_image, write_png16
+from dmenet.data.io import atomic_outputs, check_output_dir, write_image, write_png16
+from dmenet.devices import resolve_device
 from dmenet.errors import DataError
 from dmenet.labels import C_MAX_PX, PNG_LABEL_SCALE
 
@@ -102,9 +103,7 @@ def export(args: argparse.Namespace) -> int:
         raise DataError(f"--max-layers must be >= 1, got {args.max_layers}")
     if not args.max_coc > 0:
         raise DataError(f"--max-coc must be > 0 px, got {args.max_coc}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda: no CUDA device is available")
+    device = resolve_device(args.device)
     source = make_rgbd_source(args.source, depth_scale_to_mm=args.depth_scale,
                               size=tuple(args.size), seed=args.seed)
     settings = _sampler_settings(args)
@@ -115,7 +114,7 @@ def export(args: argparse.Namespace) -> int:
     for folder in SUBFOLDERS:
         (out / folder).mkdir(exist_ok=True)
     num = len(source) if args.num is None else args.num
-    for i in tqdm(range(num), desc="syndof export", unit="image"):
+    for i in tqdm(range(num), desc="syndof export", unit="image", disable=None):
         item = source[i % len(source)]
         name = f"{i:05d}_{item['name']}"
         # one generator per sample: sample i is the same whatever --num or device
@@ -128,18 +127,11 @@ def export(args: argparse.Namespace) -> int:
             raise DataError(f"{args.source} item {item['name']!r}: {exc}") from exc
         rgb = result.image[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
         sigma = result.sigma_px[0, 0].cpu().numpy()
-        write_image(out / "image" / f"{name}.png", rgb)
-        write_png16(out / "blur_map" / f"{name}.png", PNG_LABEL_SCALE * sigma, channels=3)
-        write_image(out / "blur_map_binary" / f"{name}.png",
-                    (result.binary[0, 0].cpu().numpy() * 255).astype(np.uint8))
         lo, hi = float(sigma.min()), float(sigma.max())
         norm = (sigma - lo) / (hi - lo) if hi > lo else np.zeros_like(sigma)
-        write_image(out / "blur_map_norm" / f"{name}.png", (norm * 255).round().astype(np.uint8))
         layers = result.layer_id[0, 0].cpu().numpy().astype(np.float32)
         n = int(result.num_layers[0])
         near_bright = (n - 1 - layers) / max(n - 1, 1)
-        write_image(out / "depth_decomposed" / f"{name}.png",
-                    (near_bright * 255).round().astype(np.uint8))
         meta = {
             "name": name, "source": args.source, "source_item": item["name"],
             "height": int(sigma.shape[0]), "width": int(sigma.shape[1]),
@@ -152,7 +144,19 @@ def export(args: argparse.Namespace) -> int:
                          "scale": PNG_LABEL_SCALE},
             "seed": args.seed,
         }
-        (out / "camera" / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        # a sample's files appear together or not at all (an interrupted export keeps whole
+        # samples only)
+        files = [out / folder / f"{name}{'.json' if folder == 'camera' else '.png'}"
+                 for folder in SUBFOLDERS]
+        with atomic_outputs(*files) as temporaries:
+            temporary = dict(zip(SUBFOLDERS, temporaries))
+            write_image(temporary["image"], rgb)
+            write_png16(temporary["blur_map"], PNG_LABEL_SCALE * sigma, channels=3)
+            write_image(temporary["blur_map_binary"],
+                        (result.binary[0, 0].cpu().numpy() * 255).astype(np.uint8))
+            write_image(temporary["blur_map_norm"], (norm * 255).round().astype(np.uint8))
+            write_image(temporary["depth_decomposed"], (near_bright * 255).round().astype(np.uint8))
+            temporary["camera"].write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {num} samples to {out}")
     return 0
 

@@ -1,18 +1,26 @@
-"""Image and label file reading, written once: 16-bit safe, with errors that name the file.
+"""Image and label file reading and writing, written once: 16-bit safe, with errors that name
+the file.
 
 PIL silently truncates 16-bit RGB PNGs to 8 bits, so everything here reads with OpenCV
-(``cv2.IMREAD_UNCHANGED``) and converts explicitly.
+(``cv2.IMREAD_UNCHANGED``) and converts explicitly. Every output file of the tools is written
+through :func:`atomic_outputs` (a temporary name in the same folder, then renamed), so a full
+disk, an error or an interrupt never leaves a partial output behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from dmenet.errors import DataError
+from dmenet.errors import DataError, OutputWriteError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -187,11 +195,65 @@ def write_image(path: str | Path, rgb: np.ndarray) -> None:
 
 def _imwrite(path: str | Path, array: np.ndarray) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buffer = cv2.imencode(path.suffix or ".png", array)
     if not ok:
         raise DataError(f"{path}: could not encode the image as {path.suffix or '.png'}")
-    buffer.tofile(str(path))
+    with atomic_outputs(path) as (temporary,):
+        buffer.tofile(str(temporary))
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: str | Path) -> Iterator[list[Path]]:
+    """Write ``paths`` all or nothing: yields one temporary path per output, in the output's
+    folder with its suffix (writers that add or read the extension, such as ``numpy.save``,
+    behave the same); when the block ends they are renamed onto the outputs (``os.replace``),
+    and if it raises (full disk, any error, Ctrl-C) they are removed. An output's name
+    therefore only ever holds a complete file, and a run killed outright leaves at most a hidden
+    ``.dmenet-*`` file. Nested use is fine (an image writer inside a group of outputs).
+
+    Raises:
+        OutputWriteError: the block failed with an ``OSError``: one line naming the folder
+            (full disk or quota) or the file (any other reason, e.g. no permission).
+    """
+    outputs = [Path(p) for p in paths]
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    temporaries = [out.with_name(f".dmenet-{token}-{i}{out.suffix}") for i, out in enumerate(outputs)]
+    # folders made here are removed again on failure, deepest first
+    created = sorted({d for out in outputs for d in (out.parent, *out.parent.parents)
+                      if not d.exists()}, key=lambda d: len(d.parts), reverse=True)
+    try:
+        for out in outputs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        yield temporaries
+        for temporary, out in zip(temporaries, outputs):
+            os.replace(temporary, out)
+    except BaseException as exc:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: another output may have landed there
+        # a nested writer's error names its output, which is one of these temporaries
+        nested = isinstance(exc, OutputWriteError) and exc.filename in map(str, temporaries)
+        if isinstance(exc, OSError) and (nested or not isinstance(exc, OutputWriteError)):
+            raise _write_error(exc, outputs, temporaries) from exc
+        raise
+
+
+def _write_error(exc: OSError, outputs: list[Path], temporaries: list[Path]) -> OutputWriteError:
+    """One line for a failed write: the folder when the disk is full, else the file."""
+    failed = str(exc.filename or "")
+    out = next((o for o, t in zip(outputs, temporaries) if failed in (str(o), str(t))), outputs[0])
+    if exc.errno in _FULL:
+        error = OutputWriteError(f"{out.parent}: no space left on the device; {out.name} was not "
+                                 "written (free some space or write elsewhere)")
+    else:
+        error = OutputWriteError(f"{out}: could not be written ({exc.strerror or exc})")
+    error.errno, error.strerror, error.filename = exc.errno, exc.strerror, str(out)
+    return error
 
 
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:

@@ -29,10 +29,10 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 from scipy import ndimage as ndi
-from torch import nn
 
 from dmenet.labels import SIGMA_MAX_PX, from_sigma_px
 from dmenet.modules.contracts import BlurEstimate
+from dmenet.modules.spec import Part
 from dmenet.registry import CLASSICAL_ESTIMATORS
 
 __all__ = ["ZhuoSimEstimator", "edge_sigma_px", "estimate_sigma_px", "propagate"]
@@ -163,12 +163,13 @@ def estimate_sigma_px(
 
 
 @CLASSICAL_ESTIMATORS.register("zhuo_sim")
-class ZhuoSimEstimator(nn.Module):
+class ZhuoSimEstimator(Part):
     """Zhuo & Sim 2011 as a B: ``forward(image (N, 3, H, W)) -> BlurEstimate``.
 
     ``y = sigma_px / SIGMA_MAX_PX`` clipped to ``[0, 1]``; ``aux = []``; ``feature`` is a
     zero ``(N, 64, H, W)`` view (no memory; D has nothing to see). No trainable parameters:
-    evaluate it with ``dmenet test --config configs/zhuo_sim.yaml`` (no checkpoint).
+    evaluate it with ``dmenet test --config configs/zhuo_sim.yaml`` (no checkpoint). The
+    arguments are those of :func:`estimate_sigma_px`, read back from ``self.init_args``.
     """
 
     def __init__(
@@ -176,11 +177,6 @@ class ZhuoSimEstimator(nn.Module):
         max_side_px: int = 200,
     ) -> None:
         super().__init__()
-        # the part convention (dmenet.modules.spec.describe): checkpoints rebuild from it
-        self.init_args = {
-            "sigma0_px": sigma0_px, "gradient_sigma_px": gradient_sigma_px, "lam": lam,
-            "max_side_px": max_side_px,
-        }
         # a buffer so .to(device) / the Trainer know where the module lives
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
 

@@ -2,9 +2,9 @@
 
 Kept light: importing this package imports nothing heavy. The parts:
 
-* :mod:`~dmenet.inference.checkpoint`: load B + its label space from a checkpoint;
-* :mod:`~dmenet.inference.tiling`: tiled inference in bounded memory, equal to untiled;
-* :mod:`~dmenet.inference.data`: files / folders / globs as a dataset;
+* (one floor down, shared with training: :mod:`dmenet.checkpoint` loads B + its label space
+  from a checkpoint, :mod:`dmenet.tiling` runs tiled inference in bounded memory, equal to
+  untiled, and :mod:`dmenet.data.photos` reads files / folders / globs as a dataset);
 * :mod:`~dmenet.inference.writer`: the per-photo outputs (``.npy``, 16-bit PNG, colour PNG, JSON)
   and the Lightning prediction writer of ``dmenet predict``;
 * :mod:`~dmenet.inference.deconvolution`: Gaussian non-blind deconvolution (K&F hyper-Laplacian);

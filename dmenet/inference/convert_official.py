@@ -181,18 +181,17 @@ def official_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
 
 
 def official_parts() -> dict[str, dict]:
-    """``{"class_path", "init_args"}`` of the parts the converted weights load into: the
-    defaults, which are the reference's layers (B with its aux heads and edge padding)."""
+    """``{"class_path", "init_args"}`` of the parts the converted weights load into: each part
+    with its defaults, which are the reference's layers (B with its aux heads and edge padding),
+    described from the module itself (built on the meta device: no memory, no download)."""
     from dmenet.modules import BlurEstimator, DomainDiscriminator, SharpnessCalibrator
-    from dmenet.modules.spec import class_path_of
+    from dmenet.modules.spec import describe
 
-    return {
-        "blur_estimator": {"class_path": class_path_of(BlurEstimator),
-                           "init_args": {"weights": None, "aux_heads": True, "n_refine_blocks": 7,
-                                         "padding_mode": "replicate"}},
-        "sharpness_calibrator": {"class_path": class_path_of(SharpnessCalibrator), "init_args": {}},
-        "domain_discriminator": {"class_path": class_path_of(DomainDiscriminator), "init_args": {}},
-    }
+    with torch.device("meta"):
+        parts = {"blur_estimator": BlurEstimator(weights=None),
+                 "sharpness_calibrator": SharpnessCalibrator(),
+                 "domain_discriminator": DomainDiscriminator()}
+    return {name: describe(part) for name, part in parts.items()}
 
 
 def _canonical(name: str) -> str:
@@ -355,8 +354,8 @@ def build_converted(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, nn.
 
 def convert(npz_path: str | Path, out_path: str | Path, overwrite: bool = False) -> dict:
     """Convert ``npz_path`` and write the dmenet checkpoint ``out_path``; returns a summary."""
+    from dmenet.checkpoint import save_checkpoint
     from dmenet.data.io import check_output_file
-    from dmenet.inference.checkpoint import save_checkpoint
 
     check_output_file(out_path, overwrite)
     arrays = load_npz(npz_path)

@@ -112,7 +112,7 @@ def sidecar_paths(out: Path) -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dmenet.data.io import read_image_tensor, write_image
+    from dmenet.data.io import atomic_outputs, read_image_tensor, write_image
     from dmenet.inference.infer import make_estimator
     from dmenet.inference.writer import prepare_output, refuse_existing
     from dmenet.visualize import colorize
@@ -131,8 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     lo, hi = float(inv.min()), float(inv.max())
     for key in wanted:
         prepare_output(paths[key], args.overwrite)
-    write_image(out, colorize(inv, lo, hi if hi > lo else lo + 1.0, cmap="magma"))
-    np.save(paths["depth_rel"], rel, allow_pickle=False)
     record = dict(estimator.describe)
     record.update({
         "source": str(args.image),
@@ -146,9 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "defocus map; absolute values need the true alpha and focus distance",
     })
     if args.focus_mm is not None:
-        np.save(paths["depth_mm"], (rel * args.focus_mm).astype(np.float32), allow_pickle=False)
         record["depth_mm"] = {"file": paths["depth_mm"].name, "focus_mm": args.focus_mm}
-    paths["json"].write_text(json.dumps(record, indent=2) + "\n")
+    # the picture and its files appear together or not at all
+    with atomic_outputs(*(paths[key] for key in wanted)) as temporaries:
+        temporary = dict(zip(wanted, temporaries))
+        write_image(temporary["picture"], colorize(inv, lo, hi if hi > lo else lo + 1.0, cmap="magma"))
+        np.save(temporary["depth_rel"], rel, allow_pickle=False)
+        if args.focus_mm is not None:
+            np.save(temporary["depth_mm"], (rel * args.focus_mm).astype(np.float32),
+                    allow_pickle=False)
+        temporary["json"].write_text(json.dumps(record, indent=2) + "\n")
     print(f"dmenet depth: wrote {out} and {paths['depth_rel'].name}", file=sys.stderr)
     return 0
 

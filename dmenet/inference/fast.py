@@ -450,12 +450,12 @@ def fast_blur_estimator(model: nn.Module, check: bool = True, **kwargs) -> FastB
 
 
 def fast_predictor(predictor: nn.Module) -> nn.Module:
-    """A :class:`~dmenet.inference.checkpoint.DefocusPredictor` running B on the fast path.
+    """A :class:`~dmenet.checkpoint.DefocusPredictor` running B on the fast path.
 
     Same label space and checkpoint record; ``fast_path`` says whether the fast path is used
     (``False``: the model is not supported or disagreed on the check, the reference runs).
     """
-    from dmenet.inference.checkpoint import DefocusPredictor
+    from dmenet.checkpoint import DefocusPredictor
 
     fast = fast_blur_estimator(predictor.blur_estimator)
     if fast is None:

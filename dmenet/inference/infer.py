@@ -6,7 +6,7 @@
 Per photo it writes ``NAME_sigma_px.npy`` (float32 sigma in pixels), ``NAME_sigma_px_x1000.png``
 (16-bit, ``value / 1000`` = sigma in pixels), ``NAME_sigma_color.png`` and ``NAME_defocus.json``
 (see :mod:`dmenet.inference.writer`). Big photos are processed in overlapping tiles
-(:mod:`dmenet.inference.tiling`) so memory stays bounded. A photo that cannot be read or
+(:mod:`dmenet.tiling`) so memory stays bounded. A photo that cannot be read or
 processed is reported by name, the others are still processed, and the exit status is 1.
 """
 
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dmenet.devices import resolve_device
 from dmenet.errors import DMENetError
-from dmenet.inference.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
+from dmenet.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
 __all__ = ["main", "build_parser", "resolve_device", "SigmaEstimator", "make_estimator",
            "failure_reason", "gather_inputs", "report_failures"]
@@ -82,19 +83,6 @@ def _tile_arg(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"not a tile size: {value!r} (px, 0 or auto)") from None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; anything else must be a usable torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise DMENetError(f"--device {name!r}: not a device name ({exc})") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DMENetError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 class SigmaEstimator:
     """One photo ``(3, H, W)`` in ``[0, 1]`` -> sigma in pixels ``(H, W)`` float32 numpy.
 
@@ -125,9 +113,9 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
 
         return SigmaEstimator(zhuo, {"estimator": "zhuo_sim", "label_space": None})
 
-    from dmenet.inference.checkpoint import load_predictor
-    from dmenet.inference.tiling import auto_tile_px, predict_image
+    from dmenet.checkpoint import load_predictor
     from dmenet.inference.weights import DEFAULT_WEIGHTS, describe_weights, is_named
+    from dmenet.tiling import auto_tile_px, predict_image
 
     if not args.ckpt:
         args.ckpt = DEFAULT_WEIGHTS
@@ -222,7 +210,7 @@ def gather_inputs(paths: Sequence[str], recursive: bool) -> tuple[list[tuple[Pat
                                                                    list[tuple[str, str]]]:
     """Expand every entry (file, folder, glob) on its own: ``(items, failures)``, where an entry
     that cannot be expanded is a failure ``(entry, message)`` and the others still count."""
-    from dmenet.inference.data import deduplicate_names, expand_paths
+    from dmenet.data.photos import deduplicate_names, expand_paths
 
     failures: list[tuple[str, str]] = []
     items: list[tuple[Path, str]] = []

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dmenet.data.io import read_image_tensor, write_image
+    from dmenet.data.io import atomic_outputs, read_image_tensor, write_image
     from dmenet.inference.infer import make_estimator
     from dmenet.inference.writer import prepare_output, refuse_existing
 
@@ -120,7 +120,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = magnify(image, sigma, args.factor, args.focus, args.total, args.aperture, args.gamma)
     for path in (out, sidecar):
         prepare_output(path, args.overwrite)
-    write_image(out, result.permute(1, 2, 0).numpy())
     record = dict(estimator.describe)
     record.update({
         "source": str(args.image),
@@ -133,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sigma_px_max": float(np.max(sigma)) if sigma.size else None,
         "renderer": "dmenet.data.syndof.render_from_sigma (layered, far to near, occlusion fill)",
     })
-    sidecar.write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_outputs(out, sidecar) as (out_temporary, sidecar_temporary):
+        write_image(out_temporary, result.permute(1, 2, 0).numpy())
+        sidecar_temporary.write_text(json.dumps(record, indent=2) + "\n")
     print(f"dmenet magnify: wrote {out}", file=sys.stderr)
     return 0
 

@@ -7,7 +7,7 @@ The ONNX model has one input ``image`` ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`
 ``sigma_px`` ``(N, 1, H, W)``, the defocus sigma in pixels (the axes are named ``batch``,
 ``height``, ``width`` in the file), already converted from the
 checkpoint's label space. It is B as ``dmenet infer`` runs it (auxiliary heads dropped,
-BatchNorm folded) without tiling: tile big photos yourself (see ``dmenet.inference.tiling``).
+BatchNorm folded) without tiling: tile big photos yourself (see ``dmenet.tiling``).
 
 Export uses ``torch.export`` (the dynamo-based ONNX exporter) with symbolic height and width.
 B pads its input to a multiple of 16 with a data-dependent branch, which an exported graph
@@ -54,11 +54,13 @@ class ExportWrapper(nn.Module):
 
 
 def export_onnx(predictor: nn.Module, out: str | Path, example_hw: tuple[int, int] = (64, 96)) -> Path:
-    """Export ``predictor`` (a :class:`~dmenet.inference.checkpoint.DefocusPredictor`) to ``out``."""
+    """Export ``predictor`` (a :class:`~dmenet.checkpoint.DefocusPredictor`) to ``out`` (written
+    under a temporary name and renamed: an export that fails leaves no file)."""
     from torch.export import Dim
 
+    from dmenet.data.io import atomic_outputs
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportWrapper(predictor.float().eval().cpu()).eval()
     # batch 2: an example batch of 1 would make torch.export specialise N to 1
     example = torch.rand(2, 3, *example_hw)
@@ -71,8 +73,9 @@ def export_onnx(predictor: nn.Module, out: str | Path, example_hw: tuple[int, in
         )
     if onnx_program is None:
         raise DMENetError("the ONNX exporter returned nothing")
-    onnx_program.save(str(out), external_data=False)
-    name_dynamic_axes(out)
+    with atomic_outputs(out) as (temporary,):
+        onnx_program.save(str(temporary), external_data=False)
+        name_dynamic_axes(temporary)
     return out
 
 
@@ -113,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow a checkpoint that holds Python objects (runs code from it)")
     args = parser.parse_args(argv)
+    from dmenet.checkpoint import load_predictor
     from dmenet.data.io import check_output_file
-    from dmenet.inference.checkpoint import load_predictor
 
     out = check_output_file(args.out, args.overwrite)
     predictor = load_predictor(args.ckpt, device="cpu", trust=args.trust_checkpoint)

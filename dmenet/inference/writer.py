@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from dmenet.data.io import check_output_file, write_image, write_png16
+from dmenet.data.io import atomic_outputs, check_output_file, write_image, write_png16
 from dmenet.errors import OutputExistsError
 from dmenet.labels import SIGMA_MAX_PX
 from dmenet.visualize import colorize
@@ -107,6 +107,7 @@ def write_defocus_outputs(
 
     Raises:
         OutputExistsError: an output exists and ``overwrite`` is false (nothing is written).
+        OutputWriteError: the files could not be written (e.g. a full disk); none is left.
     """
     if isinstance(sigma_px, torch.Tensor):
         sigma_px = sigma_px.detach().float().cpu().numpy()
@@ -118,9 +119,6 @@ def write_defocus_outputs(
     paths = output_paths(out_dir, name)
     for path in paths.values():  # all or nothing: check every file before writing one
         check_output_file(path, overwrite)
-    np.save(paths["npy"], sigma_px, allow_pickle=False)
-    write_png16(paths["png16"], sigma_px * PNG_SIGMA_SCALE)
-    write_image(paths["color"], colorize(sigma_px))
     finite = sigma_px[np.isfinite(sigma_px)]
     record = {
         "name": name,
@@ -141,7 +139,13 @@ def write_defocus_outputs(
         "sigma_px_max": float(finite.max()) if finite.size else None,
     }
     record.update(meta or {})
-    paths["json"].write_text(json.dumps(record, indent=2) + "\n")
+    # the four files appear together or not at all (a full disk leaves none of them)
+    with atomic_outputs(*paths.values()) as temporaries:
+        temporary = dict(zip(paths, temporaries))
+        np.save(temporary["npy"], sigma_px, allow_pickle=False)
+        write_png16(temporary["png16"], sigma_px * PNG_SIGMA_SCALE)
+        write_image(temporary["color"], colorize(sigma_px))
+        temporary["json"].write_text(json.dumps(record, indent=2) + "\n")
     return paths
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from dmenet.modules.spec import Part
 from dmenet.modules.vgg import VGG19_LAYER_INDEX, ImageNetNormalize, vgg19_features
 from dmenet.registry import CONTENT_LOSSES
 
@@ -21,7 +21,7 @@ __all__ = ["ContentLoss"]
 
 
 @CONTENT_LOSSES.register("vgg19_conv4_4")
-class ContentLoss(nn.Module):
+class ContentLoss(Part):
     """C: ``(pred_y (N,1,H,W), label_y (N,1,H,W)) -> scalar`` MSE of frozen VGG19 features.
 
     Args:
@@ -35,7 +35,6 @@ class ContentLoss(nn.Module):
             raise ValueError(
                 f"unknown VGG19 layer {layer!r}; choose one of {sorted(VGG19_LAYER_INDEX)}"
             )
-        self.init_args = {"weights": None if weights is None else str(weights), "layer": layer}
         self.normalize = ImageNetNormalize()
         self.features = vgg19_features(weights)[: VGG19_LAYER_INDEX[layer] + 1]
         self.features.requires_grad_(False)

@@ -6,9 +6,9 @@ one per part in its hyper-parameters, checkpoints store them next to the weights
 ``dmenet convert-official`` writes them for the converted parts; all three use :func:`describe`
 and :func:`build`.
 
-* :class:`Part`: a base class that records the constructor's arguments (after defaults) as
-  ``self.init_args``, so no class keeps a hand-written copy. A module that does not derive from
-  it may still set ``self.init_args`` itself (the same convention).
+* :class:`Part`: the base class of every part (B, D, C, S and the classical estimators); it
+  records the constructor's arguments (after defaults) as ``self.init_args``, so no class keeps
+  a hand-written copy.
 * :func:`describe`: ``module -> spec``; arguments named ``weights`` (pretrained weights to
   download or read) are stored as ``None``: the checkpoint holds the trained weights.
 * :func:`build`: ``spec -> module``. With a ``state_dict`` the module is built on the ``meta``
@@ -111,13 +111,12 @@ class Part(nn.Module):
 
 def describe(module: nn.Module) -> dict[str, Any]:
     """Plain-data description ``{"class_path", "init_args"}`` of ``module`` (weights -> None)."""
-    args = getattr(module, "init_args", None)
-    if not isinstance(args, dict):
+    if not isinstance(module, Part):
         raise DMENetError(
             f"{class_path_of(module)} does not record its constructor arguments, so a checkpoint "
             "could not rebuild it: derive it from dmenet.modules.spec.Part"
         )
-    init_args = plain_data(dict(args), f"{class_path_of(module)}.init_args")
+    init_args = plain_data(dict(module.init_args), f"{class_path_of(module)}.init_args")
     if "weights" in init_args:
         init_args["weights"] = None
     return {"class_path": class_path_of(module), "init_args": init_args}

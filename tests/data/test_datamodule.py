@@ -106,7 +106,7 @@ class TestEmbeddedDefault:
         iter(loader)
         assert len(loader) == 2  # 4 crops per epoch / batch 2
         batch, _, _ = next(iter(loader))
-        from dmenet.data.datamodule import CAMERA_KEYS
+        from dmenet.data.synthetic import CAMERA_KEYS
 
         raw = batch["synthetic"]  # raw until transfer: windows with their whole-image cameras
         assert set(raw) == {"image", "depth_mm", "margin_px", "fill_from_coc_px", *CAMERA_KEYS}
@@ -264,9 +264,9 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
     """A training crop is rendered with the whole image's camera and fill start and a margin of
     the blur reach: it equals the same crop of the whole-image render within 1/255 (the
     batched renderer: within the fidelity bars, its fill being approximate)."""
-    from dmenet.data.datamodule import CAMERA_KEYS, DMENetDataModule, WholeImageCameraCrops
     from dmenet.data.rgbd import EmbeddedRGBD
     from dmenet.data.syndof import SyndofRenderer, pad_like_border
+    from dmenet.data.synthetic import CAMERA_KEYS, WholeImageCameraCrops
     from dmenet.data.thin_lens import Camera, clean_depth_mm
 
     kwargs = {"mode": "reference" if render_mode == "reference" else "paper",

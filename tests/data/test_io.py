@@ -57,3 +57,67 @@ def test_outputs_are_not_overwritten(tmp_path):
     assert io.check_output_dir(out, overwrite=True) == out
     with pytest.raises(OutputExistsError):
         io.check_output_file(out / "x", overwrite=False)
+
+
+# ------------------------------------------------------------------ atomic outputs
+
+
+def _no_space(path):
+    import errno
+    import os
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_atomic_outputs_appear_together_only_when_all_are_written(tmp_path):
+    out = tmp_path / "new" / "sub"
+    paths = [out / "a.npy", out / "b.png", out / "c.json"]
+    with io.atomic_outputs(*paths) as temporaries:
+        assert [t.parent for t in temporaries] == [out] * 3  # same folder: a rename, not a copy
+        assert [t.suffix for t in temporaries] == [".npy", ".png", ".json"]
+        np.save(temporaries[0], np.arange(3))  # numpy keeps a name that ends in .npy
+        io.write_png16(temporaries[1], np.full((4, 5), 7000.0))  # nested: its own temporary
+        temporaries[2].write_text("{}")
+        assert not any(p.exists() for p in paths)  # nothing under an output's name yet
+    assert np.array_equal(np.load(paths[0]), np.arange(3))
+    assert io.read_gray(paths[1]).max() == 7000 and paths[2].read_text() == "{}"
+    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "b.png", "c.json"]
+
+
+def test_a_full_disk_mid_write_leaves_no_file_and_says_which_folder(tmp_path):
+    from dmenet.errors import OutputWriteError
+
+    out = tmp_path / "maps"
+    with pytest.raises(OutputWriteError) as info:
+        with io.atomic_outputs(out / "x_sigma_px.npy", out / "x.png") as (npy, png):
+            np.save(npy, np.zeros((8, 8), np.float32))  # complete
+            png.write_bytes(b"\x89PNG half")  # then the disk fills up mid-write
+            raise _no_space(png)
+    assert str(info.value) == (f"{out}: no space left on the device; x.png was not written "
+                               "(free some space or write elsewhere)")
+    assert info.value.errno == 28 and "\n" not in str(info.value)
+    assert not tmp_path.joinpath("maps").exists()  # the folder it made is gone again
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_or_another_error_leaves_no_file(tmp_path):
+    from dmenet.errors import OutputWriteError
+
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(KeyboardInterrupt):
+        with io.atomic_outputs(tmp_path / "a.json") as (temporary,):
+            temporary.write_text("{half")
+            raise KeyboardInterrupt
+    with pytest.raises(OutputWriteError, match=r"b.json: could not be written \(Permission denied\)"):
+        with io.atomic_outputs(tmp_path / "b.json") as (temporary,):
+            import errno
+
+            raise PermissionError(errno.EACCES, "Permission denied", str(temporary))
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]  # folders it did not make stay
+    # an existing output is replaced only by a complete file
+    (tmp_path / "keep.txt").write_text("old")
+    with pytest.raises(OutputWriteError):
+        with io.atomic_outputs(tmp_path / "keep.txt") as (temporary,):
+            temporary.write_text("new, half")
+            raise _no_space(temporary)
+    assert (tmp_path / "keep.txt").read_text() == "old"

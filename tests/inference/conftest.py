@@ -84,7 +84,7 @@ def photo_folder(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """An inference checkpoint of :class:`TinyB` in the released label space."""
-    from dmenet.inference.checkpoint import save_inference_checkpoint
+    from dmenet.checkpoint import save_inference_checkpoint
     from tests.inference.tiny_b import TinyB
 
     torch.manual_seed(0)

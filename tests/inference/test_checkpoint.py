@@ -7,13 +7,13 @@ import pickle
 import pytest
 import torch
 
-from dmenet.errors import DMENetError
-from dmenet.inference.checkpoint import (
+from dmenet.checkpoint import (
     DefocusPredictor,
     load_checkpoint,
     load_predictor,
     save_inference_checkpoint,
 )
+from dmenet.errors import DMENetError
 from dmenet.labels import to_sigma_px
 
 
@@ -108,7 +108,7 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
 
 
 def test_weights_checkpoint_with_d_and_s_round_trip(tmp_path):
-    from dmenet.inference.checkpoint import save_checkpoint
+    from dmenet.checkpoint import save_checkpoint
     from dmenet.modules import DomainDiscriminator, SharpnessCalibrator
     from tests.inference.tiny_b import TinyB
 

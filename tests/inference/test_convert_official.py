@@ -21,9 +21,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dmenet.checkpoint import load_checkpoint, load_predictor
 from dmenet.cli import main as dmenet
 from dmenet.errors import DataError
-from dmenet.inference.checkpoint import load_checkpoint, load_predictor
 from dmenet.inference.convert_official import build_converted, official_shapes, official_to_ours
 from tests.inference.official_npz import (
     DEC,

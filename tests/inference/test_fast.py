@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmenet.inference.checkpoint import DefocusPredictor, prepare_for_inference
+from dmenet.checkpoint import DefocusPredictor, prepare_for_inference
 from dmenet.inference.fast import (
     FastBlurEstimator,
     _phase_weight,

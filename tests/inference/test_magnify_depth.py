@@ -92,7 +92,7 @@ def test_depth_cli(tiny_ckpt, photo_folder, tmp_path):
     meta = json.loads((tmp_path / "depth.json").read_text())
     assert meta["focus_side"] == "far" and "caveat" in meta
     # the depth follows the defocus map the way the thin lens says
-    from dmenet.inference.checkpoint import load_predictor
+    from dmenet.checkpoint import load_predictor
 
     predictor = load_predictor(tiny_ckpt)
     with torch.no_grad():

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from dmenet.checkpoint import load_predictor
 from dmenet.cli import main as dmenet
-from dmenet.inference.checkpoint import load_predictor
 
 
 def _compare(onnx_path, predictor, shapes):
@@ -33,7 +33,7 @@ def ckpt(request, tiny_ckpt, tmp_path):
     """Zero padding (our training) and edge replication (converted official weights)."""
     if request.param == "zeros":
         return tiny_ckpt
-    from dmenet.inference.checkpoint import save_inference_checkpoint
+    from dmenet.checkpoint import save_inference_checkpoint
     from tests.inference.tiny_b import TinyB
 
     model = TinyB(padding_mode="replicate")

@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
+from dmenet.checkpoint import load_predictor
 from dmenet.cli import main as dmenet
 from dmenet.data.io import read_image_tensor
-from dmenet.inference.checkpoint import load_predictor
-from dmenet.inference.data import ImagePathsDataset, expand_paths
+from dmenet.data.photos import ImagePathsDataset, expand_paths
 from dmenet.inference.writer import OUTPUT_SUFFIXES
 
 

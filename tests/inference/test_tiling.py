@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmenet.inference.tiling import (
+from dmenet.tiling import (
     DEFAULT_OVERLAP_PX,
     auto_tile_px,
     blend_geometry,
@@ -68,7 +68,7 @@ def test_tile_starts_cover_and_align(length, tile, overlap):
 
 
 def test_auto_tile_fits_the_budget():
-    from dmenet.inference import tiling
+    from dmenet import tiling
 
     assert auto_tile_px(800, 1200, memory_gb=4.0) == 0  # 1 MP: runs whole
     tile_h, tile_w = auto_tile_px(4000, 6000, memory_gb=4.0)
@@ -129,7 +129,7 @@ def test_too_small_overlap_is_detectably_different():
 
 def test_no_tiling_when_photo_fits():
     """A photo with no more pixels than one tile runs whole, whatever its shape."""
-    from dmenet.inference.tiling import needs_tiling
+    from dmenet.tiling import needs_tiling
 
     net = TinyUNet().eval()
     calls = []
@@ -150,9 +150,9 @@ def test_tiled_equals_untiled_fast_b(random_b):
     untiled (the fast path itself equals the reference: tests/inference/test_fast.py)."""
     import copy
 
-    from dmenet.inference.checkpoint import DefocusPredictor
+    from dmenet.checkpoint import DefocusPredictor
     from dmenet.inference.fast import fast_predictor
-    from dmenet.inference.tiling import DEFAULT_OVERLAP_PX
+    from dmenet.tiling import DEFAULT_OVERLAP_PX
     from tests.inference.test_fast import with_padding_mode
 
     model = with_padding_mode(copy.deepcopy(random_b), "replicate")
@@ -172,8 +172,8 @@ def test_tiled_equals_untiled_fast_b(random_b):
 @pytest.mark.slow
 def test_tiled_equals_untiled_real_b(random_b):
     """The paper's B with the default overlap: tiled within 1e-3 of untiled (tiles cut across)."""
-    from dmenet.inference.checkpoint import DefocusPredictor
-    from dmenet.inference.tiling import DEFAULT_OVERLAP_PX
+    from dmenet.checkpoint import DefocusPredictor
+    from dmenet.tiling import DEFAULT_OVERLAP_PX
 
     predictor = DefocusPredictor(random_b).eval()
     torch.manual_seed(1)

@@ -251,9 +251,11 @@ def save_checkpoint(
         "converted": dict(converted or {}),
         "notes": notes,
     }
+    from dmenet.data.io import atomic_outputs
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(record, path)
+    with atomic_outputs(path) as (temporary,):
+        torch.save(record, temporary)
     return path
 
 
