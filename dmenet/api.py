@@ -36,7 +36,7 @@ def load(
 
     Args:
         checkpoint: the name of published weights (``"dmenet_bdcs"``: fetched, converted and
-            cached on first use, :mod:`dmenet.inference.weights`), a ``dmenet fit`` checkpoint
+            cached on first use, :mod:`dmenet.weights`), a ``dmenet fit`` checkpoint
             (``.ckpt``), the output of ``dmenet convert-official``, or ``"zhuo_sim"``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         **options: ``dmenet infer``'s options by their Python names, with its defaults:
@@ -47,7 +47,7 @@ def load(
         DMENetError: a missing or unreadable checkpoint, a bad device or option (one line).
     """
     from dmenet.inference.infer import build_parser, make_estimator
-    from dmenet.inference.weights import NAMED_WEIGHTS, is_named
+    from dmenet.weights import NAMED_WEIGHTS, is_named
 
     name = str(checkpoint)
     # infer's own defaults, so that predict() equals `dmenet infer` with the same options

@@ -123,18 +123,14 @@ def _label_space(value: Any, path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path, trust: bool = False) -> LoadedCheckpoint:
-    """Read the parts, weights and label space of a Lightning or a weights checkpoint.
-
-    ``path`` may also be the name of published weights (``"dmenet_bdcs"``,
-    :mod:`dmenet.inference.weights`): their cached checkpoint, fetched on first use.
+    """Read the parts, weights and label space of a Lightning or a weights checkpoint file
+    (names of published weights are resolved before, by
+    :func:`dmenet.weights.resolve_checkpoint`).
 
     Raises:
-        DMENetError: a missing or unreadable file, or one without B's description and weights;
-            named weights that cannot be fetched.
+        DMENetError: a missing or unreadable file, or one without B's description and weights.
     """
-    from dmenet.inference.weights import resolve_checkpoint
-
-    path = resolve_checkpoint(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise DMENetError(f"{path}: checkpoint not found")
     data = _torch_load(path, trust)

@@ -28,10 +28,10 @@ TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "deblur": ("dmenet.inference.deblur", "all-in-focus photos: deconvolution with the defocus map"),
     "export": ("dmenet.inference.onnx_export", "export B to ONNX with dynamic height and width"),
     "convert-official": (
-        "dmenet.inference.convert_official",
+        "dmenet.official",
         "convert the public TensorLayer DMENet_BDCS.npz into a dmenet checkpoint",
     ),
-    "weights": ("dmenet.inference.weights", "the published weights by name (--ckpt dmenet_bdcs): "
+    "weights": ("dmenet.weights", "the published weights by name (--ckpt dmenet_bdcs): "
                 "origin, licence, URLs, cache"),
     "list": ("dmenet.cli", "list the registered subnetworks (B, D, C, S) and their class paths"),
 }

@@ -224,8 +224,9 @@ class DMENet(L.LightningModule):
         from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
         from dmenet.checkpoint import load_checkpoint
+        from dmenet.weights import resolve_checkpoint
 
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(resolve_checkpoint(path))
         loaded = []
         for name in INIT_FROM_PARTS:
             part = getattr(self, name)

@@ -95,7 +95,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True, scope="session")
 def _named_weights_never_downloaded(tmp_path_factory):
-    """Named weights (``--ckpt dmenet_bdcs``, dmenet.inference.weights) never come from the real
+    """Named weights (``--ckpt dmenet_bdcs``, dmenet.weights) never come from the real
     hosts in tests: an empty cache and a mirror that refuses connections, unless a test sets its
     own (tests/inference/test_weights.py serves them from a local HTTP server)."""
     with pytest.MonkeyPatch.context() as patch:

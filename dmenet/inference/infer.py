@@ -114,7 +114,7 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
         return SigmaEstimator(zhuo, {"estimator": "zhuo_sim", "label_space": None})
 
     from dmenet.checkpoint import load_predictor
-    from dmenet.inference.weights import DEFAULT_WEIGHTS, describe_weights, is_named
+    from dmenet.weights import DEFAULT_WEIGHTS, describe_weights, is_named, resolve_checkpoint
     from dmenet.tiling import auto_tile_px, predict_image
 
     if not args.ckpt:
@@ -128,7 +128,8 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
     tile = getattr(args, "tile", "auto")
     if tile != "auto" and (tile < 0 or args.overlap < 0 or (tile > 0 and args.overlap >= tile)):
         raise DMENetError(f"--tile {tile} / --overlap {args.overlap}: need 0 <= overlap < tile")
-    predictor = load_predictor(args.ckpt, device=device, trust=args.trust_checkpoint)
+    predictor = load_predictor(resolve_checkpoint(args.ckpt), device=device,
+                               trust=args.trust_checkpoint)
     if not getattr(args, "reference_path", False):
         from dmenet.inference.fast import fast_predictor
 

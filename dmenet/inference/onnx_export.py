@@ -117,10 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="allow a checkpoint that holds Python objects (runs code from it)")
     args = parser.parse_args(argv)
     from dmenet.checkpoint import load_predictor
+    from dmenet.weights import resolve_checkpoint
     from dmenet.data.io import check_output_file
 
     out = check_output_file(args.out, args.overwrite)
-    predictor = load_predictor(args.ckpt, device="cpu", trust=args.trust_checkpoint)
+    predictor = load_predictor(resolve_checkpoint(args.ckpt), device="cpu",
+                               trust=args.trust_checkpoint)
     export_onnx(predictor, out)
     print(f"dmenet export: wrote {out} (label space {predictor.label_space!r}; outputs y and "
           "sigma_px in pixels)", file=sys.stderr)

@@ -256,7 +256,7 @@ def converted_outputs(parts) -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    from dmenet.inference.convert_official import build_converted, official_to_ours
+    from dmenet.official import build_converted, official_to_ours
 
     states, _ = official_to_ours(calibrated_arrays())
     REFERENCE_OUTPUT.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from dmenet.checkpoint import load_checkpoint, load_predictor
 from dmenet.cli import main as dmenet
 from dmenet.errors import DataError
-from dmenet.inference.convert_official import build_converted, official_shapes, official_to_ours
+from dmenet.official import build_converted, official_shapes, official_to_ours
 from tests.inference.official_npz import (
     DEC,
     REFERENCE_OUTPUT,

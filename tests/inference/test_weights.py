@@ -31,9 +31,9 @@ import torch
 
 import dmenet
 from dmenet.cli import main as dmenet_cli
-from dmenet.inference import weights
-from dmenet.inference.checkpoint import load_checkpoint
-from dmenet.inference.weights import resolve_checkpoint
+from dmenet import weights
+from dmenet.checkpoint import load_checkpoint
+from dmenet.weights import resolve_checkpoint
 from tests.inference.conftest import smooth_rgb
 from tests.inference.official_npz import DEC, calibrated_arrays
 

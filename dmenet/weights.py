@@ -5,14 +5,14 @@
     dmenet weights                                  # the names, their URLs, cached or not and where
     dmenet.load("dmenet_bdcs")
 
-Every place that takes a checkpoint (``--ckpt``, :func:`dmenet.load`, ``torch.hub``,
-``--model.init_from``) reads it through :func:`dmenet.inference.checkpoint.load_checkpoint`, which
-calls :func:`resolve_checkpoint`: a name of :data:`NAMED_WEIGHTS` becomes its cached, verified
-checkpoint file; anything else is a path.
+Every place that takes a checkpoint (``--ckpt`` of infer, magnify, depth, deblur and export,
+:func:`dmenet.load`, ``torch.hub``, ``--model.init_from``) passes it through
+:func:`resolve_checkpoint` before reading it (:func:`dmenet.checkpoint.load_checkpoint`): a name
+of :data:`NAMED_WEIGHTS` becomes its cached, verified checkpoint file; anything else is a path.
 
 On first use of a name its archive is downloaded (``torch.hub.download_url_to_file``, with a
 progress bar), trying its URLs in order; the ``.npz`` is found by its name anywhere inside the
-zip and converted by :func:`dmenet.inference.convert_official.convert`. The cache folder
+zip and converted by :func:`dmenet.official.convert`. The cache folder
 (:func:`cache_dir`: ``$DMENET_HOME``, else ``dmenet/`` in the torch hub cache,
 ``torch.hub.get_dir()``, which follows ``$TORCH_HOME``) then holds
 
@@ -334,7 +334,7 @@ def _download_failure(exc: BaseException) -> str:
 
 def _convert(weights: NamedWeights, archive: Path, label: str, work: Path) -> Path:
     """``archive`` (the zip, or the npz itself) -> ``work/NAME.ckpt``; errors name ``label``."""
-    from dmenet.inference.convert_official import convert
+    from dmenet.official import convert
 
     npz, where = archive, label
     if archive.suffix.lower() == ".zip":
