@@ -114,8 +114,8 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
         return SigmaEstimator(zhuo, {"estimator": "zhuo_sim", "label_space": None})
 
     from dmenet.checkpoint import load_predictor
-    from dmenet.weights import DEFAULT_WEIGHTS, describe_weights, is_named, resolve_checkpoint
     from dmenet.tiling import auto_tile_px, predict_image
+    from dmenet.weights import DEFAULT_WEIGHTS, describe_weights, is_named, resolve_checkpoint
 
     if not args.ckpt:
         args.ckpt = DEFAULT_WEIGHTS

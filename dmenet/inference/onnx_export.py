@@ -117,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="allow a checkpoint that holds Python objects (runs code from it)")
     args = parser.parse_args(argv)
     from dmenet.checkpoint import load_predictor
-    from dmenet.weights import resolve_checkpoint
     from dmenet.data.io import check_output_file
+    from dmenet.weights import resolve_checkpoint
 
     out = check_output_file(args.out, args.overwrite)
     predictor = load_predictor(resolve_checkpoint(args.ckpt), device="cpu",

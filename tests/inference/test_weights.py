@@ -30,9 +30,9 @@ import pytest
 import torch
 
 import dmenet
-from dmenet.cli import main as dmenet_cli
 from dmenet import weights
 from dmenet.checkpoint import load_checkpoint
+from dmenet.cli import main as dmenet_cli
 from dmenet.weights import resolve_checkpoint
 from tests.inference.conftest import smooth_rgb
 from tests.inference.official_npz import DEC, calibrated_arrays
