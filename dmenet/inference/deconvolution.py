@@ -289,7 +289,7 @@ def deconvolve(image: torch.Tensor, sigmas_px: list[float], lam: float, alpha: f
                pad_px: int | None = None, masks: torch.Tensor | None = None) -> torch.Tensor:
     """Deconvolve ``image (C, H, W)`` with each Gaussian of ``sigmas_px``: ``(N, C, H, W)``.
 
-    One spatially invariant deconvolution per sigma, batched (memory ~ 12 x N x C padded
+    One spatially invariant deconvolution per sigma, batched (memory ~ 10 x N x C padded
     planes). The image is padded by ``pad_px`` (default: the largest kernel radius) by
     replication and edge-tapered. ``masks (N, 1, H, W)``: where 0, deconvolution ``k`` sees the
     image re-blurred by its own PSF instead of the image (isolation). Not clipped.
