@@ -14,6 +14,7 @@ import errno
 import os
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -77,6 +78,36 @@ def read_image(path: str | Path) -> np.ndarray:
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise DataError(f"{path}: the image has no pixels")
     return _to_unit_float(array, path)
+
+
+@dataclass(frozen=True)
+class PhotoLayout:
+    """How a photo file holds its pixels (:func:`read_photo`), to write a result the same way
+    (:func:`write_photo`): pixel type, a 2-D (grey) array or not, and its alpha plane."""
+
+    dtype: np.dtype
+    ndim: int
+    alpha: np.ndarray | None
+    """``(H, W, 1)``, the file's own alpha values, or None."""
+
+
+def read_photo(path: str | Path) -> tuple[torch.Tensor, PhotoLayout]:
+    """Read a photo keeping its format: ``(colour (C, H, W) float32 in [0, 1], layout)``.
+
+    ``C`` is 3 (RGB) or 1 (grey); the alpha of RGBA is set aside in the layout, untouched.
+    Any bit depth (8, 16, float); :func:`write_photo` writes a result back in the same format.
+    """
+    path = Path(path)
+    raw = read_raw(path)
+    if raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[2] not in (1, 3, 4)):
+        raise DataError(f"{path}: unsupported image shape {raw.shape}")
+    if raw.shape[0] < 1 or raw.shape[1] < 1:
+        raise DataError(f"{path}: the image has no pixels")
+    planes = raw[:, :, None] if raw.ndim == 2 else raw
+    alpha = planes[:, :, 3:].copy() if planes.shape[2] == 4 else None
+    colour = planes[:, :, 2::-1] if planes.shape[2] >= 3 else planes  # BGR(A) -> RGB
+    colour = _to_unit_float(np.ascontiguousarray(colour), path)
+    return to_chw_tensor(colour), PhotoLayout(raw.dtype, raw.ndim, alpha)
 
 
 def read_image_tensor(path: str | Path) -> torch.Tensor:
@@ -254,6 +285,23 @@ def _write_error(exc: OSError, outputs: list[Path], temporaries: list[Path]) -> 
         error = OutputWriteError(f"{out}: could not be written ({exc.strerror or exc})")
     error.errno, error.strerror, error.filename = exc.errno, exc.strerror, str(out)
     return error
+
+
+def write_photo(path: str | Path, colour: torch.Tensor, layout: PhotoLayout) -> None:
+    """Write ``colour (C, H, W)`` in ``[0, 1]`` in the format of the photo :func:`read_photo`
+    read (``layout``): its pixel type (rounded to 8 / 16 bits, float kept), grey or RGB, its alpha."""
+    planes = colour.detach().float().cpu().permute(1, 2, 0).numpy()
+    if layout.dtype == np.uint8:
+        planes = np.clip(np.rint(planes * 255.0), 0, 255).astype(np.uint8)
+    elif layout.dtype == np.uint16:
+        planes = np.clip(np.rint(planes * 65535.0), 0, 65535).astype(np.uint16)
+    else:
+        planes = planes.astype(layout.dtype)
+    if planes.shape[2] == 3:
+        planes = planes[:, :, ::-1]  # RGB -> BGR
+    if layout.alpha is not None:
+        planes = np.concatenate([planes, layout.alpha], axis=2)
+    _imwrite(path, np.ascontiguousarray(planes[:, :, 0] if layout.ndim == 2 else planes))
 
 
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:

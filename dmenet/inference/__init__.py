@@ -7,7 +7,8 @@ Kept light: importing this package imports nothing heavy. The parts:
   untiled, and :mod:`dmenet.data.photos` reads files / folders / globs as a dataset);
 * :mod:`~dmenet.inference.writer`: the per-photo outputs (``.npy``, 16-bit PNG, colour PNG, JSON)
   and the Lightning prediction writer of ``dmenet predict``;
-* :mod:`~dmenet.inference.deconvolution`: Gaussian non-blind deconvolution (K&F hyper-Laplacian);
+* :mod:`~dmenet.inference.deconvolution`: the deblurring algorithm, spatially varying Gaussian
+  non-blind deconvolution (K&F hyper-Laplacian);
 * the commands ``dmenet infer | magnify | depth | deblur | export | convert-official``
   (:mod:`~dmenet.inference.infer`, ``magnify``, ``depth``, ``deblur``, ``onnx_export``,
   ``convert_official``).

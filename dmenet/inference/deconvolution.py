@@ -1,7 +1,22 @@
-"""Non-blind deconvolution with Gaussian PSFs and a hyper-Laplacian prior (SPEC section 6).
+"""All-in-focus photos by spatially varying non-blind deconvolution (SPEC section 6).
 
-Krishnan & Fergus 2009 ("Fast image deconvolution using hyper-Laplacian priors") minimise, per
-channel, for a known blur kernel ``k``::
+:func:`deblur` removes the defocus blur of a photo given its defocus map ``sigma_px (H, W)``
+(the Gaussian blur sigma in px of every pixel):
+
+1. **Edge-safe map** (:func:`edge_safe_sigma`): each pixel's sigma is lowered to the smallest
+   sigma within ``3 sigma`` px, so that pixels next to a sharper region (a depth edge, where the
+   photo is not one image blurred by one Gaussian) are deblurred less instead of ringing.
+2. **Sigma nodes** 0, 0.25 px, then 25 % apart up to the map's largest sigma
+   (:func:`sigma_nodes`): the whole photo is deconvolved once per node with that node's
+   Gaussian, and each pixel takes the linear interpolation, in sigma, of the two results whose
+   nodes bracket its sigma (:func:`node_weight`). Node 0 is the photo itself: sharp pixels are
+   left as they are.
+3. **Isolation**: a node's deconvolution sees the real photo only near the pixels that use it;
+   elsewhere it sees the photo re-blurred by the node's own Gaussian (consistent data, whose
+   deconvolution is the photo again), so regions of other blur cannot ring into its pixels.
+
+Each deconvolution is Krishnan & Fergus 2009 ("Fast image deconvolution using
+hyper-Laplacian priors"): per channel, for the node's Gaussian kernel ``k``, minimise::
 
     lambda/2 ||k * x - y||^2 + sum_pixels |d_x x|^alpha + |d_y x|^alpha
 
@@ -20,21 +35,30 @@ and ``w = sign(v) s^2`` (K&F's lookup table / polynomial roots are needed only f
 non-convex ``alpha < 1``, which is not offered). ``alpha = 1`` is soft thresholding,
 ``alpha = 2`` a scaling, other ``1 < alpha < 2`` are solved by bisection (the problem is convex).
 
-Everything here is batched: ``(N, C, H, W)`` images, each of the ``N`` with its own Gaussian
-``sigma_px`` (the bins of a spatially varying map, :mod:`dmenet.inference.deblur`), on any
-device. The circular boundary of the FFT is handled by padding the image first
-(:func:`pad_image`): ``"reflect"`` (mirror padding then edge tapering inside the padding, the
-default) or ``"taper"`` (the reference: replicate padding and MATLAB-style ``edgetaper``).
+The circular boundary of the FFT is handled as the reference does: the photo is padded by
+replicating its border (:func:`pad_image`) and blended towards its circular blur near the seam
+(:func:`edge_taper`, MATLAB's ``edgetaper``). The deconvolutions are batched tensor code on any
+device (:func:`deconvolve`: ``(C, H, W)`` images, any number of Gaussians at once).
+
+``deblur(..., reference=True)`` is the reference's own method, for comparison: 32 hard quantile
+bins of the blurred pixels (sigma >= 0.3 px, :func:`reference_bins`), one deconvolution per bin
+median, each pixel its bin's result, no edge-safe map, no isolation. Both are measured in
+BENCHMARKS.md section 5 (``bench/bench_deblur.py``).
+
+:func:`half_quadratic_cg` is the same objective for any linear blur given as a function and its
+transpose, solved by conjugate gradients (``bench/bench_deblur_bound.py`` inverts the SYNDOF
+renderer with it).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from dmenet.errors import DataError
 
 __all__ = [
     "ALPHA",
@@ -42,7 +66,12 @@ __all__ = [
     "BETA_MAX",
     "BETA_RATE",
     "MAX_SUPPORT_PX",
-    "BOUNDARIES",
+    "DEFAULT_LAMBDA",
+    "NODE_FIRST_PX",
+    "NODE_RATIO",
+    "EDGE_SAFE_REACH",
+    "REFERENCE_BINS",
+    "REFERENCE_MIN_SIGMA_PX",
     "beta_schedule",
     "shrink",
     "gaussian_taps",
@@ -52,7 +81,12 @@ __all__ = [
     "deconvolve_padded",
     "deconvolve",
     "half_quadratic_cg",
-    "invert_blur",
+    "check_sigma_map",
+    "edge_safe_sigma",
+    "sigma_nodes",
+    "node_weight",
+    "reference_bins",
+    "deblur",
 ]
 
 ALPHA: float = 1.5
@@ -66,7 +100,27 @@ BETA_RATE: float = 2.0 * math.sqrt(2.0)
 MAX_SUPPORT_PX: int = 101
 """Largest kernel side (px): Gaussians are cut at radius min(ceil(3 sigma), 50)."""
 
-BOUNDARIES: tuple[str, ...] = ("reflect", "taper")
+DEFAULT_LAMBDA: float = 1000.0
+"""Data weight lambda of the K&F objective (larger = less regularisation). Chosen by
+``bench/bench_deblur.py`` on 8-bit SYNDOF renders with the ground-truth map; with an estimated
+(wrong in places) map or a noisy photo a smaller lambda is better (BENCHMARKS.md section 5; the
+reference uses 420 for CUHK photos, 16.8 for DPDD, 4.2 for RealDOF)."""
+
+NODE_FIRST_PX: float = 0.25
+NODE_RATIO: float = 1.25
+"""The deconvolution nodes of :func:`deblur`: 0, then 0.25 px (where the sampled Gaussian is
+within 4e-4 of no blur) times powers of 1.25 (:func:`sigma_nodes`)."""
+
+EDGE_SAFE_REACH: float = 3.0
+""":func:`edge_safe_sigma` lowers a pixel's sigma to the smallest within ``3 sigma`` px."""
+
+REFERENCE_BINS: int = 32
+REFERENCE_MIN_SIGMA_PX: float = 0.3
+"""The reference method's quantile bins, over the pixels with at least this sigma (px)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# K&F deconvolution with Gaussian kernels
 
 
 def beta_schedule(beta_start: float = BETA_START, beta_max: float = BETA_MAX,
@@ -106,7 +160,10 @@ def shrink(v: torch.Tensor, beta: float, alpha: float = ALPHA) -> torch.Tensor:
 
 
 def gaussian_taps(sigma_px: float) -> np.ndarray:
-    """Sampled, normalised 1-D Gaussian taps, radius ``min(ceil(3 sigma), 50)`` (``[1]`` for 0)."""
+    """The blur model's kernel: sampled, normalised 1-D Gaussian taps of the SYNDOF renderer
+    (:func:`dmenet.data.syndof.gaussian_kernel1d`), radius ``min(ceil(3 sigma), 50)`` (``[1]``
+    for 0). Every blur here (the OTFs, the isolation, the edge taper) is built from these taps:
+    this is the one place that says which Gaussian the photo was blurred with."""
     from dmenet.data.syndof import gaussian_kernel1d
 
     taps = gaussian_kernel1d(sigma_px)
@@ -150,31 +207,14 @@ def _fast_size(n: int) -> int:
         m += 1
 
 
-def _symmetric_index(n: int, before: int, after: int, device=None) -> torch.Tensor:
-    """Indices of a half-sample symmetric extension (edge pixel repeated), any pad size."""
-    i = torch.arange(-before, n + after, device=device) % (2 * n)
-    return torch.where(i >= n, 2 * n - 1 - i, i)
-
-
-def pad_image(image: torch.Tensor, pad_px: int, boundary: str = "reflect",
-              fast: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad ``(..., H, W)`` by ``pad_px`` on every side (more at the bottom / right up to a fast
-    FFT size when ``fast``): symmetric (``"reflect"``) or replicate (``"taper"``).
-
-    Returns the padded image and the offset ``(top, left)`` of the original in it.
-    """
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"unknown boundary {boundary!r}; choose one of {', '.join(BOUNDARIES)}")
+def pad_image(image: torch.Tensor, pad_px: int) -> torch.Tensor:
+    """Pad ``(..., H, W)`` by replicating its border: ``pad_px`` on every side, and more at the
+    bottom / right up to a fast FFT size. The original sits at offset ``(pad_px, pad_px)``."""
     h, w = image.shape[-2:]
-    hp = _fast_size(h + 2 * pad_px) if fast else h + 2 * pad_px
-    wp = _fast_size(w + 2 * pad_px) if fast else w + 2 * pad_px
-    if boundary == "reflect":
-        rows = _symmetric_index(h, pad_px, hp - h - pad_px, image.device)
-        cols = _symmetric_index(w, pad_px, wp - w - pad_px, image.device)
-    else:
-        rows = (torch.arange(hp, device=image.device) - pad_px).clamp(0, h - 1)
-        cols = (torch.arange(wp, device=image.device) - pad_px).clamp(0, w - 1)
-    return image[..., rows[:, None], cols[None, :]], (pad_px, pad_px)
+    hp, wp = _fast_size(h + 2 * pad_px), _fast_size(w + 2 * pad_px)
+    rows = (torch.arange(hp, device=image.device) - pad_px).clamp(0, h - 1)
+    cols = (torch.arange(wp, device=image.device) - pad_px).clamp(0, w - 1)
+    return image[..., rows[:, None], cols[None, :]]
 
 
 def _taper_weight(taps: np.ndarray, n: int) -> np.ndarray:
@@ -188,16 +228,20 @@ def _taper_weight(taps: np.ndarray, n: int) -> np.ndarray:
     return 1.0 - a
 
 
+def _circular_blur(x: torch.Tensor, otf: torch.Tensor) -> torch.Tensor:
+    """``x (..., H, W)`` blurred on its periodic grid by the PSFs of ``otf`` (:func:`gaussian_otf`)."""
+    return torch.fft.irfft2(torch.fft.rfft2(x) * otf, s=x.shape[-2:])
+
+
 def edge_taper(x: torch.Tensor, sigmas_px: list[float], otf: torch.Tensor) -> torch.Tensor:
     """Blend ``x (N, C, H, W)`` towards its circular blur near the borders (MATLAB ``edgetaper``),
     each of the ``N`` with its own PSF (``otf`` from :func:`gaussian_otf`), so that the periodic
     seam of the FFT carries no step edge."""
     h, w = x.shape[-2:]
-    blurred = torch.fft.irfft2(torch.fft.rfft2(x) * otf, s=(h, w))
     weights = [np.outer(_taper_weight(gaussian_taps(s), h), _taper_weight(gaussian_taps(s), w))
                for s in sigmas_px]
     alpha = torch.from_numpy(np.stack(weights)[:, None].astype(np.float32)).to(x.device)
-    return alpha * x + (1.0 - alpha) * blurred
+    return alpha * x + (1.0 - alpha) * _circular_blur(x, otf)
 
 
 def _grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,190 +286,32 @@ def deconvolve_padded(y: torch.Tensor, otf: torch.Tensor, lam: float, alpha: flo
 
 
 def deconvolve(image: torch.Tensor, sigmas_px: list[float], lam: float, alpha: float = ALPHA,
-               boundary: str = "reflect", pad_px: int | None = None,
-               masks: torch.Tensor | None = None) -> torch.Tensor:
+               pad_px: int | None = None, masks: torch.Tensor | None = None) -> torch.Tensor:
     """Deconvolve ``image (C, H, W)`` with each Gaussian of ``sigmas_px``: ``(N, C, H, W)``.
 
     One spatially invariant deconvolution per sigma, batched (memory ~ 10 x N x C padded
-    planes). ``pad_px`` defaults to twice the largest kernel radius with ``"reflect"`` (the taper
-    then lies in the padding) and once the radius with ``"taper"`` (the reference). Not clipped.
+    planes). The image is padded by ``pad_px`` (default: the largest kernel radius) by
+    replication and edge-tapered. ``masks (N, 1, H, W)``: where 0, deconvolution ``k`` sees the
+    image re-blurred by its own PSF instead of the image (isolation). Not clipped.
     """
     radius = max(len(gaussian_taps(s)) // 2 for s in sigmas_px)
-    if pad_px is None:
-        pad_px = 2 * radius if boundary == "reflect" else radius
+    pad = max(1, radius if pad_px is None else pad_px)
     h, w = image.shape[-2:]
-    padded, (top, left) = pad_image(image.float(), max(pad_px, 1), boundary)
-    hp, wp = padded.shape[-2:]
-    otf = gaussian_otf(sigmas_px, (hp, wp), image.device)
+    padded = pad_image(image.float(), pad)
+    otf = gaussian_otf(sigmas_px, padded.shape[-2:], image.device)
     y = padded[None].expand(len(sigmas_px), *padded.shape)
     if masks is not None:
         # outside its mask, node k sees the photo re-blurred with its own PSF: consistent data
         # (deconvolving it gives back the photo) instead of a source of ringing
-        m, _ = pad_image(masks.float(), max(pad_px, 1), boundary)
-        m = (3.0 * torch.fft.irfft2(torch.fft.rfft2(m) * otf, s=(hp, wp))).clamp(0.0, 1.0)
-        y = m * y + (1.0 - m) * torch.fft.irfft2(torch.fft.rfft2(y) * otf, s=(hp, wp))
+        m = (3.0 * _circular_blur(pad_image(masks.float(), pad), otf)).clamp(0.0, 1.0)
+        y = m * y + (1.0 - m) * _circular_blur(y, otf)
     y = edge_taper(y, sigmas_px, otf)
     x = deconvolve_padded(y, otf, lam, alpha)
-    return x[..., top:top + h, left:left + w]
+    return x[..., pad:pad + h, pad:pad + w]
 
 
 # ---------------------------------------------------------------------------------------------
-# inverting the spatially varying blur operator itself (``method="invert"``)
-
-LEVEL_TOL: float = 1.0 / 255
-"""Largest step-edge error of interpolating linearly between neighbouring blur levels."""
-
-
-def _step_error(ka: np.ndarray, kb: np.ndarray, t: float, kt: np.ndarray) -> float:
-    """Largest error on a unit step edge of ``(1 - t) ka + t kb`` against ``kt`` (1-D)."""
-    n = max(len(ka), len(kb), len(kt))
-    pad = lambda k: np.pad(k, ((n - len(k)) // 2,) * 2)  # noqa: E731
-    return float(np.abs(np.cumsum((1 - t) * pad(ka) + t * pad(kb) - pad(kt))).max())
-
-
-@functools.lru_cache(maxsize=16)
-def blur_levels(sigma_max_px: float, tol: float = LEVEL_TOL,
-                probe_step_px: float = 0.025) -> tuple[float, ...]:
-    """Blur levels ``0 = s_0 < s_1 < ...`` covering ``[0, sigma_max_px]`` such that linear
-    interpolation between neighbouring Gaussians (:func:`gaussian_taps`) errs by at most ``tol``
-    on a step edge (probed every ``probe_step_px``); greedy, each next level as far as allowed.
-    (The blur basis the SYNDOF renderer used before it blurred every layer exactly.)"""
-    levels = [0.0]
-    while levels[-1] < sigma_max_px - 1e-9:
-        lo, best = levels[-1], levels[-1] + probe_step_px
-        while best <= sigma_max_px + 4 * probe_step_px:
-            cand = best + probe_step_px
-            ka, kb = gaussian_taps(lo), gaussian_taps(cand)
-            if any(_step_error(ka, kb, (s - lo) / (cand - lo), gaussian_taps(float(s))) > tol
-                   for s in np.arange(lo + probe_step_px, cand, probe_step_px)):
-                break
-            best = cand
-        levels.append(round(best, 6))
-    return tuple(levels)
-
-
-MODELS: tuple[str, ...] = ("gather", "scatter", "layered")
-"""Spatially varying blur models: ``"gather"`` ``(K x)(p) = sum_q G_sigma(p)(p - q) x(q)`` (each
-output pixel is the blur of the sharp image with its own Gaussian), ``"scatter"``, its
-transpose (each sharp pixel spreads its light with its own Gaussian), and ``"layered"``: the
-SYNDOF renderer's over-compositing of the blur levels as layers, most blurred first (farthest),
-each layer's premultiplied colour and mask blurred together, normalised by the composited mask
-(exact for depth edges behind the focal plane, where the nearer side is the sharper one)."""
-
-
-def _blur_zero(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """Gaussian blur of ``(C, H, W)`` with zero boundary (exactly self-adjoint): OpenCV on the
-    CPU, a separable conv2d elsewhere. Kernel taps from :func:`gaussian_taps`."""
-    if sigma_px <= 1e-6:
-        return x
-    taps = gaussian_taps(sigma_px)
-    if x.device.type == "cpu":
-        import cv2
-
-        kf = taps.astype(np.float32)
-        arr = x.detach().contiguous().numpy()
-        out = np.empty_like(arr)
-        for c in range(arr.shape[0]):
-            out[c] = cv2.sepFilter2D(arr[c], -1, kf, kf, borderType=cv2.BORDER_CONSTANT)
-        return torch.from_numpy(out)
-    k = torch.as_tensor(taps, dtype=x.dtype, device=x.device)
-    r = len(taps) // 2
-    c = x.shape[0]
-    y = torch.nn.functional.conv2d(x[:, None], k.view(1, 1, 1, -1), padding=(0, r))
-    y = torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1), padding=(r, 0))
-    return y.view(c, *x.shape[-2:])
-
-
-class BlurOperator:
-    """The spatially varying Gaussian blur of a ``sigma_px (H, W)`` map as a linear operator on
-    ``(C, H, W)`` images with zero boundary: per pixel, linear interpolation between the blurs by
-    the two bracketing levels of the SYNDOF renderer's blur basis
-    (:func:`blur_levels`, step-edge error <= :data:`LEVEL_TOL`).
-
-    ``apply`` is the ``model`` (:data:`MODELS`), ``adjoint`` its exact transpose. ``"layered"``
-    cuts the map into hard layers, the pixels between two neighbouring levels (each pixel's light
-    interpolated between the two blurs as above), and over-composites them as the SYNDOF renderer
-    does: most blurred first, each layer's blurred light and blurred mask together, the result
-    divided by the composited mask. A map holds no depth order, so the nearer of two layers is
-    taken to be the sharper one (true behind the focal plane, where most of a scene lies).
-    """
-
-    def __init__(self, sigma_px: torch.Tensor, model: str = "gather"):
-        if model not in MODELS:
-            raise ValueError(f"unknown blur model {model!r}; choose one of {', '.join(MODELS)}")
-        self.model = model
-        smax = float(sigma_px.max()) if sigma_px.numel() else 0.0
-        # levels up to the next whole px (a greedy prefix of those of any larger maximum): few
-        # distinct cached sets
-        levels = torch.tensor(blur_levels(float(max(1, math.ceil(smax - 1e-6)))), dtype=torch.float32)
-        s = sigma_px.float().cpu().clamp(0.0, float(levels[-1]))
-        lower = (torch.bucketize(s, levels, right=True) - 1).clamp(0, len(levels) - 2)
-        t = ((s - levels[lower]) / (levels[lower + 1] - levels[lower])).clamp(0.0, 1.0)
-        self.levels, self.weights = [], []
-        for k in range(len(levels) if model != "layered" else 0):
-            wk = (lower == k) * (1.0 - t) + (lower + 1 == k) * t
-            if float(wk.max()) > 0:
-                self.levels.append(float(levels[k]))
-                self.weights.append(wk.to(sigma_px.device))
-        if model == "layered":
-            # hard layers: the pixels between two neighbouring levels (their blur interpolated
-            # as in the gather model); each layer's blurred mask, and the composited mask
-            self.lower, self.t = lower.to(sigma_px.device), t.to(sigma_px.device)
-            self.layer_sigmas = [(float(levels[j]), float(levels[j + 1]))
-                                 for j in range(len(levels) - 1) if bool((lower == j).any())]
-            self.layer_ids = [j for j in range(len(levels) - 1) if bool((lower == j).any())]
-            alpha = torch.zeros_like(self.t)
-            self.masks = []
-            for j, pair in zip(self.layer_ids, self.layer_sigmas):
-                self.masks.append(self._layer_blur(self._layer(j), pair))
-            for mk in reversed(self.masks):  # the farthest (most blurred) layer first
-                alpha = (1.0 - mk[0]) * alpha + mk[0]
-            self.alpha = alpha.clamp(min=1e-6)
-
-    def _gather(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x)
-        for s, wk in zip(self.levels, self.weights):
-            out += wk * _blur_zero(x, s)
-        return out
-
-    def _scatter(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x)
-        for s, wk in zip(self.levels, self.weights):
-            out += _blur_zero(wk * x, s)
-        return out
-
-    def _layer(self, j: int) -> torch.Tensor:
-        return (self.lower == j).float()[None]
-
-    def _layer_blur(self, x: torch.Tensor, pair: tuple[float, float]) -> torch.Tensor:
-        """A layer's light ``x (C, H, W)``: the part ``1 - t`` blurred by the lower level, ``t``
-        by the upper."""
-        return _blur_zero(x * (1.0 - self.t), pair[0]) + _blur_zero(x * self.t, pair[1])
-
-    def _layered(self, x: torch.Tensor) -> torch.Tensor:
-        acc = torch.zeros_like(x)
-        for j, pair, mk in reversed(list(zip(self.layer_ids, self.layer_sigmas, self.masks))):
-            acc = (1.0 - mk) * acc + self._layer_blur(self._layer(j) * x, pair)
-        return acc / self.alpha
-
-    def _layered_adjoint(self, v: torch.Tensor) -> torch.Tensor:
-        g = v / self.alpha
-        out = torch.zeros_like(v)
-        for j, pair, mk in zip(self.layer_ids, self.layer_sigmas, self.masks):  # nearest first
-            out += self._layer(j) * ((1.0 - self.t) * _blur_zero(g, pair[0])
-                                     + self.t * _blur_zero(g, pair[1]))
-            g = g * (1.0 - mk)
-        return out
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        if self.model == "layered":
-            return self._layered(x)
-        return self._gather(x) if self.model == "gather" else self._scatter(x)
-
-    def adjoint(self, x: torch.Tensor) -> torch.Tensor:
-        if self.model == "layered":
-            return self._layered_adjoint(x)
-        return self._scatter(x) if self.model == "gather" else self._gather(x)
+# any linear blur, by conjugate gradients
 
 
 def _diff(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -488,35 +374,153 @@ def half_quadratic_cg(apply: Callable[[torch.Tensor], torch.Tensor],
     return x
 
 
-def invert_blur(y: torch.Tensor, sigma_px: torch.Tensor, lam: float, x0: torch.Tensor | None = None,
-                alpha: float = ALPHA, model: str = "gather", cg_iters: int = 8,
-                betas: list[float] | None = None, return_residual: bool = False,
-                on_step: Callable[[], None] | None = None):
-    """K&F hyper-Laplacian deconvolution of ``y (C, H, W)`` under the spatially varying blur of
-    ``sigma_px (H, W)`` (:class:`BlurOperator`), unclipped ``(C, H, W)``.
+# ---------------------------------------------------------------------------------------------
+# the spatially varying method
 
-    :func:`half_quadratic_cg` with that operator, warm-started from ``x0`` (default ``y``). The
-    photo is mirror-padded by the largest kernel radius and the data term ``M`` only counts the
-    photo's own pixels, so the borders need no tapering.
 
-    With ``return_residual``: ``(x, residual)``, the residual ``K clip(x, 0, 1) - y (C, H, W)``
-    of the model on the result (how well the model explains the photo, per pixel).
-    ``on_step``: called after each half-quadratic step (``len(betas)`` times), for progress.
+def check_sigma_map(sigma_px: np.ndarray | torch.Tensor, size_hw: tuple[int, int],
+                    where: str = "sigma map") -> torch.Tensor:
+    """The map as a float32 ``(H, W)`` tensor, or a :class:`DataError` naming ``where``: wrong
+    shape (``(H, W)``, ``(1, H, W)`` or ``(1, 1, H, W)`` of the photo's size), NaN/inf, < 0."""
+    sigma = torch.as_tensor(np.asarray(sigma_px) if not torch.is_tensor(sigma_px) else sigma_px)
+    while sigma.dim() > 2 and sigma.shape[0] == 1:
+        sigma = sigma[0]
+    if sigma.dim() != 2:
+        raise DataError(f"{where}: a sigma map must be one (H, W) channel, got shape "
+                        f"{tuple(sigma.shape)}")
+    if tuple(sigma.shape) != tuple(size_hw):
+        raise DataError(f"{where}: the sigma map is {sigma.shape[0]}x{sigma.shape[1]} (HxW) but "
+                        f"the photo is {size_hw[0]}x{size_hw[1]}")
+    sigma = sigma.float()
+    bad = int((~torch.isfinite(sigma)).sum())
+    if bad:
+        raise DataError(f"{where}: the sigma map holds {bad} NaN/inf value(s)")
+    if sigma.numel() and float(sigma.min()) < 0:
+        raise DataError(f"{where}: the sigma map has negative values (min {float(sigma.min()):.3g} px)")
+    return sigma
+
+
+_SAFE_RADII_PX = (1, 2, 3, 4, 6, 8, 11, 16, 22, 32, 45)
+
+
+def edge_safe_sigma(sigma_px: torch.Tensor, reach: float = EDGE_SAFE_REACH) -> torch.Tensor:
+    """The map ``(H, W)`` with each pixel's sigma lowered to the smallest sigma within
+    ``reach * sigma`` px (a grey erosion whose radius grows with sigma, on a few radii).
+
+    Next to a less blurred region (a depth edge), a blurred pixel's neighbourhood is not the
+    blur of one image by its own Gaussian, and deconvolving it with that Gaussian rings; with
+    the smaller sigma it is only partly deblurred.
     """
+    import cv2
+
+    s = sigma_px.float().cpu().numpy()
+    out = s.copy()
+    for r in _SAFE_RADII_PX:
+        if r > reach * float(s.max(initial=0.0)):
+            break
+        eroded = cv2.erode(s, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)),
+                           borderType=cv2.BORDER_REPLICATE)
+        out = np.where(r <= reach * s, np.minimum(out, eroded), out)
+    return torch.from_numpy(out)
+
+
+def sigma_nodes(sigma_max_px: float) -> list[float]:
+    """The deconvolution nodes of :func:`deblur` (px, increasing): 0 (no blur), then
+    :data:`NODE_FIRST_PX` times powers of :data:`NODE_RATIO` up to the first at or above
+    ``sigma_max_px``. A constant spacing ratio keeps the error of interpolating between two
+    deconvolutions alike at every sigma (a deconvolution with a too large sigma rings, and the
+    more so the smaller the sigma)."""
+    nodes = [0.0]
+    while nodes[-1] < sigma_max_px - 1e-6:
+        nodes.append(NODE_FIRST_PX if len(nodes) == 1 else nodes[-1] * NODE_RATIO)
+    return nodes
+
+
+def node_weight(sigma_px: torch.Tensor, nodes: list[float], k: int) -> torch.Tensor:
+    """Each pixel's weight ``(H, W)`` on node ``k`` of ``nodes`` (:func:`sigma_nodes`): linear
+    interpolation in sigma between the two nodes that bracket the pixel's sigma (1 on the last
+    node beyond it). Over all nodes the weights of a pixel sum to 1 and reproduce its sigma."""
+    s = sigma_px.float()
+    w = torch.ones_like(s)
+    if k > 0:
+        w = torch.minimum(w, (s - nodes[k - 1]) / (nodes[k] - nodes[k - 1]))
+    if k + 1 < len(nodes):
+        w = torch.minimum(w, (nodes[k + 1] - s) / (nodes[k + 1] - nodes[k]))
+    return w.clamp(min=0.0)
+
+
+def _quantiles(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    step = max(1, values.numel() // 4_000_000)  # torch.quantile's size limit; quantiles of a
+    return torch.quantile(values[::step].double(), q.double()).float()  # stride sample suffice
+
+
+def reference_bins(sigma_px: torch.Tensor, bins: int = REFERENCE_BINS,
+                   min_sigma_px: float = REFERENCE_MIN_SIGMA_PX) -> tuple[list[float], torch.Tensor]:
+    """The reference method's hard bins: the pixels with ``sigma >= min_sigma_px`` split into
+    ``bins`` quantile bins, each deconvolved with its median. Returns ``(nodes, index (H, W))``:
+    the distinct medians (px, increasing) and each pixel's node, -1 for the pixels left as they are."""
+    blurred = sigma_px >= min_sigma_px
+    values = sigma_px[blurred]
+    if values.numel() == 0:
+        return [], torch.full(sigma_px.shape, -1, dtype=torch.long)
+    edges = _quantiles(values, torch.arange(bins + 1, dtype=torch.float64) / bins)
+    medians = _quantiles(values, (torch.arange(bins, dtype=torch.float64) + 0.5) / bins)
+    nodes, node_of_bin = torch.unique(medians, return_inverse=True)
+    bin_of = torch.bucketize(sigma_px, edges[1:-1].contiguous(), right=True)  # 0 .. bins-1
+    return nodes.tolist(), torch.where(blurred, node_of_bin[bin_of], -1)
+
+
+def deblur(image: torch.Tensor, sigma_px: np.ndarray | torch.Tensor, lam: float = DEFAULT_LAMBDA,
+           reference: bool = False, device: torch.device | str | None = None,
+           progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """All-in-focus ``image (C, H, W)`` in ``[0, 1]`` (any C) from its defocus map
+    ``sigma_px (H, W)`` (Gaussian sigma in px). Returns ``(C, H, W)`` in ``[0, 1]`` on the CPU.
+
+    The method of this module's docstring: edge-safe map, isolated deconvolutions at the sigma
+    nodes of :func:`sigma_nodes`, linear interpolation between them. ``lam``: the K&F
+    data weight. ``reference``: the reference's method instead (:func:`reference_bins`).
+    ``device``: where to compute (default: the image's); on a GPU all channels of a node are
+    deconvolved at once, on a CPU one at a time (faster there, and the least memory).
+
+    ``progress(done, total)``: called once with ``done = 0`` and then after every deconvolution
+    (a node and channels), ending with ``done == total``: a photo of many megapixels takes
+    minutes on a CPU.
+    """
+    if image.dim() != 3:
+        raise DataError(f"image must be (C, H, W), got {tuple(image.shape)}")
     if not lam > 0:
         raise ValueError(f"the data weight lambda must be > 0, got {lam}")
-    c, h, w = y.shape
-    pad = max(1, len(gaussian_taps(float(sigma_px.max()))) // 2)
-    yp, (top, left) = pad_image(y.float(), pad, "reflect", fast=False)
-    sp, _ = pad_image(sigma_px.float()[None], pad, "reflect", fast=False)
-    op = BlurOperator(sp[0], model)
-    mask = torch.zeros_like(yp[:1])
-    mask[:, top:top + h, left:left + w] = 1.0
-    x = pad_image((y if x0 is None else x0).float(), pad, "reflect", fast=False)[0]
-    x = half_quadratic_cg(op.apply, op.adjoint, yp, x, lam, weight=mask, alpha=alpha,
-                          cg_iters=cg_iters, betas=betas, on_step=on_step)
-    out = x[:, top:top + h, left:left + w]
-    if not return_residual:
-        return out
-    residual = op.apply(x.clamp(0.0, 1.0)) - yp
-    return out, residual[:, top:top + h, left:left + w]
+    c, h, w = image.shape
+    sigma = check_sigma_map(sigma_px, (h, w))
+    device = torch.device(device) if device is not None else image.device
+    img = image.float().to(device)
+    if reference:
+        nodes, index = reference_bins(sigma)
+        index = index.to(device)
+        out = img * (index < 0).float()
+        # one padding for all bins, the largest kernel's radius (as the reference)
+        pad = max((len(gaussian_taps(s)) // 2 for s in nodes), default=1)
+        weight = lambda k: (index == k).float()  # noqa: E731
+    else:
+        safe = edge_safe_sigma(sigma).to(device)
+        grid = sigma_nodes(float(safe.max()) if safe.numel() else 0.0)
+        out = img * node_weight(safe, grid, 0)  # node 0: the photo itself
+        used = [k for k in range(1, len(grid)) if bool((node_weight(safe, grid, k) > 0).any())]
+        nodes = [grid[k] for k in used]
+        pad = None  # each node's own kernel radius
+        weight = lambda i: node_weight(safe, grid, used[i])  # noqa: E731
+    channels = c if device.type == "cuda" else 1
+    total = len(nodes) * -(-c // channels)
+    if progress is not None:
+        progress(0, total)
+    done = 0
+    for k in range(len(nodes)):
+        wk = weight(k)
+        masks = None if reference else (wk > 0).float()[None, None]
+        for c0 in range(0, c, channels):
+            x = deconvolve(img[c0:c0 + channels], [nodes[k]], lam, pad_px=pad, masks=masks)[0]
+            out[c0:c0 + channels] += wk * x.clamp_(0.0, 1.0)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return out.clamp_(0.0, 1.0).cpu()

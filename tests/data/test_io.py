@@ -1,6 +1,7 @@
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from dmenet.data import io
 from dmenet.errors import DataError, OutputExistsError
@@ -27,6 +28,26 @@ def test_grey_and_rgba_become_rgb(tmp_path):
     rgba = io.read_image(tmp_path / "a.png")
     assert rgba.shape == (3, 3, 3)
     assert np.allclose(rgba[0, 0], np.array([30, 20, 10]) / 255)  # BGRA file -> RGB
+
+
+@pytest.mark.parametrize("name, array", [
+    ("rgb8.png", np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)),
+    ("grey16.png", (np.arange(20, dtype=np.uint16) * 3000).reshape(4, 5)),
+    ("rgba8.png", np.arange(4 * 5 * 4, dtype=np.uint8).reshape(4, 5, 4)),
+    ("float.tiff", np.linspace(0, 1, 60, dtype=np.float32).reshape(4, 5, 3)),
+])
+def test_read_photo_write_photo_keep_the_format(tmp_path, name, array):
+    """A photo read with read_photo and written back unchanged with write_photo is the same
+    file content: bit depth, grey or colour, alpha and channel order kept."""
+    cv2.imwrite(str(tmp_path / name), array)
+    colour, layout = io.read_photo(tmp_path / name)
+    assert colour.dtype == torch.float32 and colour.shape[0] == (1 if array.ndim == 2 else 3)
+    assert 0 <= float(colour.min()) and float(colour.max()) <= 1
+    if array.ndim == 3:  # RGB order, like read_image
+        assert np.allclose(colour.permute(1, 2, 0).numpy(), io.read_image(tmp_path / name))
+    io.write_photo(tmp_path / f"out_{name}", colour, layout)
+    again = io.read_raw(tmp_path / f"out_{name}")
+    assert again.dtype == array.dtype and np.array_equal(again, array)
 
 
 def test_bad_files_name_the_file(tmp_path):
