@@ -125,7 +125,7 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
     if not args.ckpt:
         raise DMENetError("--ckpt is required (or use --estimator zhuo_sim)")
     from dmenet.inference.checkpoint import load_predictor
-    from dmenet.inference.tiling import auto_tile_px, predict_image
+    from dmenet.inference.tiling import auto_tile_px, predict_image, return_freed_maps_to_os
 
     device = resolve_device(args.device)
     if args.half and device.type != "cuda":
@@ -133,6 +133,7 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
     tile = getattr(args, "tile", "auto")
     if tile != "auto" and (tile < 0 or args.overlap < 0 or (tile > 0 and args.overlap >= tile)):
         raise DMENetError(f"--tile {tile} / --overlap {args.overlap}: need 0 <= overlap < tile")
+    return_freed_maps_to_os()  # the peak memory that --memory-gb budgets for (dmenet.inference.tiling)
     predictor = load_predictor(args.ckpt, device=device, trust=args.trust_checkpoint)
     if not getattr(args, "reference_path", False):
         from dmenet.inference.fast import fast_predictor
