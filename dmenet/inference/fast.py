@@ -215,19 +215,16 @@ class _Conv(nn.Module):
         self.pad_mode = spec.pad_mode
         self.act = spec.act
         self.slope = spec.slope
-        self._packed: torch.Tensor | None = None
-
-    def _apply(self, fn, recurse=True):  # .to() / .cuda(): the packed weight is stale
-        self._packed = None
-        return super()._apply(fn, recurse)
+        self._packed: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight, packed)
 
     def packed_weight(self) -> torch.Tensor:
-        """The weight in oneDNN's blocked layout, reordered once (it does not depend on the
-        input's size: measured equally fast on every map size B meets)."""
-        if self._packed is None:
-            self._packed = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, self.pad, [1, 1], [1, 1], 1, [])
-        return self._packed
+        """The weight in oneDNN's blocked layout, reordered once per weight tensor (``.to()``
+        replaces the tensor, and it is packed again; the layout does not depend on the input's
+        size: measured equally fast on every map size B meets)."""
+        if self._packed is None or self._packed[0] is not self.weight:
+            self._packed = (self.weight, torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.pad, [1, 1], [1, 1], 1, []))
+        return self._packed[1]
 
     def forward(self, x: torch.Tensor, fused: bool, other: torch.Tensor | None = None) -> torch.Tensor:
         """``act(conv(x) + other)`` on a haloed map (the halo is filled here for 3x3 / 2x2)."""
