@@ -175,7 +175,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     height, width = _size_for(args.mp)
     setup, setup_cpu = time.perf_counter(), time.process_time()
-    predictor = _predictor(args.path, args.threads, tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory() as workdir:  # the ONNX file: read into the session
+        predictor = _predictor(args.path, args.threads, workdir)
     memory_path = "fast" if args.path == "fast" else "reference"  # tiles: the budget's model
     tile = (auto_tile_px(height, width, args.memory_gb, memory_path, args.overlap)
             if args.tile == "auto" else int(args.tile))
@@ -556,10 +557,10 @@ def main(argv: list[str] | None = None) -> int:
                    "--repeats", str(args.repeats if mp <= 4 else 1),
                    "--max-tiles", str(args.max_tiles if mp > 4 else 0)]
             # the worker's stderr (its tile progress bar) goes straight to the terminal
-            env = dict(os.environ)
-            if path == "compile":  # a cold compile, as a new user meets it
-                env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_")
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+            with tempfile.TemporaryDirectory(prefix="inductor_") as cache:
+                # torch.compile: a cold compile cache, as a new user meets it
+                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+                proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
             if proc.returncode != 0:
                 raise SystemExit(f"worker for {mp} MP ({path}) failed")
             result = json.loads(proc.stdout.strip().splitlines()[-1])
