@@ -1,27 +1,39 @@
-"""Inference benchmark (issues 9 and 17): ms per megapixel and peak memory of B on the CPU.
+"""Inference benchmark: seconds per megapixel and peak memory of B on the CPU.
 
-For each photo size (default 0.25, 1, 4 and 24 megapixels, 3:2) and path (``fast``:
-:mod:`dmenet.inference.fast`, what ``dmenet infer`` runs; ``reference``: B's own forward with
-BatchNorm folded, ``--reference-path``) a fresh subprocess builds B (random weights: speed and
-memory do not depend on the values), runs ``dmenet infer``'s code path
-(:func:`dmenet.tiling.predict_image`, tiled where the photo does not fit the memory
-budget, ``--tile auto``) and reports its wall time and peak resident memory (``ru_maxrss``).
+``--infer`` (the numbers of the issue's targets): ``dmenet infer`` as a new user runs it, one
+fresh process per photo (``python -m dmenet infer PHOTO --ckpt B.ckpt --out DIR``, default
+options: fast path, ``--tile auto``, 4 GB budget), on a 64 px photo, a 1 MP photo and a full
+24 MP photo (6000 x 4000, every tile run). Each run's wall time, CPU time and peak RSS come from
+the kernel (``wait4``). The start-up (imports, loading the checkpoint, first call) is the 64 px
+run's time, subtracted from the bigger photos' times; the rest is compared with the floor.
 
-The floor: B's FLOPs per megapixel (``FlopCounterMode`` on a 512 x 512 input; the reference
-forward's count, the fast path computes fewer) divided by this machine's convolution throughput
-measured in the same process just before and after the photo (a 3x3, 256 -> 256 channel conv on
-a 256 x 256 map, best of several): ``floor`` as in issue 9 (``nn.Conv2d``, default layout) and
+The floor: B's FLOPs per megapixel (``FlopCounterMode`` on a 512 x 512 input, the reference
+forward's count; the fast path computes fewer) divided by this machine's convolution throughput
+measured in the same run (a 3x3, 256 -> 256 channel conv on a 256 x 256 map, best of several,
+just before and after each measurement): ``floor`` (``nn.Conv2d``, default layout) and
 ``strict floor`` (the same conv in oneDNN's best form: channels_last, prepacked weights), the
-higher throughput of the two. Tiling recomputes the overlaps; the table shows that factor.
+higher throughput of the two. Tiling recomputes the overlaps; the tables show that factor.
 
-    python bench/bench_inference.py                         # sizes x paths, writes the report
-    python bench/bench_inference.py --sizes 0.25 1 --paths fast reference
+Without ``--infer``, for each photo size (0.25, 1, 4 and 24 megapixels, 3:2) and path a fresh
+worker process builds B (random weights: speed and memory do not depend on the values) and
+runs ``dmenet infer``'s code path in-process (:func:`dmenet.tiling.predict_image`,
+tiled where the photo does not fit the memory budget). The paths are the fast path
+(``fast``, what ``dmenet infer`` runs), B's own forward (``reference``, ``--reference-path``) and
+the public-PyTorch alternatives to the fast path's private oneDNN ops: B's forward in
+``channels_last``, ``compile`` (``torch.compile`` with freezing, cold compile cache) and
+``onnxruntime`` (the ``dmenet export`` ONNX file on onnxruntime's CPU provider); their set-up
+time (building, compiling or exporting, and the first call) is reported beside their speed.
+
+    python bench/bench_inference.py --infer                 # dmenet infer: 64 px, 1 MP, 24 MP
+    python bench/bench_inference.py --sizes 1 --paths fast reference channels_last compile onnxruntime
+    python bench/bench_inference.py                         # sizes x (fast, reference)
     python bench/bench_inference.py --ablation              # each optimisation's gain, 0.25 MP
     python bench/bench_inference.py --reach                 # B's reach: error vs distance to a cut
 
 Measurements accumulate in ``docs/benchmarks/inference.json`` (one per size and path, newest
-wins; the ablation and reach tables too) and the report ``docs/benchmarks/inference.md`` is
-rebuilt from it after every measurement, so parts can be measured in separate runs.
+wins; the ``--infer``, ablation and reach tables too) and the report
+``docs/benchmarks/inference.md`` is rebuilt from it after every measurement, so parts can be
+measured in separate runs.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,16 +71,44 @@ def _reference_model():
     return prepare_for_inference(BlurEstimator(weights=None))
 
 
-def _predictor(path: str):
-    """``image -> y`` as ``dmenet infer`` runs it on ``path`` ("fast" or "reference")."""
+PATHS = {
+    "fast": "dmenet.inference.fast, what dmenet infer runs",
+    "reference": "B's own forward, BatchNorm folded (--reference-path)",
+    "channels_last": "B's own forward, BatchNorm folded, in channels_last",
+    "compile": "torch.compile(options={'freezing': True}) of the channels_last forward",
+    "onnxruntime": "the dmenet export ONNX file on onnxruntime's CPU provider",
+}
+
+
+def _predictor(path: str, threads: int, workdir: str):
+    """``image (1, 3, H, W) -> y`` on ``path`` (one of :data:`PATHS`)."""
+    import torch
+
     from dmenet.checkpoint import DefocusPredictor
     from dmenet.inference.fast import fast_predictor
 
-    predictor = DefocusPredictor(_reference_model()).eval()
+    model = _reference_model()
     if path == "fast":
-        predictor = fast_predictor(predictor)
-        assert predictor.fast_path, "the fast path does not support B"
-    return predictor
+        predictor = fast_predictor(DefocusPredictor(model).eval())
+        assert predictor.fast_path and predictor.blur_estimator.fused, "not on the fused fast path"
+        return predictor
+    if path == "reference":
+        return DefocusPredictor(model).eval()
+    if path == "onnxruntime":
+        import onnxruntime as ort
+
+        from dmenet.inference.onnx_export import export_onnx
+
+        onnx = export_onnx(DefocusPredictor(model), Path(workdir) / "b.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # CPU time = work
+        session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(["y"], {"image": x.numpy()})[0])
+    model = model.to(memory_format=torch.channels_last)
+    if path == "compile":
+        model = torch.compile(model, dynamic=False, options={"freezing": True})
+    return lambda x: model(x.contiguous(memory_format=torch.channels_last)).y
 
 
 class Floor:
@@ -133,12 +174,16 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     height, width = _size_for(args.mp)
-    predictor = _predictor(args.path)
-    tile = (auto_tile_px(height, width, args.memory_gb, args.path, args.overlap)
+    setup, setup_cpu = time.perf_counter(), time.process_time()
+    with tempfile.TemporaryDirectory() as workdir:  # the ONNX file: read into the session
+        predictor = _predictor(args.path, args.threads, workdir)
+    memory_path = "fast" if args.path == "fast" else "reference"  # tiles: the budget's model
+    tile = (auto_tile_px(height, width, args.memory_gb, memory_path, args.overlap)
             if args.tile == "auto" else int(args.tile))
     tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
     with torch.inference_mode():
         predictor(torch.rand(1, 3, 64, 64))  # warm-up: first-call allocations and kernel choice
+    setup, setup_cpu = time.perf_counter() - setup, time.process_time() - setup_cpu
     floor = Floor()
     floor.measure()  # just before the run: the machine is shared, load varies
     rss_model_mb = peak_rss_mb()
@@ -159,12 +204,15 @@ def worker(args: argparse.Namespace) -> None:
         return predictor(x)
 
     best = best_cpu = float("inf")
+    first = first_cpu = None
     for _ in range(args.repeats):
         computed.update(px=0, calls=0)
         start, start_cpu = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             y = predict_image(run, image, tile=tile, overlap=args.overlap, progress=True)
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        if first is None:  # the first photo of this size (a compiled path compiles for it)
+            first, first_cpu = seconds, cpu
         # extrapolated to every tile by computed pixels when only some ran
         best = min(best, seconds * tiled_px / computed["px"])
         best_cpu = min(best_cpu, cpu * tiled_px / computed["px"])
@@ -185,20 +233,110 @@ def worker(args: argparse.Namespace) -> None:
         "tiles": tiles, "overhead": tiled_px / (height * width),
         "load_avg": os.getloadavg()[0],
         "tiles_run": min(tiles, args.max_tiles) if args.max_tiles else tiles,
+        "setup_seconds": setup, "setup_cpu_seconds": setup_cpu,
+        "first_seconds": first, "first_cpu_seconds": first_cpu,
     }))
 
 
 def flops_per_mp(threads: int) -> float:
-    """B's FLOPs per megapixel as the reference path runs it (FlopCounterMode, 512 x 512)."""
+    """B's FLOPs per megapixel as the reference path runs it (FlopCounterMode, 128 x 128: the
+    same count per pixel as 512 x 512, in less memory, which the --infer children would inherit
+    in their peak RSS)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(threads)
     model = _reference_model()
-    side = 512
+    side = 128
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 3, side, side))
     return counter.get_total_flops() / (side * side / 1e6)
+
+
+INFER_START_PX = 64
+"""Side of the photo whose ``dmenet infer`` run measures the start-up (subtracted)."""
+
+
+def _write_photo(path: Path, height: int, width: int, seed: int) -> None:
+    """A smooth random JPEG photo (content does not change B's speed; a smooth one keeps the
+    JPEG and the output PNGs the size of a real photo's)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (max(2, height // 32), max(2, width // 32), 3), dtype=np.uint8)
+    photo = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)  # uint8: small
+    cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def _run_infer(photo: Path, ckpt: Path, out: Path) -> dict:
+    """One ``python -m dmenet infer`` process: wall and CPU seconds, peak RSS (from ``wait4``)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    cmd = [sys.executable, "-m", "dmenet", "infer", str(photo), "--ckpt", str(ckpt), "--out", str(out)]
+    parent_rss_mb = _rss_mb()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)  # its progress bars go to the terminal
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"dmenet infer failed on {photo}")
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024.0, "bench_rss_mb": parent_rss_mb}
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (MB): a child's ``ru_maxrss`` may start from it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def infer_runs(args: argparse.Namespace, gflop_per_mp: float) -> dict:
+    """``dmenet infer`` on a 64 px photo (the start-up) and on each of ``--infer-sizes``, each in
+    a fresh process, the floor measured in this process before and after each run (best of
+    ``--repeats`` runs for photos up to 4 MP, one run above)."""
+    from dmenet.checkpoint import save_inference_checkpoint
+    from dmenet.modules.blur_estimator import BlurEstimator
+
+    floor = Floor()
+    sizes = [(INFER_START_PX, INFER_START_PX)] + [_size_for(mp) for mp in args.infer_sizes]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
+        ckpt = save_inference_checkpoint(Path(tmp) / "b.ckpt", BlurEstimator(weights=None))
+        for i, (height, width) in enumerate(sizes):
+            photo = Path(tmp) / f"photo_{width}x{height}.jpg"
+            _write_photo(photo, height, width, seed=i)
+            best: dict = {}
+            for repeat in range(args.repeats if height * width <= 4e6 else 1):
+                floor.measure()
+                print(f"dmenet infer on {width} x {height} ({repeat + 1}) ...", flush=True)
+                run = _run_infer(photo, ckpt, Path(tmp) / f"out_{i}_{repeat}")
+                floor.measure()
+                for key, value in run.items():
+                    best[key] = min(best.get(key, float("inf")), value)
+            runs.append({"height": height, "width": width, "mp": height * width / 1e6} | best)
+            print(json.dumps(runs[-1]), flush=True)
+    start = runs[0]
+    floor_s = gflop_per_mp / floor.gflops("default")  # s per MP, the issue's floor
+    floor_cpu_s = gflop_per_mp / floor.cpu_gflops("default")
+    for r in runs[1:]:
+        r["x_floor_wall"] = (r["seconds"] - start["seconds"]) / (floor_s * r["mp"])
+        r["x_floor_cpu"] = (r["cpu_seconds"] - start["cpu_seconds"]) / (floor_cpu_s * r["mp"])
+        r["x_floor_wall_raw"] = r["seconds"] / (floor_s * r["mp"])
+    return {
+        "runs": runs, "threads": torch_threads(), "repeats": args.repeats,
+        "conv_gflops": floor.gflops("default"), "conv_gflops_strict": floor.gflops("strict"),
+        "conv_cpu_gflops": floor.cpu_gflops("default"), "load_avg": os.getloadavg()[0],
+        "bench_rss_mb": max(r["bench_rss_mb"] for r in runs),
+    }
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def fast_flops_per_mp(threads: int) -> float:
@@ -222,9 +360,7 @@ ABLATION = [
     ("+ channels_last (reference forward)", "reference_cl", {}),
     ("fast: halo padding, split/phase up-conv, in-place adds (plain conv2d)", "fast",
      {"fused": False}),
-    ("+ oneDNN fused conv + activation / add", "fast", {"packed": False}),
-    ("+ prepacked weights", "fast", {"phase_upsample": False}),
-    ("+ phase-conv upsampling (= the fast path)", "fast", {}),
+    ("+ oneDNN fused conv + activation / add, prepacked weights (= the fast path)", "fast", {}),
 ]
 
 
@@ -242,25 +378,12 @@ def ablation(args: argparse.Namespace) -> dict:
     image = torch.rand(1, 3, height, width)
     image_cl = image.contiguous(memory_format=torch.channels_last)
     steps = list(ABLATION)
-    if args.compile:
-        steps.append(("reference + torch.compile (inductor, freezing; compile time excluded)",
-                      "compiled", {}))
     fns = []
     for _, kind, kwargs in steps:
         if kind == "reference":
             fns.append(lambda: model(image).y)
         elif kind == "reference_cl":
             fns.append(lambda: model_cl(image_cl).y)
-        elif kind == "compiled":
-            import torch._inductor.config as inductor_config
-
-            inductor_config.freezing = True
-            compiled = torch.compile(model_cl)
-            t = time.perf_counter()
-            with torch.no_grad():
-                compiled(image_cl)
-            print(f"torch.compile: first call {time.perf_counter() - t:.0f} s", flush=True)
-            fns.append(lambda compiled=compiled: compiled(image_cl).y)
         else:
             fast = FastBlurEstimator(model, **kwargs)
             fns.append(lambda fast=fast: fast(image))
@@ -299,6 +422,7 @@ def reach(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from dmenet.checkpoint import prepare_for_inference
     from dmenet.inference.fast import FastBlurEstimator
     from dmenet.modules.blur_estimator import BlurEstimator
     from tests.inference.conftest import calibrate_batchnorm
@@ -312,8 +436,8 @@ def reach(args: argparse.Namespace) -> dict:
     image = F.avg_pool2d(torch.rand(1, 3, height + 4, width + 4, generator=gen), 5, 1)
     out = {"height": height, "width": width, "cut": cut, "modes": {}}
     for mode in ("zeros", "replicate"):
-        model = with_padding_mode(copy.deepcopy(base), mode)
-        fast = FastBlurEstimator(model.eval())
+        model = prepare_for_inference(with_padding_mode(copy.deepcopy(base), mode))
+        fast = FastBlurEstimator(model)
         with torch.inference_mode():
             whole = fast(image)[0, 0]
             left = fast(image[..., :cut])[0, 0]  # cut on its right
@@ -358,10 +482,14 @@ def _machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=float, nargs="*", default=[0.25, 1.0, 4.0, 24.0],
-                        help="photo sizes in megapixels")
-    parser.add_argument("--paths", nargs="+", default=["fast", "reference"],
-                        choices=["fast", "reference"])
+    parser.add_argument("--sizes", type=float, nargs="*", default=None,
+                        help="photo sizes in megapixels (default 0.25 1 4 24, none with --infer, "
+                        "--ablation or --reach)")
+    parser.add_argument("--paths", nargs="+", default=["fast", "reference"], choices=list(PATHS))
+    parser.add_argument("--infer", action="store_true",
+                        help="dmenet infer as a user runs it: a 64 px photo, then --infer-sizes")
+    parser.add_argument("--infer-sizes", type=float, nargs="+", default=[1.0, 24.0],
+                        help="photo sizes (MP, 3:2) for --infer (default 1 and 24)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--tile", default="auto", help="tile side in px, 0, or auto (default)")
     parser.add_argument("--memory-gb", type=float, default=None, help="budget for --tile auto")
@@ -373,7 +501,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation", action="store_true", help="each optimisation's gain")
     parser.add_argument("--ablation-mp", type=float, default=0.25)
     parser.add_argument("--rounds", type=int, default=3, help="ablation rounds (best is kept)")
-    parser.add_argument("--compile", action="store_true", help="ablation: add torch.compile")
     parser.add_argument("--reach", action="store_true", help="B's error vs distance to a cut")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "inference.md"))
     parser.add_argument("--results", default=str(REPO / "docs" / "benchmarks" / "inference.json"),
@@ -384,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from dmenet.tiling import DEFAULT_MEMORY_GB, DEFAULT_OVERLAP_PX
 
+    if args.sizes is None:
+        args.sizes = [] if (args.infer or args.ablation or args.reach) else [0.25, 1.0, 4.0, 24.0]
     args.memory_gb = DEFAULT_MEMORY_GB if args.memory_gb is None else args.memory_gb
     args.overlap = DEFAULT_OVERLAP_PX if args.overlap is None else args.overlap
     if args.worker:
@@ -401,6 +530,12 @@ def main(argv: list[str] | None = None) -> int:
         results_path.write_text(json.dumps(store, indent=1) + "\n")
         _write_report(Path(args.out), store)
 
+    if args.infer:  # first: the floor with torch's default threads, as dmenet infer runs
+        threads = torch_threads()
+        store["gflop_per_mp"] = flops_per_mp(threads) / 1e9
+        store["infer"] = infer_runs(args, store["gflop_per_mp"]) | {"date": now,
+                                                                    "command": command.strip()}
+        save()
     if args.reach:
         print("measuring B's reach ...", flush=True)
         store["reach"] = reach(args) | {"date": now, "command": command.strip()}
@@ -422,7 +557,10 @@ def main(argv: list[str] | None = None) -> int:
                    "--repeats", str(args.repeats if mp <= 4 else 1),
                    "--max-tiles", str(args.max_tiles if mp > 4 else 0)]
             # the worker's stderr (its tile progress bar) goes straight to the terminal
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            with tempfile.TemporaryDirectory(prefix="inductor_") as cache:
+                # torch.compile: a cold compile cache, as a new user meets it
+                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+                proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
             if proc.returncode != 0:
                 raise SystemExit(f"worker for {mp} MP ({path}) failed")
             result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -449,24 +587,62 @@ def _write_report(out: Path, store: dict) -> None:
         "",
         f"- machine: {store['machine']}",
         "- model: B (`dmenet_vgg19`, random weights), float32, `torch.inference_mode`; paths: "
-        "`fast` = `dmenet.inference.fast` (what `dmenet infer` runs), `reference` = B's own forward "
-        "with auxiliary heads dropped and BatchNorm folded (`--reference-path`); `issue 9` rows: "
-        "the reference path as measured for issue 9 (1024 px tiles, idle machine)",
-        f"- B's cost: {gflop:.0f} GFLOP per megapixel (`FlopCounterMode`, 512 x 512 input, reference "
-        f"forward); the fast path computes {store.get('fast_gflop_per_mp', float('nan')):.0f} "
-        "(phase convs for the upsampled halves of the decoder convs)",
+        + "; ".join(f"`{name}` = {text}" for name, text in PATHS.items())
+        + "; `issue 9` rows: the reference path as first measured (1024 px tiles, idle machine)",
+        f"- B's cost: {gflop:.0f} GFLOP per megapixel (`FlopCounterMode`, reference forward)"
+        + (f"; the fast path computes {store['fast_gflop_per_mp']:.0f} (phase convs for the "
+           "upsampled halves of the decoder convs)" if "fast_gflop_per_mp" in store else ""),
         "- floor = B's cost / this machine's 3x3 256 -> 256 conv throughput (256 x 256 map), best of "
         "the measurements just before and after each run in the same process: `floor` with "
         "`nn.Conv2d` in the default layout (issue 9's definition), `strict` with the same conv "
         "in oneDNN's fastest form (channels_last, prepacked weights)",
         "",
+    ]
+    if "infer" in store:
+        inf = store["infer"]
+        floor_s = gflop / inf["conv_gflops"]
+        lines += [
+            f"## `dmenet infer` as a user runs it ({inf['date']})",
+            "",
+            "One fresh `python -m dmenet infer PHOTO --ckpt B.ckpt --out DIR` process per photo, "
+            "default options (fast path, `--tile auto`, 4 GB budget; B with random weights); wall "
+            "and CPU seconds and peak RSS of the process from the kernel (`wait4`). x floor: the "
+            f"time beyond the {inf['runs'][0]['width']} px photo's run (start-up: imports, loading "
+            "the checkpoint, first call) over B's FLOP floor for the photo, "
+            f"{floor_s:.1f} s per MP at {inf['conv_gflops']:.0f} GFLOP/s (wall; "
+            f"{gflop / inf['conv_cpu_gflops']:.1f} CPU s per MP) in this run, "
+            f"{inf['threads']} threads.",
+            "",
+            "| photo | size (W x H) | wall (s) | CPU (s) | peak RSS (MB) | x floor, wall | "
+            "x floor, CPU time | x floor, wall, start-up included |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in inf["runs"]:
+            name = "start-up" if "x_floor_wall" not in r else f"{r['mp']:.2g} MP"
+            lines.append(
+                f"| {name} | {r['width']} x {r['height']} | {r['seconds']:.1f} | "
+                f"{r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+                + (f"**{r['x_floor_wall']:.2f}** | {r['x_floor_cpu']:.2f} | "
+                   f"{r['x_floor_wall_raw']:.2f} |" if "x_floor_wall" in r else "- | - | - |"))
+        lines += [
+            "",
+            f"Command: `{inf['command']}`; load average at the end {inf['load_avg']:.1f}; best of "
+            f"{inf['repeats']} runs up to 4 MP, one run above."
+            + (f" (The bench process held at most {inf['bench_rss_mb']:.0f} MB when it started a "
+               "run, below every run's peak: the peaks are the runs' own.)"
+               if "bench_rss_mb" in inf else ""),
+            "",
+        ]
+    lines += [
+        "## B's paths in-process",
+        "",
         "| photo | path | size (H x W) | tile / overlap (px) | tiles | px computed / photo px | "
         "time (s) | ms / MP | x floor (wall) | x strict floor (wall) | x floor (CPU time) | "
         "x strict floor (CPU time) | x strict floor per computed px (CPU time) | peak RSS (MB) | "
-        "load avg | date |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "set-up + first 64 px call (CPU s) | first photo (CPU s) | load avg | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {"fast": 0, "reference": 1, "issue 9": 2}
+    order = {name: i for i, name in enumerate([*PATHS, "issue 9"])}
     runs = sorted(store["runs"], key=lambda r: (r["mp"], order.get(r.get("path", "issue 9"), 3)))
 
     def ratio(ms: float | None, gflops: float | None) -> float | None:
@@ -486,7 +662,8 @@ def _write_report(out: Path, store: dict) -> None:
             f"| {r['mp']:g} MP | {r.get('path', 'issue 9')} | {r['height']} x {r['width']} | "
             f"{r['tile']} / {r['overlap']} | {_tiles(r)} | {r['overhead']:.2f} | "
             f"{r['seconds']:.1f} | {r['ms_per_mp']:.0f} | {fmt(wall)} | {fmt(wall_strict)} | "
-            f"{fmt(cpu)} | {fmt(cpu_strict)} | {fmt(per_px)} | {r['peak_rss_mb']:.0f} | {load} | "
+            f"{fmt(cpu)} | {fmt(cpu_strict)} | {fmt(per_px)} | {r['peak_rss_mb']:.0f} | "
+            f"{fmt(r.get('setup_cpu_seconds'))} | {fmt(r.get('first_cpu_seconds'))} | {load} | "
             f"{r['date']} |"
         )
     commands = sorted({r["command"] for r in runs})

@@ -114,7 +114,7 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
         return SigmaEstimator(zhuo, {"estimator": "zhuo_sim", "label_space": None})
 
     from dmenet.checkpoint import load_predictor
-    from dmenet.tiling import auto_tile_px, predict_image
+    from dmenet.tiling import auto_tile_px, predict_image, return_freed_maps_to_os
     from dmenet.weights import DEFAULT_WEIGHTS, describe_weights, is_named, resolve_checkpoint
 
     if not args.ckpt:
@@ -128,6 +128,7 @@ def make_estimator(args: argparse.Namespace, progress_tiles: bool = False) -> Si
     tile = getattr(args, "tile", "auto")
     if tile != "auto" and (tile < 0 or args.overlap < 0 or (tile > 0 and args.overlap >= tile)):
         raise DMENetError(f"--tile {tile} / --overlap {args.overlap}: need 0 <= overlap < tile")
+    return_freed_maps_to_os()  # the peak memory that --memory-gb budgets for (dmenet.tiling)
     predictor = load_predictor(resolve_checkpoint(args.ckpt), device=device,
                                trust=args.trust_checkpoint)
     if not getattr(args, "reference_path", False):

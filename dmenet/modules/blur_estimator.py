@@ -117,7 +117,8 @@ class BlurEstimator(Part):
         pad = check_padding_mode(padding_mode)
         self.normalize = ImageNetNormalize()
         self.encoder = vgg19_features(weights, pad)[: VGG19_LAYER_INDEX["pool5"]]
-        self._skip_index = [VGG19_LAYER_INDEX[name] for name in _SKIP_LAYERS]
+        self.skip_indices: tuple[int, ...] = tuple(VGG19_LAYER_INDEX[name] for name in _SKIP_LAYERS)
+        """``encoder`` layers whose outputs :meth:`encode` keeps: the four skips and the bottleneck."""
         self.decoder3 = _stage(512 + 512, 256, 3, pad)
         self.decoder2 = _stage(256 + 256, 128, 3, pad)
         self.decoder1 = _stage(128 + 128, 64, 3, pad)
@@ -140,7 +141,7 @@ class BlurEstimator(Part):
         feats = []
         for index, layer in enumerate(self.encoder):
             x = layer(x)
-            if index in self._skip_index:
+            if index in self.skip_indices:
                 feats.append(x)
         return feats
 

@@ -150,12 +150,12 @@ def test_tiled_equals_untiled_fast_b(random_b):
     untiled (the fast path itself equals the reference: tests/inference/test_fast.py)."""
     import copy
 
-    from dmenet.checkpoint import DefocusPredictor
+    from dmenet.checkpoint import DefocusPredictor, prepare_for_inference
     from dmenet.inference.fast import fast_predictor
     from dmenet.tiling import DEFAULT_OVERLAP_PX
     from tests.inference.test_fast import with_padding_mode
 
-    model = with_padding_mode(copy.deepcopy(random_b), "replicate")
+    model = prepare_for_inference(with_padding_mode(copy.deepcopy(random_b), "replicate"))
     reference = DefocusPredictor(model).eval()
     predictor = fast_predictor(reference)
     assert predictor.fast_path
