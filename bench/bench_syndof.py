@@ -1,25 +1,38 @@
-"""Benchmark of the SYNDOF renderer: against the official generator, and its speed.
+"""Benchmark of the SYNDOF renderers: fidelity to the official generator, speed, and what the
+batched renderer would cost on a GPU (ops, host round trips, bytes), on the CPU.
 
 1. Against the official generator's outputs (../shared/data/syndof_reference, skipped when
-   absent), in reference mode (29 x 29 kernel, symmetric border, the generator's fill): PSNR on
-   the interior, 99th percentile error more than 14 px from depth edges, flat-grey deviation
-   and time, for the fast renderer and the per-layer loop; the official time from cases.json.
-2. Speed of the fast renderer (:func:`dmenet.data.syndof.render_defocus`) against the
-   straightforward per-layer loop (:func:`dmenet.data.syndof.render_defocus_loop`: one
-   full-frame blur per layer, the exact fill before every layer) on the SAME inputs and
-   cameras: 240x240 crops with 200 to 350 CoC layers and about 1 MP, in both render modes.
+   absent), reference mode: PSNR on the interior, 99th percentile error more than 14 px from
+   depth edges, flat-grey deviation, label error and CPU time of each renderer on the whole
+   497 x 720 image.
+2. Training windows as the DataModule draws them (:class:`~dmenet.data.synthetic.
+   WholeImageCameraCrops`: 240 px crops with a 14 px margin, reference-mode cameras drawn from
+   the whole image, the whole image's fill start) from the real RGB-D samples (Sintel,
+   SYNTHIA, Middlebury in ../shared/data/rgbd_samples) and the embedded Middlebury motorcycle,
+   in batches of 1 and 16: crops/s of the batched, tiled and loop renderers (CPU time, one
+   thread), the batched renderer's dispatched aten ops, host synchronisations and bytes per
+   crop (:class:`~dmenet.profiling.DispatchCounter`), its launch-bound GPU estimate per crop,
+   and its difference from the tiled renderer (exact fill). ``--baseline COMMIT`` adds the
+   device path of the renderer of that commit (e74c6f9: the tiled renderer with torch ops and a
+   conjugate-gradient fill, forced on the CPU) to the op counts.
+3. About 1 MP (the motorcycle, the Middlebury sample): s/MP of the three renderers.
 
-    python bench/bench_syndof.py                 # prints, writes docs/benchmarks/syndof.md
-    python bench/bench_syndof.py --quick         # fewer repeats, no 1 MP rows (a smoke run)
+    python bench/bench_syndof.py --baseline e74c6f9   # all sections, writes docs/benchmarks/syndof.md
+    python bench/bench_syndof.py --quick               # batch 1 and 4, no 1 MP rows, no loop
+    python bench/bench_syndof.py --device cuda --gpu   # GPU rows: crops/s at batches 3/16/64
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import importlib.util
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +42,12 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-SHARED_MIDDLEBURY = SHARED / "rgbd_samples" / "middlebury2014"
+SAMPLES = SHARED / "rgbd_samples"
 SHARED_REFERENCE = SHARED / "syndof_reference"
+SOURCES = {"sintel": f"sintel:{SAMPLES / 'sintel'}", "synthia": f"synthia:{SAMPLES / 'synthia'}",
+           "middlebury": f"middlebury:{SAMPLES / 'middlebury2014'}", "motorcycle": "embedded:0"}
+REFERENCE = {"mode": "reference", "render_mode": "reference", "sigma_rule": "reference",
+             "c_max_px": 29.0}
 
 
 def _sync(device: torch.device) -> None:
@@ -38,107 +55,131 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def crops_with_layers(image, depth, n, size, generator, lo=200, hi=350, tries=200):
-    """``n`` random ``size`` crops whose reference-mode camera gives ``lo``..``hi`` layers."""
-    from dmenet.data.thin_lens import CameraSampler, clean_depth_mm, count_layers
-
-    sampler = CameraSampler("reference", min_layers=lo, max_layers=hi)
-    h, w = image.shape[-2:]
-    images, depths, cams = [], [], []
-    for _ in range(tries):
-        y = int(torch.randint(0, h - size + 1, (1,), generator=generator))
-        x = int(torch.randint(0, w - size + 1, (1,), generator=generator))
-        d = clean_depth_mm(depth[None, :, y:y + size, x:x + size])
-        cam = sampler.sample(d, generator)
-        layers = int(count_layers(cam.signed_coc_px(d))[0])
-        if lo <= layers <= hi:
-            images.append(image[:, y:y + size, x:x + size])
-            depths.append(d[0])
-            cams.append(cam)
-        if len(images) == n:
-            break
-    if len(images) < n:
-        return None
-    from dmenet.data.thin_lens import Camera
-
-    camera = Camera(*(torch.cat([getattr(c, k) for c in cams]) for k in
-                      ("focus_mm", "alpha_px", "focal_mm", "f_number", "depth_offset_mm")))
-    return torch.stack(images), torch.stack(depths), camera
-
-
-def to_megapixel(image, depth):
-    """Resize to about 1 MP (depth by nearest neighbour, so no new depth values appear)."""
-    h, w = image.shape[-2:]
-    s = (1e6 / (h * w)) ** 0.5
-    size = (round(h * s), round(w * s))
-    img = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
-    dep = F.interpolate(depth[None], size=size, mode="nearest")
-    return img.clamp(0, 1), dep
-
-
-def timed(fn, device, repeats):
-    """Best wall time and best CPU time (this process; on the GPU the wall time) of
-    ``repeats`` calls after a warm-up, and the last result. The CPU time is what a shared,
-    loaded machine distorts least (1 thread: the time the renderer itself ran)."""
-    fn()  # warm-up (kernels, caches)
+def timed(fn, device, repeats=1):
+    """Best time of ``repeats`` calls after a warm-up (CPU time of this process on the CPU,
+    wall time on a GPU) and the last result."""
+    fn()
     _sync(device)
-    best, best_cpu = float("inf"), float("inf")
+    best = float("inf")
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         _sync(device)
-        wall = time.perf_counter() - t0
-        best = min(best, wall)
-        best_cpu = min(best_cpu, wall if device.type == "cuda" else time.process_time() - c0)
-    return best, best_cpu, out
+        t = time.perf_counter() - t0 if device.type == "cuda" else time.process_time() - c0
+        best = min(best, t)
+    return best, out
 
 
-def write_strip(path, image, fast, loop):
-    """input | fast | loop | 4 x |fast - loop| of the first sample, as one PNG."""
-    from dmenet.data.io import write_image
+def windows(source: str, n: int, seed: int, crop: int = 240) -> dict:
+    """``n`` training windows of ``source`` as the DataModule cuts them (reference mode)."""
+    from dmenet.data.rgbd import make_rgbd_source
+    from dmenet.data.syndof import SyndofRenderer
+    from dmenet.data.synthetic import WholeImageCameraCrops
 
-    def rgb(t):
-        return t[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-
-    diff = (fast - loop).abs().amax(1, keepdim=True).repeat(1, 3, 1, 1) * 4
-    write_image(path, np.concatenate([rgb(image), rgb(fast), rgb(loop), rgb(diff)], axis=1))
-
-
-def compare(image, depth, camera, device, repeats, loop_repeats, picture=None,
-            render_mode="paper"):
-    from dmenet.data.syndof import depth_edge_region, render_defocus, render_defocus_loop
-
-    image, depth, camera = image.to(device), depth.to(device), camera.to(device)
-    kw = {"render_mode": render_mode}
-    w_fast, t_fast, fast = timed(lambda: render_defocus(image, depth, camera, **kw), device,
-                                 repeats)
-    w_loop, t_loop, loop = timed(lambda: render_defocus_loop(image, depth, camera, **kw), device,
-                         loop_repeats)
-    diff = (fast.image.float() - loop.float()).abs().amax(1, keepdim=True)
-    if picture is not None:
-        write_strip(picture, image, fast.image, loop)
-    radius = int(np.ceil(3 * float(fast.sigma_px.max())))
-    # depth edges: neighbouring CoCs differ by more than 1 px; "away" = beyond the blur radius
-    from dmenet.data.syndof import layer_decomposition
-    from dmenet.data.thin_lens import clean_depth_mm
-
-    coc = camera.signed_coc_px(clean_depth_mm(depth)).clamp(-28, 28)
-    layers = layer_decomposition(coc, 0.1, 350)
-    edge = depth_edge_region(layers.layer_value, layers.layer_id, radius, 1.0)
-    away = diff[~edge]
-    return {
-        "t_fast": t_fast, "t_loop": t_loop, "ratio": t_loop / t_fast,
-        "wall_ratio": w_loop / w_fast,
-        "max_all": float(diff.max()) * 255, "max_away": float(away.max()) * 255 if away.numel()
-        else float("nan"), "p999_away": float(torch.quantile(away.flatten()[:2_000_000], 0.999))
-        * 255 if away.numel() else float("nan"), "away_frac": float((~edge).float().mean()),
-        "layers": [int(n) for n in fast.num_layers],
-    }
+    torch.manual_seed(seed)
+    renderer = SyndofRenderer(**REFERENCE)
+    crops = WholeImageCameraCrops(make_rgbd_source(SOURCES[source]), crop, renderer, length=n)
+    items = [crops[i] for i in range(n)]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-def oracle_rows(out_dir, write):
-    """Section 1: the reference-mode renders against the official generator's outputs."""
-    from dmenet.data.io import write_image
+def render_windows(batch: dict, renderer: str, device: torch.device):
+    from dmenet.data.syndof import render_defocus
+    from dmenet.data.synthetic import CAMERA_KEYS
+    from dmenet.data.thin_lens import Camera
+
+    camera = Camera(*(batch[k] for k in CAMERA_KEYS))
+    return render_defocus(batch["image"].to(device), batch["depth_mm"].to(device), camera,
+                          renderer=renderer, sigma_rule="reference", render_mode="reference",
+                          c_max_px=29.0, fill_from_coc_px=batch["fill_from_coc_px"])
+
+
+def baseline_device_path(commit: str):
+    """The renderer module of ``commit`` (``dmenet/data/syndof.py`` there), its device path
+    (torch ops, conjugate-gradient fill) forced for CPU tensors: ``render(batch) -> image``."""
+    source = subprocess.run(["git", "show", f"{commit}:dmenet/data/syndof.py"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "syndof_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("syndof_baseline", path)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = old  # dataclasses look their module up
+    spec.loader.exec_module(old)
+    options = old._options
+    old._options = lambda *a, **k: dataclasses.replace(options(*a, **k), iterative=True,
+                                                        opencv=False)
+
+    def render(batch):
+        from dmenet.data.synthetic import CAMERA_KEYS
+        from dmenet.data.thin_lens import Camera
+
+        camera = Camera(*(batch[k] for k in CAMERA_KEYS))
+        return old.render_defocus(batch["image"], batch["depth_mm"], camera,
+                                  sigma_rule="reference", render_mode="reference",
+                                  c_max_px=29.0, fill_from_coc_px=batch["fill_from_coc_px"]).image
+
+    return render
+
+
+def counted(fn):
+    from dmenet.profiling import DispatchCounter
+
+    with DispatchCounter() as count:
+        out = fn()
+    return count, out
+
+
+def compare(got: torch.Tensor, ref: torch.Tensor, margin: int) -> tuple[float, float]:
+    """PSNR (dB) and largest difference (levels) of the crops (margins cut off)."""
+    crop = (..., slice(margin, -margin), slice(margin, -margin))
+    d = (got[crop].float().cpu() - ref[crop].float().cpu()).abs()
+    mse = float((d ** 2).mean())
+    return (10 * np.log10(1 / mse) if mse > 0 else float("inf")), float(d.max()) * 255
+
+
+def window_rows(args, device, baseline) -> list[dict]:
+    from dmenet.profiling import LAUNCH_S, SYNC_S
+
+    rows = []
+    for name in SOURCES:
+        if name != "motorcycle" and not SAMPLES.is_dir():
+            print(f"skipping {name}: {SAMPLES} is absent")
+            continue
+        for b in args.batches:
+            batch = windows(name, b, seed=b)
+            m = int(batch["margin_px"][0])
+
+            def run(renderer, batch=batch):
+                return lambda: render_windows(batch, renderer, device)
+
+            run("batched")()  # warm-up (imports, caches)
+            count, out = counted(run("batched"))
+            layers = float(out.num_layers.float().mean())
+            t_batched, out = timed(run("batched"), device)
+            row = {"source": name, "batch": b, "layers": layers, "device": device.type,
+                   "ops": count.ops / b, "syncs": count.syncs / b, "bytes": count.bytes / b,
+                   "batched": b / t_batched}
+            row["ops_layer"] = row["ops"] / layers
+            row["launch_ms"] = (count.ops * LAUNCH_S + count.syncs * SYNC_S) / b * 1e3
+            if device.type == "cpu":
+                t_tiled, ref = timed(run("tiled"), device)
+                row["tiled"] = b / t_tiled
+                row["psnr"], row["max"] = compare(out.image, ref.image, m)
+                if not args.quick:
+                    t_loop, _ = timed(run("loop"), device)
+                    row["loop"] = b / t_loop
+            if baseline is not None and device.type == "cpu":
+                old, _ = counted(lambda batch=batch: baseline(batch))
+                row["old_ops"], row["old_syncs"] = old.ops / b, old.syncs / b
+                row["old_ops_layer"] = row["old_ops"] / layers
+                row["old_launch_ms"] = (old.ops * LAUNCH_S + old.syncs * SYNC_S) / b * 1e3
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def oracle_rows(args) -> list[dict]:
+    """Section 1: reference-mode renders of the whole image against the official outputs."""
     from dmenet.data.syndof import render_defocus
     from dmenet.data.syndof_oracle import (
         away_from_depth_edges,
@@ -152,14 +193,14 @@ def oracle_rows(out_dir, write):
     if not SHARED_REFERENCE.is_dir():
         print(f"skipping the oracle comparison: {SHARED_REFERENCE} is absent")
         return []
-    image, depth = load_middlebury_sample(SHARED / "rgbd_samples")
+    image, depth = load_middlebury_sample(SAMPLES)
     rows = []
-    for k, case in enumerate(load_cases(SHARED_REFERENCE)):
+    renderers = ("batched", "tiled") if args.quick else ("batched", "tiled", "loop")
+    for case in load_cases(SHARED_REFERENCE):
         official = read_png16_rgb(case["official_png"])
         cam = case["camera"]
         kw = {"sigma_rule": "reference", "render_mode": "reference", "c_max_px": 29.0}
-        strip = [official]
-        for renderer in ("fast", "loop"):
+        for renderer in renderers:
             t0 = time.process_time()
             out = render_defocus(image, depth, cam, renderer=renderer, **kw)
             t = time.process_time() - t0
@@ -167,125 +208,51 @@ def oracle_rows(out_dir, write):
                                   renderer=renderer, **kw).image
             ours = out.image[0].permute(1, 2, 0).double().numpy()
             signed = out.coc_px * torch.sign(cam.signed_coc_px(depth))
-            away = away_from_depth_edges(signed)
             label = np.load(case["sigma_npy"])
             rows.append({
                 "case": case["case"], "renderer": renderer, "layers": int(out.num_layers[0]),
                 "psnr": psnr_interior(ours, official),
-                "p99": p99_away_levels(ours, official, away),
+                "p99": p99_away_levels(ours, official, away_from_depth_edges(signed)),
                 "grey": float((grey - 128 / 255).abs().max()) * 255,
                 "label": float(np.abs(out.sigma_px[0, 0].numpy() - label).max()),
                 "t": t, "official_s": case["official_s"],
             })
             print(rows[-1], flush=True)
-            strip.append(ours)
-        if k == 0 and write:
-            diff = np.abs(strip[1] - official).max(axis=2, keepdims=True).repeat(3, 2) * 4
-            write_image(Path(out_dir) / f"syndof_{case['case']}_vs_official.png",
-                        np.concatenate(strip + [diff], axis=1).clip(0, 1).astype(np.float32))
     return rows
 
 
-def load_sources():
-    from dmenet.data.rgbd import EmbeddedRGBD, MiddleburyRGBD
+def megapixel_rows(args) -> list[dict]:
+    """Section 3: about 1 MP, one camera (reference mode, whole image)."""
+    from dmenet.data.rgbd import make_rgbd_source
+    from dmenet.data.syndof import render_defocus
+    from dmenet.data.thin_lens import CameraSampler, clean_depth_mm
 
-    sources = {}
-    emb = EmbeddedRGBD(num_scenes=0)
-    sources["embedded (motorcycle)"] = emb[0]
-    if SHARED_MIDDLEBURY.is_dir():
-        sources["middlebury (Adirondack sample)"] = MiddleburyRGBD(SHARED_MIDDLEBURY)[0]
-    else:
-        print(f"skipping the Middlebury sample: {SHARED_MIDDLEBURY} is absent")
-    return sources
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--crops", type=int, default=3, help="crops per 240x240 batch")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch and OpenCV threads (1: robust on a shared machine)")
-    parser.add_argument("--quick", action="store_true", help="one repeat, no 1 MP loop")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "syndof.md"))
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-
-    import cv2
-
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
-    repeats = 1 if args.quick else args.repeats
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    oracle = oracle_rows(Path(args.out).parent, not args.no_write)
     rows = []
-    generator = torch.Generator().manual_seed(0)
-    for name, item in load_sources().items():
-        image, depth = item["image"], item["depth_mm"]
-        crops = crops_with_layers(image, depth, args.crops, 240, generator)
-        if crops is None:
-            # e.g. depth stored in whole cm: too few distinct depths for 200 layers per crop
-            print(f"{name}: no 240x240 crops with 200 to 350 layers; taking 50 to 350")
-            crops = crops_with_layers(image, depth, args.crops, 240, generator, lo=50)
-        if crops is None:
-            print(f"{name}: no 240x240 crops with 50 to 350 layers; skipped")
-            continue
-        mp_image, mp_depth = to_megapixel(image, depth)
-        from dmenet.data.thin_lens import CameraSampler, clean_depth_mm
-
-        mp_cam = CameraSampler("reference").sample(mp_depth, generator)
-        # the invalid-depth rule once, up front, as for the crops: both renderers would run
-        # it identically (0.2-0.6 s at 1 MP on the motorcycle's holes); it is not rendering
-        mp_depth = clean_depth_mm(mp_depth)
-        for device in devices:
-            slug = name.split()[0]
-            picture = (Path(args.out).parent / f"syndof_{slug}_{device.type}.png"
-                       if not args.no_write else None)
-            for mode in ("paper", "reference"):
-                r = compare(*crops, device, repeats, 1, picture if mode == "paper" else None,
-                            mode)
-                rows.append({"source": name, "device": device.type, "mode": mode,
-                             "case": f"240x240 x {args.crops}", "unit": "crops/s",
-                             "fast": args.crops / r["t_fast"],
-                             "loop": args.crops / r["t_loop"], **r})
-                print(rows[-1], flush=True)
-                if not args.quick:
-                    mp = mp_image.shape[-2] * mp_image.shape[-1] / 1e6
-                    r = compare(mp_image, mp_depth, mp_cam, device, 1, 1, None, mode)
-                    rows.append({"source": name, "device": device.type, "mode": mode,
-                                 "case": f"{mp_image.shape[-2]}x{mp_image.shape[-1]} "
-                                 f"({mp:.2f} MP)", "unit": "s/MP", "fast": r["t_fast"] / mp,
-                                 "loop": r["t_loop"] / mp, **r})
-                    print(rows[-1], flush=True)
-    report = render_report(oracle, rows, args)
-    print(report)
-    if not args.no_write:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
-        print(f"wrote {args.out}")
-    return 0
+    names = ["motorcycle"] + (["middlebury"] if SAMPLES.is_dir() else [])
+    for name in names:
+        item = make_rgbd_source(SOURCES[name])[0]
+        h, w = item["image"].shape[-2:]
+        s = (1e6 / (h * w)) ** 0.5
+        size = (round(h * s), round(w * s))
+        image = F.interpolate(item["image"][None], size=size, mode="bilinear",
+                              align_corners=False).clamp(0, 1)
+        depth = clean_depth_mm(F.interpolate(item["depth_mm"][None], size=size, mode="nearest"))
+        camera = CameraSampler("reference", c_max_px=29.0).sample(
+            depth, torch.Generator().manual_seed(0))
+        mp = size[0] * size[1] / 1e6
+        row = {"source": name, "size": f"{size[0]} x {size[1]}"}
+        for renderer in ("tiled", "batched", "loop"):
+            t, out = timed(lambda r=renderer, x=image, d=depth, c=camera: render_defocus(
+                x, d, c, renderer=r, sigma_rule="reference", render_mode="reference",
+                c_max_px=29.0), torch.device("cpu"))
+            row[renderer] = t / mp
+            row["layers"] = int(out.num_layers[0])
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
-NOTES = """
-Notes:
-
-- Reference mode: the official generator's 29 x 29 kernel, `symmetric` border, layering and
-  fill; the camera of each case is fixed (cases.json), sigma rule (c - 1) / 4, c_max = 29.
-- The fast renderer computes what the loop computes (the same per-layer compositing and the
-  exact fill before every layer; the two agree to float rounding, "max diff" above), but
-  sparse in 16 x 16 tiles: each layer is blurred separably over runs of the tiles within its
-  kernel radius of its own pixels (only the kernel's taps above 1e-10 of tail mass), Acc / A
-  are composited and un-premultiplied only on the tiles it changed (compiled numba loops on
-  the CPU), the fill region is searched only on the tiles at the frontier of the union of the
-  farther layers and solved on its own pixels (exactly: Cholesky in the envelope of the
-  reverse Cuthill-McKee order, SuperLU where that envelope is wide).
-- Both renderers get the depth already cleaned (the invalid-depth rule, identical for both)
-  and are timed after a warm-up call (numba loads its compiled loops on the first one).
-- On a shared machine (see the load average above) absolute rates are pessimistic; the two
-  columns of a row ran back to back on the same inputs with the same thread count.
-"""
-
-
-def render_report(oracle, rows, args) -> str:
+def machine_line(args) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -294,56 +261,101 @@ def render_report(oracle, rows, args) -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} CPU cores visible, GPU: {gpu}; torch "
+            f"{torch.__version__}, {args.threads} thread(s); 1-min load average at the end: "
+            f"{load:.1f}")
+
+
+def report(oracle, rows, mp_rows, args) -> str:
     lines = [
-        "# SYNDOF renderer benchmark",
-        "",
+        "# SYNDOF renderer benchmark", "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- command: `python bench/bench_syndof.py {' '.join(sys.argv[1:])}`".rstrip(),
-        f"- machine: {cpu}, {os.cpu_count()} CPU cores visible, GPU: {gpu}; "
-        f"torch {torch.__version__}, {args.threads} torch/OpenCV thread(s); "
-        f"1-min load average at the end: {load:.1f}",
-        "- fast = `render_defocus` (the loop's algorithm, sparse in tiles); loop = "
-        "`render_defocus_loop` (full-frame blur of every layer, the exact fill before every "
-        "layer). Same inputs, same cameras "
-        "(reference-mode sampler: largest CoC = 28 px), best of the repeats.",
-        "- difference = max over channels of |fast - loop| in 8-bit steps (x 255); "
-        "\"away\" = farther than 3 sigma_max from a depth edge (neighbouring CoCs differ by > 1 "
-        "px); p99.9 = 99.9th percentile there.",
-        "- pictures: `syndof_<source>_<device>.png` beside this file: input | fast | loop | "
-        "4 x |fast - loop| of the first 240x240 crop.",
-        "",
-        "## Against the official generator (reference mode, Middlebury sample, 497 x 720)",
-        "",
-        "PSNR on the interior (14 px border excluded); p99 = 99th percentile error more than "
-        "14 px from depth edges (levels of 255); flat grey = largest deviation of a 128-grey "
-        "photo; label = largest sigma label difference (px).",
-        "",
-        "| case | renderer | layers | PSNR (dB) | p99 (levels) | flat grey (levels) | "
-        "label (px) | CPU time (s) | official (s, Octave) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"- machine: {machine_line(args)}", "",
     ]
-    for r in oracle:
-        lines.append(f"| {r['case']} | {r['renderer']} | {r['layers']} | {r['psnr']:.1f} | "
-                     f"{r['p99']:.2f} | {r['grey']:.3f} | {r['label']:.3f} | {r['t']:.1f} | "
-                     f"{r['official_s']:.0f} |")
-    lines += [
-        "",
-        "## Speed against the per-layer loop",
-        "",
-        "Rates from the CPU time of this process (1 thread), speed-up = loop / fast CPU time; "
-        "the wall-clock speed-up beside it (distorted by the other jobs on a shared machine).",
-        "",
-        "| source | device | mode | case | layers | fast | loop | unit | speed-up | "
-        "wall speed-up | max diff | max diff away | p99.9 away | away share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['source']} | {r['device']} | {r['mode']} | {r['case']} | "
-            f"{min(r['layers'])}-{max(r['layers'])} | {r['fast']:.3g} | {r['loop']:.3g} | "
-            f"{r['unit']} | {r['ratio']:.1f}x | {r['wall_ratio']:.1f}x | {r['max_all']:.4f} | "
-            f"{r['max_away']:.4f} | {r['p999_away']:.4f} | {100 * r['away_frac']:.0f}% |")
-    return "\n".join(lines) + "\n" + NOTES
+    if oracle:
+        lines += [
+            "## Against the official generator (reference mode, Middlebury sample, 497 x 720)",
+            "", "PSNR on the interior (14 px border excluded); p99 = 99th percentile error more "
+            "than 14 px from depth edges (levels of 255); flat grey = largest deviation of a "
+            "128-grey photo (levels); label = largest sigma label difference (px).", "",
+            "| case | renderer | layers | PSNR (dB) | p99 (levels) | flat grey | label (px) | "
+            "CPU time (s) | official (s, Octave) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['case']} | {r['renderer']} | {r['layers']} | {r['psnr']:.1f} | "
+                  f"{r['p99']:.2f} | {r['grey']:.3f} | {r['label']:.3f} | {r['t']:.1f} | "
+                  f"{r['official_s']:.0f} |" for r in oracle]
+        lines.append("")
+    if rows:
+        cpu = rows[0]["device"] == "cpu"
+        base = "old_ops" in rows[0]
+        lines += [
+            f"## Training windows ({rows[0]['device']})", "",
+            "240 px crops with their 14 px margin, as the DataModule cuts them: reference-mode "
+            "cameras drawn from the whole image, its fill start. Rates in crops/s ("
+            + ("CPU time, one thread" if cpu else "wall time, synchronised") + "); ops, syncs "
+            "and bytes per crop: the batched renderer's dispatched aten ops, host "
+            "synchronisations and tensor bytes touched; GPU estimate: launch-bound (5 us per "
+            "op, 20 us per sync) per crop.", ""]
+        head = "| source | batch | layers per crop | batched | "
+        head += "tiled | loop | " if cpu else ""
+        head += "ops per crop | ops per crop and layer | syncs per crop | MB per crop | " \
+                "GPU estimate (ms per crop) |"
+        head += " batched vs tiled: PSNR (dB), max (levels) |" if cpu else ""
+        head += (" previous device path: ops per crop and layer, syncs per crop, GPU estimate "
+                 "(ms per crop) |") if base else ""
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for r in rows:
+            line = f"| {r['source']} | {r['batch']} | {r['layers']:.0f} | {r['batched']:.3g} | "
+            if cpu:
+                line += f"{r['tiled']:.3g} | {r.get('loop', float('nan')):.3g} | "
+            line += (f"{r['ops']:.0f} | {r['ops_layer']:.2f} | {r['syncs']:.2f} | "
+                     f"{r['bytes'] / 1e6:.0f} | {r['launch_ms']:.2f} |")
+            if cpu:
+                line += f" {r['psnr']:.1f}, {r['max']:.2f} |"
+            if base:
+                line += (f" {r['old_ops_layer']:.0f}, {r['old_syncs']:.0f}, "
+                         f"{r['old_launch_ms']:.0f} |")
+            lines.append(line)
+        lines.append("")
+    if mp_rows:
+        lines += ["## About 1 MP (reference mode, one camera; CPU time, one thread, s/MP)", "",
+                  "| source | size | layers | tiled | batched | loop |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['source']} | {r['size']} | {r['layers']} | {r['tiled']:.3g} | "
+                  f"{r['batched']:.3g} | {r['loop']:.3g} |" for r in mp_rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="window batch sizes (default 1 16; --gpu: 3 16 64; --quick: 1 4)")
+    parser.add_argument("--baseline", default=None, metavar="COMMIT",
+                        help="also count the device path of the renderer at this commit")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="small batches, no loop, no 1 MP")
+    parser.add_argument("--gpu", action="store_true", help="only the window rows, on --device")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "syndof.md"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    import cv2
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    device = torch.device(args.device)
+    if args.batches is None:
+        args.batches = [3, 16, 64] if args.gpu else [1, 4] if args.quick else [1, 16]
+    baseline = baseline_device_path(args.baseline) if args.baseline else None
+    oracle = [] if args.gpu else oracle_rows(args)
+    rows = window_rows(args, device, baseline)
+    mp_rows = [] if args.gpu or args.quick else megapixel_rows(args)
+    text = report(oracle, rows, mp_rows, args)
+    print(text)
+    if not args.no_write:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

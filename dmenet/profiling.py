@@ -36,13 +36,15 @@ _DATA_DEPENDENT = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_sele
 
 
 class DispatchCounter(TorchDispatchMode):
-    """Counts the aten ops dispatched while it is active (``ops``, ``by_op``), the host
-    synchronisations among them (``syncs``) and the bytes of their tensor inputs and outputs
-    (``bytes``, a bound on the memory traffic)."""
+    """Counts the aten ops dispatched while it is active (``ops``, ``by_op``), those that are
+    not views (``kernels``: each runs at least one kernel on a GPU), the host synchronisations
+    among them (``syncs``) and the bytes of the tensor inputs and outputs of the kernels
+    (``bytes``, a bound on their memory traffic)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.by_op: Counter[str] = Counter()
+        self.kernels = 0
         self.syncs = 0
         self.bytes = 0
 
@@ -73,7 +75,9 @@ class DispatchCounter(TorchDispatchMode):
         self.by_op[name] += 1
         if self._is_sync(name, args, kwargs):
             self.syncs += 1
-        for t in tree_flatten((args, kwargs, out))[0]:
-            if torch.is_tensor(t):
-                self.bytes += t.numel() * t.element_size()
+        if not func.is_view:
+            self.kernels += 1
+            for t in tree_flatten((args, kwargs, out))[0]:
+                if torch.is_tensor(t):
+                    self.bytes += t.numel() * t.element_size()
         return out

@@ -53,7 +53,6 @@ class BatchPlan:
     front: list[tuple[torch.Tensor, int, list[bool]]]
     kernels: torch.Tensor  # (B, L, 2R + 1) or (B, L, 2R + 1, 2R + 1): centred, zero-padded
     radius: int  # R
-    fills: torch.Tensor  # (B, L) bool: the fill runs before this layer
 
 
 def _kernel(sigma: float, aperture: str, radius_px: int | None) -> np.ndarray:
@@ -108,8 +107,7 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
         fill_at = [bool(fills[np.arange(b), col.clip(0)][col >= 0].any()) for col in idx.T]
         front_chunks.append((torch.as_tensor(idx, device=dev), r, fill_at))
     return BatchPlan(back_chunks, front_chunks,
-                     torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r,
-                     torch.as_tensor(fills, device=dev))
+                     torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
 
 
 def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: torch.Tensor,
@@ -154,10 +152,9 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
         for j in range(idx.shape[1]):
             acc, alpha = unpremultiply(acc, alpha)
             if fill_at[j]:
-                layer = idx[:, j].view(b, 1, 1, 1)
-                union = layer_id < layer
-                fills = p.fills[batch[:, 0], layer.view(b).clamp(min=0)] & (layer.view(b) >= 0)
-                region = fill_region(union, stack[:, j, 4:]) & fills.view(b, 1, 1, 1)
+                # (a layer without blur, or none, has reach = U: an empty region)
+                union = layer_id < idx[:, j].view(b, 1, 1, 1)
+                region = fill_region(union, stack[:, j, 4:])
                 u = union.to(image.dtype)
                 solution = relax_fill(torch.cat([acc * u, u], dim=1), region, solution,
                                       RELAX_SWEEPS, operators=operators)

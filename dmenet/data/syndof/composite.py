@@ -36,14 +36,14 @@ def layer_rgba(blurred: torch.Tensor) -> torch.Tensor:
 def over(acc: torch.Tensor, alpha: torch.Tensor, rgba: torch.Tensor):
     """One layer ``rgba (B,4,H,W)`` over ``acc (B,3,H,W)``, ``alpha (B,1,H,W)``."""
     m = rgba[:, 3:]
-    return (1.0 - m) * acc + rgba[:, :3], (1.0 - m) * alpha + m
+    through = 1.0 - m
+    return torch.addcmul(rgba[:, :3], acc, through), torch.addcmul(m, alpha, through)
 
 
-def unpremultiply(acc: torch.Tensor, alpha: torch.Tensor, where: torch.Tensor | None = None):
-    """colour = ``Acc / A`` and ``A -> 1`` where ``A > 0`` (and ``where``, broadcast)."""
-    pos = alpha > 0 if where is None else (alpha > 0) & where
-    return (torch.where(pos, acc / _safe(alpha), acc),
-            torch.where(pos, torch.ones_like(alpha), alpha))
+def unpremultiply(acc: torch.Tensor, alpha: torch.Tensor):
+    """colour = ``Acc / A`` and ``A -> 1`` where ``A > 0`` (where ``A = 0``, ``Acc = 0``: every
+    colour comes with its mask)."""
+    return acc / alpha.clamp(min=torch.finfo(alpha.dtype).tiny), (alpha > 0).to(alpha.dtype)
 
 
 def composite_run(acc: torch.Tensor, alpha: torch.Tensor, rgba: torch.Tensor):

@@ -127,7 +127,7 @@ def relaxation_operators(h: int, w: int, channels: int, omega: float = RELAX_OME
     ``(channels, 1, 3, 3)`` (``1 - omega`` at the centre, ``omega / 4`` at the 4 neighbours), the
     correction ``(1, 1, H, W)`` for image border pixels (their missing neighbours read as the
     pixel itself: the same fixed point as counting only in-image neighbours, MATLAB's rule)
-    and the red half of the checkerboard ``(1, 1, H, W)``. Build once, pass to every call."""
+    and the two halves of the checkerboard ``(1, 1, H, W)``. Build once, pass to every call."""
     stencil = torch.tensor([[0.0, omega / 4, 0.0], [omega / 4, 1.0 - omega, omega / 4],
                             [0.0, omega / 4, 0.0]], dtype=dtype, device=device)
     ones = torch.ones(1, 1, h, w, dtype=dtype, device=device)
@@ -137,7 +137,7 @@ def relaxation_operators(h: int, w: int, channels: int, omega: float = RELAX_OME
     yy = torch.arange(h, device=device)[:, None]
     xx = torch.arange(w, device=device)[None]
     red = ((yy + xx) % 2 == 0)[None, None]
-    return stencil.expand(channels, 1, 3, 3), (omega / 4) * (4.0 - degree), red
+    return stencil.expand(channels, 1, 3, 3), (omega / 4) * (4.0 - degree), (red, ~red)
 
 
 def relax_fill(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | None = None,
@@ -157,15 +157,15 @@ def relax_fill(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | N
     c = known.shape[1]
     if operators is None:
         operators = relaxation_operators(*known.shape[-2:], c, omega, known.device, known.dtype)
-    stencil, border, red = operators
+    stencil, border, checkerboard = operators
     x = known if init is None else torch.where(region, init, known)
-    half = (region & red, region & ~red)
+    halves = [region & half for half in checkerboard]
     for _ in range(sweeps):
-        for mask in half:
+        for mask in halves:
             step = torch.addcmul(F.conv2d(x, stencil, padding=1, groups=c), border, x)
             x = torch.where(mask, step, x)
+    # (known values pass the guard unchanged: alpha 0 or 1, colour in [0, alpha])
     alpha = x[:, -1:]
     kept = alpha.clamp(0.0, 1.0)
-    colour = x[:, :-1] * torch.where(alpha > 0, kept / torch.where(alpha > 0, alpha, 1.0), 0.0)
-    return torch.where(region, torch.cat([torch.minimum(colour.clamp(min=0.0), kept), kept], 1),
-                       known)
+    scale = kept / alpha.clamp(min=torch.finfo(alpha.dtype).tiny)
+    return torch.cat([torch.minimum((x[:, :-1] * scale).clamp(min=0.0), kept), kept], 1)
