@@ -138,7 +138,6 @@ def compare(got: torch.Tensor, ref: torch.Tensor, margin: int) -> tuple[float, f
 
 
 def window_rows(args, device, baseline) -> list[dict]:
-    from dmenet.profiling import LAUNCH_S, SYNC_S
 
     rows = []
     for name in SOURCES:
@@ -160,7 +159,8 @@ def window_rows(args, device, baseline) -> list[dict]:
                    "ops": count.ops / b, "syncs": count.syncs / b, "bytes": count.bytes / b,
                    "batched": b / t_batched}
             row["ops_layer"] = row["ops"] / layers
-            row["launch_ms"] = (count.ops * LAUNCH_S + count.syncs * SYNC_S) / b * 1e3
+            row["launch_ms"] = count.launch_bound_s() / b * 1e3
+            row["bandwidth_ms"] = count.bandwidth_bound_s() / b * 1e3
             if device.type == "cpu":
                 t_tiled, ref = timed(run("tiled"), device)
                 row["tiled"] = b / t_tiled
@@ -172,7 +172,7 @@ def window_rows(args, device, baseline) -> list[dict]:
                 old, _ = counted(lambda batch=batch: baseline(batch))
                 row["old_ops"], row["old_syncs"] = old.ops / b, old.syncs / b
                 row["old_ops_layer"] = row["old_ops"] / layers
-                row["old_launch_ms"] = (old.ops * LAUNCH_S + old.syncs * SYNC_S) / b * 1e3
+                row["old_launch_ms"] = old.launch_bound_s() / b * 1e3
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -294,12 +294,13 @@ def report(oracle, rows, mp_rows, args) -> str:
             "cameras drawn from the whole image, its fill start. Rates in crops/s ("
             + ("CPU time, one thread" if cpu else "wall time, synchronised") + "); ops, syncs "
             "and bytes per crop: the batched renderer's dispatched aten ops, host "
-            "synchronisations and tensor bytes touched; GPU estimate: launch-bound (5 us per "
-            "op, 20 us per sync) per crop.", ""]
+            "synchronisations and the bytes their kernels read and write; GPU estimates per "
+            "crop: launch-bound (5 us per op, 20 us per sync) and bandwidth-bound (the bytes at "
+            "3 TB/s).", ""]
         head = "| source | batch | layers per crop | batched | "
         head += "tiled | loop | " if cpu else ""
         head += "ops per crop | ops per crop and layer | syncs per crop | MB per crop | " \
-                "GPU estimate (ms per crop) |"
+                "GPU, launch-bound (ms per crop) | GPU, bandwidth-bound (ms per crop) |"
         head += " batched vs tiled: PSNR (dB), max (levels) |" if cpu else ""
         head += (" previous device path: ops per crop and layer, syncs per crop, GPU estimate "
                  "(ms per crop) |") if base else ""
@@ -309,7 +310,7 @@ def report(oracle, rows, mp_rows, args) -> str:
             if cpu:
                 line += f"{r['tiled']:.3g} | {r.get('loop', float('nan')):.3g} | "
             line += (f"{r['ops']:.0f} | {r['ops_layer']:.2f} | {r['syncs']:.2f} | "
-                     f"{r['bytes'] / 1e6:.0f} | {r['launch_ms']:.2f} |")
+                     f"{r['bytes'] / 1e6:.0f} | {r['launch_ms']:.2f} | {r['bandwidth_ms']:.2f} |")
             if cpu:
                 line += f" {r['psnr']:.1f}, {r['max']:.2f} |"
             if base:

@@ -22,13 +22,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["LAUNCH_S", "SYNC_S", "DispatchCounter"]
+__all__ = ["BYTES_PER_S", "LAUNCH_S", "SYNC_S", "DispatchCounter"]
 
 LAUNCH_S = 5e-6
 """Seconds per dispatched op on a GPU when launches bound the time (eager PyTorch)."""
 
 SYNC_S = 20e-6
 """Seconds per host synchronisation (a device round trip) on a GPU."""
+
+BYTES_PER_S = 3e12
+"""Memory bandwidth of an H100-class GPU (bytes/s): the time of what was counted if its
+kernels' memory traffic bounds it (no cache reuse, a pessimistic bound for small batches)."""
 
 _DATA_DEPENDENT = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select",
                    "aten.unique", "aten._unique", "aten.bincount", "aten.is_nonzero",
@@ -55,6 +59,10 @@ class DispatchCounter(TorchDispatchMode):
     def launch_bound_s(self) -> float:
         """The GPU time of what was counted if launches and synchronisations bound it."""
         return self.ops * LAUNCH_S + self.syncs * SYNC_S
+
+    def bandwidth_bound_s(self) -> float:
+        """The GPU time of what was counted if the kernels' memory traffic bounds it."""
+        return self.bytes / BYTES_PER_S
 
     @staticmethod
     def _is_sync(name: str, args, kwargs) -> bool:
