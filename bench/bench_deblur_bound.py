@@ -56,37 +56,43 @@ class _LaplaceSolve(torch.autograd.Function):
         return torch.from_numpy(ctx.lu.solve(g.double().contiguous().numpy())).to(g.dtype), None
 
 
-def _blur_near(x: torch.Tensor, taps: np.ndarray | None, box: tuple[int, int, int, int]):
-    """``x (1, C, H, W)`` blurred by the separable ``taps`` with a replicate border (the
-    renderer's "paper" mode), on the output pixels within the kernel radius of ``box``
-    ``(y0, y1, x0, x1)`` (outside it a layer's blur is 0). Returns ``(crop, output box)``."""
+def _blur_near(x: torch.Tensor, taps: torch.Tensor | None, box: tuple[int, int, int, int]):
+    """``x (1, C, H, W)`` blurred by the renderer's blur (:func:`dmenet.data.syndof.blur_stack`,
+    paper mode: replicate border) with the 1-D ``taps``, on the output pixels within the kernel
+    radius of ``box`` ``(y0, y1, x0, x1)`` (outside it a layer's blur is 0). Returns ``(crop,
+    output box)``."""
+    from dmenet.data.syndof import blur_stack
+    from dmenet.data.syndof.kernels import border_index
+
     h, w = x.shape[-2:]
     if taps is None:
         return x[..., box[0]:box[1], box[2]:box[3]], box
     r = len(taps) // 2
     y0, y1, x0, x1 = max(0, box[0] - r), min(h, box[1] + r), max(0, box[2] - r), min(w, box[3] + r)
-    rows = torch.arange(y0 - r, y1 + r).clamp(0, h - 1)
-    cols = torch.arange(x0 - r, x1 + r).clamp(0, w - 1)
-    xp = x.index_select(2, rows).index_select(3, cols)
-    c = xp.shape[1]
-    k = torch.as_tensor(taps, dtype=x.dtype)
-    out = F.conv2d(xp, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c), (y0, y1, x0, x1)
+    rows = border_index(torch.arange(y0 - r, y1 + r), h, "replicate")
+    cols = border_index(torch.arange(x0 - r, x1 + r), w, "replicate")
+    return blur_stack(x.index_select(2, rows).index_select(3, cols), taps[None]), (y0, y1, x0, x1)
 
 
 class RenderOperator:
     """The SYNDOF render (``render_mode="paper"``, Gaussian aperture) of fixed layers as a linear
-    map of the image: ``layer_id (H, W)`` long (0 = farthest), ``sigmas_px`` per layer, the fill
-    before every layer after ``fill_after`` (:func:`dmenet.data.syndof._fill_start`).
+    map of the image, assembled from the renderer's pieces (:mod:`dmenet.data.syndof`: its blur,
+    compositing, fill region and Laplace system): ``layer_id (H, W)`` long (0 = farthest),
+    ``sigmas_px`` per layer, the fill before every layer after ``fill_after``
+    (:func:`dmenet.data.syndof.layers.fill_start_index`).
 
-    ``apply(x (C, H, W))`` is :func:`dmenet.data.syndof.render_defocus` (``renderer="loop"``) of
-    ``x`` with these layers; ``adjoint(v)`` its exact transpose (by automatic differentiation of
-    ``apply``, which is linear). Everything that depends only on the layers (masks, fill
-    regions and their factorised Laplace systems, the composited alpha) is computed once.
+    ``apply(x (C, H, W))`` equals :func:`dmenet.data.syndof.render_defocus` (``renderer="loop"``)
+    of ``x`` with these layers (tested); ``adjoint(v)`` is its exact transpose (by automatic
+    differentiation of ``apply``, which is linear). Everything that depends only on the layers
+    (masks, fill regions and their factorised Laplace systems, the composited alpha) is computed
+    once; each layer is blurred only near its pixels.
     """
 
     def __init__(self, layer_id: torch.Tensor, sigmas_px: list[float], fill_after: int):
-        from dmenet.data import syndof
+        from dmenet.data.syndof import gaussian_blur, gaussian_kernel1d
+        from dmenet.data.syndof.composite import MASK_EPS, over, unpremultiply
+        from dmenet.data.syndof.fill import fill_region, laplace_factor, laplace_system
+        from dmenet.data.syndof.kernels import kernel_radius
 
         self.h, self.w = h, w = layer_id.shape
         lid = layer_id[None, None]
@@ -94,19 +100,17 @@ class RenderOperator:
         self.steps = []
         for i, sigma in enumerate(sigmas_px):
             step: dict = {}
-            taps = (syndof.gaussian_kernel1d(sigma).astype(np.float32)
-                    if syndof._kernel_radius(sigma, "gaussian", None) > 0 else None)
+            blurs = kernel_radius(sigma) > 0
+            taps = torch.from_numpy(gaussian_kernel1d(sigma)).float() if blurs else None
             if i > fill_after:
-                pos = alpha > 0
-                step["unpremultiply"] = (pos, torch.where(pos, alpha, torch.ones_like(alpha)))
-                alpha = torch.where(pos, torch.ones_like(alpha), alpha)
+                step["unpremultiply"] = alpha
+                alpha = unpremultiply(torch.zeros_like(alpha), alpha)[1]
                 union = lid < i
-                reach = syndof._blur(union.float(), sigma) if taps is not None else union.float()
-                region = ((reach >= syndof.FILL_REACH) & ~union)[0, 0]
-                if taps is not None and bool(region.any()):
+                region = fill_region(union, gaussian_blur(union.float(), sigma))[0, 0]
+                if blurs and bool(region.any()):
                     ys, xs = torch.nonzero(region, as_tuple=True)
-                    deg, nb, known, ny, nx = syndof._laplace_system(ys, xs, h, w)
-                    lu = syndof._laplace_factor(deg, nb)
+                    deg, nb, known, ny, nx = laplace_system(ys, xs, h, w)
+                    lu = laplace_factor(deg, nb)
                     u = union[0, 0].float()
                     step["fill"] = (ys * w + xs, known.float(), ny, nx, lu, u)
                     filled = torch.from_numpy(lu.solve((u[ny, nx] * known.float()).sum(0).double().numpy()))
@@ -117,28 +121,31 @@ class RenderOperator:
             if ys.numel():
                 box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
                 mb, out_box = _blur_near(m, taps, box)
-                keep = (mb >= syndof.MASK_EPS).float()
+                keep = (mb >= MASK_EPS).float()
                 mb = mb * keep
                 y0, y1, x0, x1 = out_box
-                outside = torch.ones(1, 1, h, w)
-                outside[..., y0:y1, x0:x1] = 0.0
-                step.update(mask=m, taps=taps, box=box, out_box=out_box, mb=mb, keep=keep,
-                            outside=outside)
-                full = torch.zeros(1, 1, h, w)
-                full[..., y0:y1, x0:x1] = mb
-                alpha = (1.0 - full) * alpha + full
+                step.update(mask=m, taps=taps, box=box, out_box=out_box, mb=mb, keep=keep)
+                nothing = torch.zeros_like(mb).expand(1, 3, *mb.shape[-2:])
+                inner = over(nothing, alpha[..., y0:y1, x0:x1], torch.cat([nothing, mb], 1))[1]
+                alpha = F.pad(inner, (x0, w - x1, y0, h - y1)) + alpha * self._outside(out_box)
             self.steps.append(step)
-        self.covered = alpha > 0
-        self.alpha = torch.where(self.covered, alpha, torch.ones_like(alpha))
+        self.alpha = alpha
+
+    def _outside(self, box: tuple[int, int, int, int]) -> torch.Tensor:
+        y0, y1, x0, x1 = box
+        outside = torch.ones(1, 1, self.h, self.w)
+        outside[..., y0:y1, x0:x1] = 0.0
+        return outside
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
+        from dmenet.data.syndof.composite import over, resolve, unpremultiply
+
         x = x[None]
         acc = torch.zeros_like(x)
         c = x.shape[1]
         for step in self.steps:
             if "unpremultiply" in step:
-                pos, div = step["unpremultiply"]
-                acc = torch.where(pos, acc / div, acc)
+                acc = unpremultiply(acc, step["unpremultiply"])[0]
             if "fill" in step:
                 index, known, ny, nx, lu, u = step["fill"]
                 b = ((acc[0] * u)[:, ny, nx] * known).sum(1).T.contiguous()  # (n, C)
@@ -146,9 +153,12 @@ class RenderOperator:
                 acc = acc.reshape(x.shape)
             if "mask" in step:
                 colour, (y0, y1, x0, x1) = _blur_near(x * step["mask"], step["taps"], step["box"])
-                inner = (1.0 - step["mb"]) * acc[..., y0:y1, x0:x1] + colour * step["keep"]
-                acc = F.pad(inner, (x0, self.w - x1, y0, self.h - y1)) + acc * step["outside"]
-        return torch.where(self.covered, acc / self.alpha, x)[0]
+                mb = step["mb"]
+                inner = over(acc[..., y0:y1, x0:x1], torch.zeros_like(mb),
+                             torch.cat([colour * step["keep"], mb], 1))[0]
+                acc = F.pad(inner, (x0, self.w - x1, y0, self.h - y1)) + acc * self._outside(
+                    step["out_box"])
+        return resolve(acc, self.alpha, x)[0]
 
     def adjoint(self, v: torch.Tensor) -> torch.Tensor:
         x = torch.zeros_like(v, requires_grad=True)
@@ -162,7 +172,8 @@ def render_with_operator(image: np.ndarray, depth: np.ndarray, c_max_px: float,
     """The benchmark's camera rule: ``(sharp (3, H, W), 8-bit render (3, H, W), sigma_px
     (H, W), RenderOperator, PSNR (dB) of the operator on the sharp source against the float
     render)`` of one source."""
-    from dmenet.data import syndof
+    from dmenet.data.syndof import render_defocus
+    from dmenet.data.syndof.layers import fill_start_index, fill_start_value, layers_from_depth
     from dmenet.data.thin_lens import Camera, clean_depth_mm, max_defocus_ratio, sigma_from_coc
     from dmenet.labels import C_MAX_PX
 
@@ -170,12 +181,12 @@ def render_with_operator(image: np.ndarray, depth: np.ndarray, c_max_px: float,
     d = clean_depth_mm(torch.from_numpy(depth)[None, None])
     focus = torch.quantile(d.flatten()[:: max(1, d.numel() // 1_000_000)], 0.3).reshape(1)
     camera = Camera(focus, c_max_px / max_defocus_ratio(d, focus))
-    out = syndof.render_defocus(img, d, camera, coc_step_px=coc_step_px, renderer="loop")
-    layers, values = syndof._layers(d, camera, "paper", coc_step_px, 350, C_MAX_PX)
+    out = render_defocus(img, d, camera, coc_step_px=coc_step_px, renderer="loop")
+    layers, values = layers_from_depth(d, camera, "paper", coc_step_px, 350, C_MAX_PX)
     n = int(layers.num_layers[0])
-    signed = values[0, :n].cpu()
-    sigmas = [float(s) for s in sigma_from_coc(signed.abs(), "paper")]
-    fill_after = syndof._fill_start([float(v) for v in signed], syndof._fill_start_value(signed))
+    sigmas = [float(s) for s in sigma_from_coc(values[0, :n].abs(), "paper")]
+    start = fill_start_value(values, layers.num_layers)
+    fill_after = int(fill_start_index(values, layers.num_layers, start)[0])
     op = RenderOperator(layers.layer_id[0, 0], sigmas, fill_after)
     rendered = torch.round(out.image[0].clamp(0, 1) * 255.0) / 255.0
     exact = float(-10 * torch.log10(((op.apply(img[0]) - out.image[0]) ** 2).mean().clamp(min=1e-30)))
