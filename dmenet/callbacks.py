@@ -24,8 +24,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 
-__all__ = ["ModelCheckpoint", "TrainingSummary", "ValidationPictures"]
+__all__ = ["DefocusMapWriter", "ModelCheckpoint", "TrainingSummary", "ValidationPictures"]
 
 
 class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
@@ -301,3 +302,43 @@ def _max_time_text(trainer: pl.Trainer) -> str | None:
             days, rest = divmod(total, 86400)
             return f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
     return None
+
+
+class DefocusMapWriter(BasePredictionWriter):
+    """Lightning callback for ``dmenet predict``: writes each photo's outputs as they come.
+
+    It reads ``predict_step``'s ``{"sigma_px": (N, 1, H, W), "name": [str], ...}`` (sigma in
+    pixels, already converted from the model's label space) and writes
+    :func:`dmenet.inference.writer.write_defocus_outputs` per photo.
+
+    Args:
+        output_dir: the output folder.
+        overwrite: replace existing outputs; otherwise an existing output stops the run.
+    """
+
+    def __init__(self, output_dir: str, overwrite: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
+        self.written: list[Path] = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
+                           batch_idx, dataloader_idx=0) -> None:
+        from dmenet.inference.writer import write_defocus_outputs
+
+        if prediction is None:
+            return
+        sigma = prediction.get("sigma_px")
+        if sigma is None:
+            raise KeyError("predict_step must return 'sigma_px' (N, 1, H, W) for DefocusMapWriter")
+        names = prediction.get("name") or batch.get("name")
+        if isinstance(names, str):
+            names = [names]
+        label_space = getattr(getattr(pl_module, "hparams", {}), "get", lambda *_: None)("label_space")
+        paths = batch.get("path") if isinstance(batch, dict) else None
+        for i, name in enumerate(names):
+            meta = {"label_space": label_space, "produced_by": "dmenet predict"}
+            if paths is not None:
+                meta["source"] = str(paths[i])
+            out = write_defocus_outputs(self.output_dir, str(name), sigma[i], self.overwrite, meta)
+            self.written.append(out["npy"])

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmenet.modules._parts import crop_to_scale, pad_to_multiple
+from dmenet.modules.blocks import crop_to_scale, pad_to_multiple
 
 __all__ = [
     "FastBlurEstimator", "FastPathUnsupported", "fast_blur_estimator", "fast_predictor",

@@ -35,7 +35,7 @@ class ExportWrapper(nn.Module):
     """``image (N, 3, H, W)`` -> ``(y, sigma_px)``, both ``(N, 1, H, W)``, for any H, W.
 
     Pads at the bottom/right by edge replication, as B itself does
-    (``dmenet.modules._parts.pad_to_multiple``), so the result equals B's.
+    (``dmenet.modules.blocks.pad_to_multiple``), so the result equals B's.
     """
 
     def __init__(self, predictor: nn.Module, multiple: int = 16) -> None:

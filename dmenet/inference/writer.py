@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 
 from dmenet.data.io import atomic_outputs, check_output_file, write_image, write_png16
 from dmenet.errors import OutputExistsError
@@ -37,7 +36,6 @@ __all__ = [
     "prepare_output",
     "colorize",
     "write_defocus_outputs",
-    "DefocusMapWriter",
 ]
 
 PNG_SIGMA_SCALE: float = 1000.0
@@ -147,41 +145,3 @@ def write_defocus_outputs(
         write_image(temporary["color"], colorize(sigma_px))
         temporary["json"].write_text(json.dumps(record, indent=2) + "\n")
     return paths
-
-
-class DefocusMapWriter(BasePredictionWriter):
-    """Lightning callback for ``dmenet predict``: writes each photo's outputs as they come.
-
-    It reads ``predict_step``'s ``{"sigma_px": (N, 1, H, W), "name": [str], ...}`` (sigma in
-    pixels, already converted from the model's label space) and writes
-    :func:`write_defocus_outputs` per photo.
-
-    Args:
-        output_dir: the output folder.
-        overwrite: replace existing outputs; otherwise an existing output stops the run.
-    """
-
-    def __init__(self, output_dir: str, overwrite: bool = False) -> None:
-        super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
-        self.overwrite = overwrite
-        self.written: list[Path] = []
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
-                           batch_idx, dataloader_idx=0) -> None:
-        if prediction is None:
-            return
-        sigma = prediction.get("sigma_px")
-        if sigma is None:
-            raise KeyError("predict_step must return 'sigma_px' (N, 1, H, W) for DefocusMapWriter")
-        names = prediction.get("name") or batch.get("name")
-        if isinstance(names, str):
-            names = [names]
-        label_space = getattr(getattr(pl_module, "hparams", {}), "get", lambda *_: None)("label_space")
-        paths = batch.get("path") if isinstance(batch, dict) else None
-        for i, name in enumerate(names):
-            meta = {"label_space": label_space, "produced_by": "dmenet predict"}
-            if paths is not None:
-                meta["source"] = str(paths[i])
-            out = write_defocus_outputs(self.output_dir, str(name), sigma[i], self.overwrite, meta)
-            self.written.append(out["npy"])

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dmenet.modules._parts import (
+from dmenet.modules.blocks import (
     LEAKY_SLOPE,
     ConvBNLReLU,
     check_padding_mode,

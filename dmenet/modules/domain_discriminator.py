@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmenet.modules._parts import LEAKY_SLOPE
+from dmenet.modules.blocks import LEAKY_SLOPE
 from dmenet.modules.spec import Part
 from dmenet.registry import DOMAIN_DISCRIMINATORS
 

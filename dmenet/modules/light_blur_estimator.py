@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dmenet.errors import DMENetError
-from dmenet.modules._parts import ConvBNLReLU, crop_to_scale, pad_to_multiple, upsample_concat
+from dmenet.modules.blocks import ConvBNLReLU, crop_to_scale, pad_to_multiple, upsample_concat
 from dmenet.modules.blur_estimator import AuxHead
 from dmenet.modules.contracts import BlurEstimate
 from dmenet.modules.spec import Part

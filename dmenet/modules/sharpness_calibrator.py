@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dmenet.modules._parts import ConvBNLReLU
+from dmenet.modules.blocks import ConvBNLReLU
 from dmenet.modules.spec import Part
 from dmenet.registry import SHARPNESS_CALIBRATORS
 

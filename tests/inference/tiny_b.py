@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmenet.modules._parts import ConvBNLReLU, crop_to_scale, pad_to_multiple
+from dmenet.modules.blocks import ConvBNLReLU, crop_to_scale, pad_to_multiple
 from dmenet.modules.blur_estimator import BlurEstimate
 from dmenet.modules.spec import Part
 from dmenet.modules.vgg import ImageNetNormalize
