@@ -196,7 +196,8 @@ def oracle_rows(args) -> list[dict]:
     image, depth = load_middlebury_sample(SAMPLES)
     rows = []
     renderers = ("batched", "tiled") if args.quick else ("batched", "tiled", "loop")
-    for case in load_cases(SHARED_REFERENCE):
+    for k, case in enumerate(load_cases(SHARED_REFERENCE)):
+        strip = {}
         official = read_png16_rgb(case["official_png"])
         cam = case["camera"]
         kw = {"sigma_rule": "reference", "render_mode": "reference", "c_max_px": 29.0}
@@ -218,6 +219,14 @@ def oracle_rows(args) -> list[dict]:
                 "t": t, "official_s": case["official_s"],
             })
             print(rows[-1], flush=True)
+            strip[renderer] = ours
+        if k == 0 and not args.no_write:
+            from dmenet.data.io import write_image
+
+            diff = np.abs(strip["batched"] - official).max(axis=2, keepdims=True).repeat(3, 2) * 4
+            panels = [official, strip["batched"], strip["tiled"], diff]
+            write_image(Path(args.out).parent / f"syndof_{case['case']}_vs_official.png",
+                        np.concatenate(panels, axis=1).clip(0, 1).astype(np.float32))
     return rows
 
 

@@ -6,6 +6,7 @@ timed separately inside a real Lightning ``fit``, after warm-up steps, on the sa
 
     python bench/bench_train.py                          # CPU, 240x240, 3 + 3 + 3
     python bench/bench_train.py --device cuda --precision 32-true bf16-mixed
+    python bench/bench_train.py --rgbd-source embedded sintel:../shared/data/rgbd_samples/sintel
 
 Against the FLOP floor (issue 17): the FLOPs of one ``training_step`` (forward + backward of
 every part that runs: B on the 3 or 9 crops, D, C, S), counted by
@@ -81,8 +82,9 @@ class StepTimer(pl.Callback):
 
 
 def measure(config: str, device: str, precision: str, crop: int, batch: int, steps: int, warmup: int,
-            memory_format: str = "contiguous") -> dict:
+            memory_format: str = "contiguous", rgbd_source: str = "embedded") -> dict:
     dm = DMENetDataModule(
+        rgbd_source=rgbd_source,
         batch_size_synthetic=batch, batch_size_real=batch, batch_size_blur=batch,
         crop_size=crop, short_side_range=[crop + 1, max(crop + 2, 801)],
         samples_per_epoch=batch * (steps + warmup), embedded_size=max(256, crop + 16),
@@ -124,6 +126,7 @@ def measure(config: str, device: str, precision: str, crop: int, batch: int, ste
     images = batch if config == "B" else 3 * batch
     return {
         "config": config, "device": device, "precision": precision,
+        "source": rgbd_source.split(":")[0],
         "step_s": statistics.median(step), "synthesis_s": statistics.median(synth),
         "train_step_s": statistics.median(train), "images": images, "steps": len(step),
         "samples_per_s": images / statistics.median(step),
@@ -149,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--memory-format", nargs="+", default=["contiguous"],
                         choices=["contiguous", "channels_last"])
+    parser.add_argument("--rgbd-source", nargs="+", default=["embedded"],
+                        help="RGB-D sources of the synthetic stream (KIND:PATH, as "
+                        "--data.rgbd_source), e.g. embedded sintel:../shared/data/rgbd_samples/sintel")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = [
-        measure(c, args.device, p, args.crop, args.batch, args.steps, args.warmup, f)
+        measure(c, args.device, p, args.crop, args.batch, args.steps, args.warmup, f, s)
+        for s in args.rgbd_source
         for p in args.precision
         for c in args.configs
         for f in args.memory_format
@@ -165,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {device_name}, {os.cpu_count()} CPU threads, torch {torch.__version__}; "
         f"date {datetime.now(timezone.utc):%Y-%m-%d}; command: `python bench/bench_train.py {' '.join(argv or sys.argv[1:])}`",
         "",
-        "| config | device | precision | layout | step (s) | synthesis (s) | training_step (s) | "
-        "samples/s | synthesis share | GFLOP / step | floor (s) | best step x floor | "
-        "x strict floor | CPU time: x floor | CPU time: x strict floor | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| source | config | device | precision | layout | step (s) | synthesis (s) | "
+        "training_step (s) | samples/s | synthesis share | GFLOP / step | floor (s) | "
+        "best step x floor | x strict floor | CPU time: x floor | CPU time: x strict floor | "
+        "load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["conv_gflops"]:
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             vs = "- | - | - | - | -"
         lines.append(
-            f"| {r['config']} | {r['device']} | {r['precision']} | {r['memory_format']} | "
+            f"| {r['source']} | {r['config']} | {r['device']} | {r['precision']} | {r['memory_format']} | "
             f"{r['step_s']:.3f} | {r['synthesis_s']:.3f} | {r['train_step_s']:.3f} | "
             f"{r['samples_per_s']:.2f} | {100 * r['synthesis_share']:.1f}% | {r['gflop']:.0f} | "
             f"{vs} | {r['load_avg']:.1f} |"

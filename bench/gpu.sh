@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU measurement of BENCHMARKS.md in one run (budget: under 8 minutes on one GPU):
-#   synthesis crops/s and s/MP against the per-layer loop (CPU and GPU),
-#   training-step samples/s for B and BDCS in fp32 and bf16-mixed with the synthesis share,
+#   synthesis: the batched renderer's crops/s on 240 px training windows (Sintel, SYNTHIA,
+#     Middlebury, the motorcycle) at batches 3, 16 and 64, with its ops and syncs per crop;
+#   dmenet syndof export --device cuda on the embedded source (images/s);
+#   training-step samples/s for B and BDCS in fp32 and bf16-mixed with the synthesis share
+#     (embedded source, and the shared Sintel sample when ../shared is there);
 #   inference ms/MP in fp32, bf16 and fp16 (reference, reference channels_last, fast path).
 # Usage (from the repository root, dmenet installed):  bash bench/gpu.sh [OUTDIR]
 # A part that fails or runs past its time limit is reported and the next part still runs.
@@ -20,9 +23,12 @@ run() {  # run SECONDS NAME COMMAND...
   if ! timeout "$limit" "$@"; then echo "!! $name failed or timed out" | tee -a "$out/failures.txt"; status=1; fi
   echo "== $name: $((SECONDS - t0)) s"
 }
-run 150 syndof python bench/bench_syndof.py --repeats 2 --out "$out/syndof.md"
-run 200 train python bench/bench_train.py --device cuda --precision 32-true bf16-mixed --steps 6 --warmup 2 --out "$out/train.md"
+run 150 syndof python bench/bench_syndof.py --device cuda --gpu --out "$out/syndof.md"
+run 60 export bash -c "rm -rf '$out/export' && /usr/bin/time -f '%e s wall for 16 images' python -m dmenet syndof export --source embedded:16 --size 480 640 --out '$out/export' --device cuda --mode reference 2>&1 | tail -2 | tee '$out/export.txt'"
+sintel=../shared/data/rgbd_samples/sintel
+source_args=(); [ -d "$sintel" ] && source_args=(--rgbd-source embedded "sintel:$sintel")
+run 240 train python bench/bench_train.py --device cuda --precision 32-true bf16-mixed --steps 6 --warmup 2 "${source_args[@]}" --out "$out/train.md"
 run 100 inference python bench/bench_gpu_inference.py --sizes 0.25 1 4 --repeats 5 --out "$out/inference_gpu.md"
 echo; echo "==== results ===="
-for f in "$out"/syndof.md "$out"/train.md "$out"/inference_gpu.md; do echo; [ -f "$f" ] && cat "$f"; done
+for f in "$out"/syndof.md "$out"/export.txt "$out"/train.md "$out"/inference_gpu.md; do echo; [ -f "$f" ] && cat "$f"; done
 exit $status
