@@ -16,7 +16,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("DMENET_TEST_THREADS", "1")))
+_THREADS = int(os.environ.get("DMENET_TEST_THREADS", "1"))
+torch.set_num_threads(_THREADS)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -108,6 +109,9 @@ def _named_weights_never_downloaded(tmp_path_factory):
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+    # some libraries change the thread count on import (pymatting's numba set-up: torch 1 -> 2);
+    # oversubscribed threads made later small-op tests 10-50x slower in the suite
+    torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture(scope="session")
