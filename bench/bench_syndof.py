@@ -55,11 +55,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats=1):
-    """Best time of ``repeats`` calls after a warm-up (CPU time of this process on the CPU,
-    wall time on a GPU) and the last result."""
-    fn()
-    _sync(device)
+def timed(fn, device, repeats=1, warm_up=True):
+    """Best time of ``repeats`` calls after a warm-up call (CPU time of this process on the
+    CPU, wall time on a GPU) and the last result."""
+    if warm_up:
+        fn()
+        _sync(device)
     best = float("inf")
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -151,10 +152,11 @@ def window_rows(args, device, baseline) -> list[dict]:
             def run(renderer, batch=batch):
                 return lambda: render_windows(batch, renderer, device)
 
-            run("batched")()  # warm-up (imports, caches)
-            count, out = counted(run("batched"))
+            if device.type == "cuda":
+                run("batched")()  # warm-up (CUDA context, kernels)
+            count, out = counted(run("batched"))  # (on the CPU: the warm-up)
             layers = float(out.num_layers.float().mean())
-            t_batched, out = timed(run("batched"), device)
+            t_batched, out = timed(run("batched"), device, warm_up=False)
             row = {"source": name, "batch": b, "layers": layers, "device": device.type,
                    "ops": count.ops / b, "syncs": count.syncs / b, "bytes": count.bytes / b,
                    "batched": b / t_batched}

@@ -99,14 +99,23 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
             out.append((idx, r))
         return out
 
-    back_chunks = [(torch.as_tensor(i, device=dev), r)
-                   for i, r in chunks(np.zeros(b, np.int64), back)]
+    back_chunks = chunks(np.zeros(b, np.int64), back)
+    front_chunks = chunks(back, n - back)
     fills = (layer_index > (back - 1)[:, None]) & (layer_index < n[:, None]) & (radius > 0)
-    front_chunks = []
-    for idx, r in chunks(back, n - back):
+    # every chunk's layer indices in one copy to the device (a copy per chunk would wait for
+    # the device once per chunk)
+    every = back_chunks + front_chunks
+    stacked = np.full((len(every), b, max((i.shape[1] for i, _ in every), default=1)), -1)
+    for c, (idx, _) in enumerate(every):
+        stacked[c, :, :idx.shape[1]] = idx
+    on_device = torch.as_tensor(stacked, device=dev)
+    ids = [on_device[c, :, :idx.shape[1]] for c, (idx, _) in enumerate(every)]
+    back_plan = [(ids[c], r) for c, (_, r) in enumerate(back_chunks)]
+    front_plan = []
+    for c, (idx, r) in enumerate(front_chunks, start=len(back_chunks)):
         fill_at = [bool(fills[np.arange(b), col.clip(0)][col >= 0].any()) for col in idx.T]
-        front_chunks.append((torch.as_tensor(idx, device=dev), r, fill_at))
-    return BatchPlan(back_chunks, front_chunks,
+        front_plan.append((ids[c], r, fill_at))
+    return BatchPlan(back_plan, front_plan,
                      torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
 
 
