@@ -156,8 +156,8 @@ class TestDepthEdges:
         t_nofill = float(((nofill[0, :, H // 2, W // 2 - 2] - near_c) * d).sum() / (d * d).sum())
         assert t_nofill < inside_t - 0.1
 
-    def test_fast_equals_the_per_layer_loop(self):
-        """Piecewise-planar scene: the fast (tiled) renderer computes what the per-layer loop
+    def test_tiled_equals_the_per_layer_loop(self):
+        """Piecewise-planar scene: the tiled renderer computes what the per-layer loop
         computes, edges included, up to float rounding."""
         h, w = 96, 128
         image = texture(h=h, w=w, seed=3)
@@ -166,37 +166,37 @@ class TestDepthEdges:
         depth[..., 60:, 70:] = 2500.0
         depth[..., 50:90, 5:30] = 1300.0
         cam = Camera([1500.0], [20.0])
-        fast = render_defocus(image, depth, cam)
+        tiled = render_defocus(image, depth, cam, renderer="tiled")
         loop = render_defocus_loop(image, depth, cam)
-        assert torch.isfinite(loop).all() and int(fast.num_layers[0]) == 4
-        assert float((fast.image - loop).abs().max()) < 0.01 / 255
+        assert torch.isfinite(loop).all() and int(tiled.num_layers[0]) == 4
+        assert float((tiled.image - loop).abs().max()) < 0.01 / 255
 
     @pytest.mark.parametrize("render_mode", ["paper", "reference"])
-    def test_fast_equals_the_loop_on_dense_layers(self, render_mode):
+    def test_tiled_equals_the_loop_on_dense_layers(self, render_mode):
         """A slanted, noisy depth (a layer at nearly every 0.1 px CoC step, like the stereo
         motorcycle) with an occluder, focused near the back so many layers are filled: the
-        fast renderer (the fill before every layer, like the loop) equals the loop."""
+        tiled renderer (the fill before every layer, like the loop) equals the loop."""
         image, depth, cam = _dense_layer_scene(30, 60, slope_x=40.0, occluder=(8, 22, 20, 34),
                                                seed=4)
-        fast = render_defocus(image, depth, cam, render_mode=render_mode)
+        tiled = render_defocus(image, depth, cam, render_mode=render_mode, renderer="tiled")
         loop = render_defocus_loop(image, depth, cam, render_mode=render_mode)
-        assert int(fast.num_layers[0]) > 150
-        assert float((fast.image - loop).abs().max()) < 0.01 / 255
+        assert int(tiled.num_layers[0]) > 150
+        assert float((tiled.image - loop).abs().max()) < 0.01 / 255
 
-    def test_fast_equals_the_loop_with_the_superlu_fill(self, monkeypatch):
-        """The dense-layer scene with every fill of the fast renderer forced off its envelope
+    def test_tiled_equals_the_loop_with_the_superlu_fill(self, monkeypatch):
+        """The dense-layer scene with every fill of the tiled renderer forced off its envelope
         Cholesky onto its fallback for wide regions (SuperLU): still equal to the loop."""
-        import dmenet.data.syndof.tiled as tiled
+        import dmenet.data.syndof.tiled as tiled_module
 
-        monkeypatch.setattr(tiled, "ENVELOPE_MAX_WORK", 0)
+        monkeypatch.setattr(tiled_module, "ENVELOPE_MAX_WORK", 0)
         image, depth, cam = _dense_layer_scene(24, 40, slope_x=60.0, occluder=(6, 18, 14, 26),
                                                seed=8)
-        fast = render_defocus(image, depth, cam)
+        tiled = render_defocus(image, depth, cam, renderer="tiled")
         loop = render_defocus_loop(image, depth, cam)
-        assert float((fast.image - loop).abs().max()) < 0.01 / 255
+        assert float((tiled.image - loop).abs().max()) < 0.01 / 255
 
     def test_envelope_fill_solves_the_laplace_equation(self):
-        """The fast renderer's exact fill solver on a ring-shaped region with holes: every
+        """The tiled renderer's exact fill solver on a ring-shaped region with holes: every
         unknown is the mean of its 4 neighbours (known ones from the right-hand side)."""
         from dmenet.data.syndof.tiled import _kernels, _laplace_solve_envelope
 
@@ -226,7 +226,7 @@ class TestDepthEdges:
         residual = deg[:, None] * x - xp[nb].sum(1) - b
         assert np.abs(residual).max() < 1e-12
 
-    def test_fast_equals_the_loop_with_the_disc_aperture(self):
+    def test_tiled_equals_the_loop_with_the_disc_aperture(self):
         """The disc (non-separable: 2-D blocks) through :func:`render_from_sigma`."""
         h, w = 32, 40
         g = torch.Generator().manual_seed(6)
@@ -235,9 +235,9 @@ class TestDepthEdges:
         order = torch.rand(1, 1, h, w, generator=g)
         image = texture(h=h, w=w, seed=7)
         kw = {"aperture": "disc", "gamma": 2.2}
-        fast = render_from_sigma(image, sigma, order, **kw)
+        tiled = render_from_sigma(image, sigma, order, renderer="tiled", **kw)
         loop = render_from_sigma(image, sigma, order, renderer="loop", **kw)
-        assert float((fast - loop).abs().max()) < 0.01 / 255
+        assert float((tiled - loop).abs().max()) < 0.01 / 255
 
 
 class TestInterface:
