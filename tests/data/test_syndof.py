@@ -36,18 +36,21 @@ def cv2_gauss(image: torch.Tensor, sigma: float) -> np.ndarray:
 
 
 class TestPhysics:
-    def test_in_focus_is_identity(self):
+    @pytest.mark.parametrize("renderer", ["tiled", "batched"])
+    def test_in_focus_is_identity(self, renderer):
         image = texture(b=2)
         depth = torch.full((2, 1, H, W), 1500.0)
-        out = render_defocus(image, depth, Camera([1500.0, 1500.0], [25.0, 25.0]))
+        out = render_defocus(image, depth, Camera([1500.0, 1500.0], [25.0, 25.0]),
+                             renderer=renderer)
         assert torch.equal(out.image, image)
         assert torch.all(out.sigma_px == 0) and torch.all(out.binary == 0)
 
+    @pytest.mark.parametrize("renderer", ["tiled", "batched"])
     @pytest.mark.parametrize("alpha", [6.0, 18.0])
-    def test_fronto_parallel_plane_is_one_gaussian(self, alpha):
+    def test_fronto_parallel_plane_is_one_gaussian(self, alpha, renderer):
         image = texture()
         depth = torch.full((1, 1, H, W), 3000.0)
-        out = render_defocus(image, depth, Camera([1000.0], [alpha]))
+        out = render_defocus(image, depth, Camera([1000.0], [alpha]), renderer=renderer)
         sigma = alpha * (3000.0 - 1000.0) / 3000.0 / 4.0  # the formula, c / 4
         assert torch.allclose(out.sigma_px, torch.full_like(out.sigma_px, sigma), atol=0.0125)
         ref = cv2_gauss(image, float(out.sigma_px[0, 0, 0, 0]))
@@ -130,19 +133,21 @@ class TestDepthEdges:
         off = out - (near_c.view(1, 3, 1, 1) + t * d)
         assert off.abs().max() < 1e-3
 
-    def test_near_plane_in_focus(self):
+    @pytest.mark.parametrize("renderer", ["tiled", "batched"])
+    def test_near_plane_in_focus(self, renderer):
         image, depth, near_c, far_c = two_planes()
-        out = render_defocus(image, depth, Camera([1000.0], [24.0])).image
+        out = render_defocus(image, depth, Camera([1000.0], [24.0]), renderer=renderer).image
         self.check_no_halo(out, near_c, far_c)
         # the sharp near plane stays sharp: its colour is untouched up to the edge
         assert torch.allclose(out[0, :, :, : W // 2], image[0, :, :, : W // 2], atol=1e-5)
         # the blurred far plane does not bleed over it, and is not darkened at the edge
         assert torch.allclose(out[0, :, :, W // 2], far_c.view(3, 1), atol=1e-4)
 
-    def test_near_plane_blurred_shows_filled_background(self):
+    @pytest.mark.parametrize("renderer", ["tiled", "batched"])
+    def test_near_plane_blurred_shows_filled_background(self, renderer):
         image, depth, near_c, far_c = two_planes()
         cam = Camera([4000.0], [24.0])  # far in focus, near blurred (sigma 4.5 px)
-        out = render_defocus(image, depth, cam).image
+        out = render_defocus(image, depth, cam, renderer=renderer).image
         self.check_no_halo(out, near_c, far_c)
         # the near edge blurs outwards over the sharp background ...
         outside = out[0, :, H // 2, W // 2 + 1]
@@ -152,7 +157,7 @@ class TestDepthEdges:
         inside_t = float(((out[0, :, H // 2, W // 2 - 2] - near_c) * d).sum() / (d * d).sum())
         assert inside_t > 0.2
         # without the occlusion fill the hidden background is missing there
-        nofill = render_defocus(image, depth, cam, fill=False).image
+        nofill = render_defocus(image, depth, cam, fill=False, renderer=renderer).image
         t_nofill = float(((nofill[0, :, H // 2, W // 2 - 2] - near_c) * d).sum() / (d * d).sum())
         assert t_nofill < inside_t - 0.1
 
@@ -384,14 +389,15 @@ def test_kornia_blur_equals_the_opencv_path(aperture, sigma_px, border):
     assert torch.allclose(both[1:], other, atol=1e-5)
 
 
-def test_reference_mode_is_the_generators_kernel_and_border():
+@pytest.mark.parametrize("renderer", ["tiled", "batched"])
+def test_reference_mode_is_the_generators_kernel_and_border(renderer):
     """A fronto-parallel plane in reference mode: one 29 x 29 Gaussian of sigma (c - 1) / 4,
     normalised, image border mirrored including the edge pixel (MATLAB 'symmetric'),
     computed here by hand with numpy."""
     image = texture(seed=2)
     depth = torch.full((1, 1, H, W), 3000.0)
     out = render_defocus(image, depth, Camera([1000.0], [24.0]), render_mode="reference",
-                         sigma_rule="reference", c_max_px=29.0)
+                         sigma_rule="reference", c_max_px=29.0, renderer=renderer)
     s = (16.0 - 1.0) / 4.0  # c = 24 * 2000 / 3000 = 16 px
     assert float(out.sigma_px.max()) == pytest.approx(s)
     x = np.arange(-14, 15)
