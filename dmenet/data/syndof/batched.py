@@ -45,12 +45,15 @@ def read_to_host(x: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class BatchPlan:
-    """What the host decides once per batch: per chunk of layers ``(B, K)`` layer indices
-    (-1: none), the chunk's kernel radius, whether it is in the front; per front position
-    whether any sample fills there."""
+    """What the host decides once per batch, the samples ordered by their number of front
+    layers (most first, ``order``: the batch's indices in that order; None: as given): per chunk
+    of layers ``(B, K)`` layer indices (-1: none) and its kernel radius; per front chunk, per
+    position, how many samples (the first ones) still have a layer there and whether one of them
+    fills before it."""
 
+    order: torch.Tensor | None
     back: list[tuple[torch.Tensor, int]]
-    front: list[tuple[torch.Tensor, int, list[bool]]]
+    front: list[tuple[torch.Tensor, int, list[int], list[bool]]]
     kernels: torch.Tensor  # (B, L, 2R + 1) or (B, L, 2R + 1, 2R + 1): centred, zero-padded
     radius: int  # R
 
@@ -76,6 +79,11 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
                                     starts[:, None].double()], dim=1))
     sigma, n = table[:, :big_l], table[:, big_l].astype(np.int64)
     back = n if start is None else np.clip(table[:, big_l + 1].astype(np.int64) + 1, 0, n)
+    # front layers go one at a time: with the samples that have most of them first, the work of
+    # each position is done on the prefix of the batch that still has a layer there
+    order = np.argsort(-(n - back), kind="stable")
+    permuted = not np.array_equal(order, np.arange(b))
+    sigma, n, back = sigma[order], n[order], back[order]
     kernels = {s: _kernel(s, aperture, radius_px) for s in np.unique(sigma)}
     radius = np.vectorize(lambda s: kernels[s].shape[0] // 2)(sigma)  # (B, L)
     big_r = int(radius.max())
@@ -113,10 +121,11 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
     back_plan = [(ids[c], r) for c, (_, r) in enumerate(back_chunks)]
     front_plan = []
     for c, (idx, r) in enumerate(front_chunks, start=len(back_chunks)):
+        active = [int((col >= 0).sum()) for col in idx.T]  # a prefix: the samples are sorted
         fill_at = [bool(fills[np.arange(b), col.clip(0)][col >= 0].any()) for col in idx.T]
-        front_plan.append((ids[c], r, fill_at))
-    return BatchPlan(back_plan, front_plan,
-                     torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
+        front_plan.append((ids[c], r, active, fill_at))
+    return BatchPlan(torch.as_tensor(order, device=dev) if permuted else None, back_plan,
+                     front_plan, torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
 
 
 def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: torch.Tensor,
@@ -128,46 +137,62 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     Returns ``(B,3,H,W)``."""
     b, _, h, w = image.shape
     p = plan(layer_sigma, num_layers, start, image.shape, aperture, radius_px)
+    if p.order is not None:
+        image, layer_id = image.index_select(0, p.order), layer_id.index_select(0, p.order)
     big_r = p.radius
     img = pad_border(image, big_r, border)
     lid = pad_border(layer_id, big_r, border)
-    batch = torch.arange(b, device=image.device)[:, None]
 
     def blur_chunk(idx: torch.Tensor, r: int, with_union: bool) -> torch.Tensor:
-        """``(B, K, C, H, W)``: the chunk's layers ``(m I, m)`` (and ``U``) blurred."""
-        k = idx.shape[1]
-        crop = (..., slice(big_r - r, big_r + r + h), slice(big_r - r, big_r + r + w))
+        """``(N, K, C, H, W)``: the chunk's layers ``(m I, m)`` (and ``U``) blurred, for the
+        first ``N`` samples (``idx (N, K)``)."""
+        n, k = idx.shape
+        crop = (slice(0, n), slice(None), slice(big_r - r, big_r + r + h),
+                slice(big_r - r, big_r + r + w))
         ids = lid[crop][:, None]
-        m = (ids == idx[:, :, None, None, None]).to(image.dtype)  # (B, K, 1, Hp, Wp)
+        m = (ids == idx[:, :, None, None, None]).to(image.dtype)  # (N, K, 1, Hp, Wp)
         parts = [img[crop][:, None] * m, m]
         if with_union:
             parts.append((ids < idx[:, :, None, None, None]).to(image.dtype))
         x = torch.cat(parts, dim=2).flatten(0, 1)
-        taps = p.kernels[batch.expand(b, k), idx.clamp(min=0)].flatten(0, 1)
+        samples = torch.arange(n, device=image.device)[:, None].expand(n, k)
+        taps = p.kernels[samples, idx.clamp(min=0)].flatten(0, 1)
         taps = taps[..., big_r - r:big_r + r + 1]
         if taps.dim() == 3:
             taps = taps[:, big_r - r:big_r + r + 1]
-        return blur_stack(x, taps).view(b, k, -1, h, w)
+        return blur_stack(x, taps).view(n, k, -1, h, w)
 
     acc = torch.zeros_like(image)
     alpha = torch.zeros_like(image[:, :1])
     for idx, r in p.back:
         acc, alpha = composite_run(acc, alpha, layer_rgba(blur_chunk(idx, r, False)[:, :, :4]))
-    solution = None
+    solution = torch.zeros(b, 4, h, w, dtype=image.dtype, device=image.device)  # warm start
     operators = relaxation_operators(h, w, 4, device=image.device, dtype=image.dtype)
-    for idx, r, fill_at in p.front:
-        stack = blur_chunk(idx, r, any(fill_at))
+    for idx, r, active, fill_at in p.front:
+        stack = blur_chunk(idx[:active[0]], r, any(fill_at))
         rgba = layer_rgba(stack[:, :, :4])
-        for j in range(idx.shape[1]):
-            acc, alpha = unpremultiply(acc, alpha)
+        for j, n in enumerate(active):
+            # the first n samples still have a layer here: work on them alone
+            a, al = unpremultiply(acc[:n], alpha[:n])
             if fill_at[j]:
                 # (a layer without blur, or none, has reach = U: an empty region)
-                union = layer_id < idx[:, j].view(b, 1, 1, 1)
-                region = fill_region(union, stack[:, j, 4:])
+                union = layer_id[:n] < idx[:n, j].view(n, 1, 1, 1)
+                region = fill_region(union, stack[:n, j, 4:])
                 u = union.to(image.dtype)
-                solution = relax_fill(torch.cat([acc * u, u], dim=1), region, solution,
-                                      RELAX_SWEEPS, operators=operators)
-                acc = torch.where(region, solution[:, :3], acc)
-                alpha = torch.where(region, solution[:, 3:], alpha)
-            acc, alpha = over(acc, alpha, rgba[:, j])
-    return resolve(acc, alpha, image)
+                filled = relax_fill(torch.cat([a * u, u], dim=1), region, solution[:n],
+                                    RELAX_SWEEPS, operators=operators)
+                a = torch.where(region, filled[:, :3], a)
+                al = torch.where(region, filled[:, 3:], al)
+                if n == b:
+                    solution = filled
+                else:
+                    solution[:n] = filled
+            a, al = over(a, al, rgba[:n, j])
+            if n == b:
+                acc, alpha = a, al
+            else:
+                acc[:n], alpha[:n] = a, al
+    out = resolve(acc, alpha, image)
+    if p.order is None:
+        return out
+    return torch.empty_like(out).index_copy_(0, p.order, out)  # back in the batch's order
