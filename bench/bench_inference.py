@@ -1,6 +1,6 @@
 """Inference benchmark: seconds per megapixel and peak memory of B on the CPU.
 
-``--infer`` (the numbers of the issue's targets): ``dmenet infer`` as a new user runs it, one
+``--infer`` (the figures of BENCHMARKS.md's targets): ``dmenet infer`` as a new user runs it, one
 fresh process per photo (``python -m dmenet infer PHOTO --ckpt B.ckpt --out DIR``, default
 options: fast path, ``--tile auto``, 4 GB budget), on a 64 px photo, a 1 MP photo and a full
 24 MP photo (6000 x 4000, every tile run). Each run's wall time, CPU time and peak RSS come from
@@ -113,7 +113,7 @@ def _predictor(path: str, threads: int, workdir: str):
 
 class Floor:
     """This machine's 3x3 256 -> 256 conv throughput on a 256 x 256 map (GFLOP/s), best so far:
-    ``default`` as issue 9 measured it (``nn.Conv2d``, default layout) and ``strict`` (oneDNN,
+    ``default`` (``nn.Conv2d``, default layout) and ``strict`` (oneDNN,
     channels_last, prepacked weights, the fastest form of the same conv)."""
 
     FLOPS = 2.0 * 256 * 256 * 9 * 256 * 256
@@ -319,7 +319,7 @@ def infer_runs(args: argparse.Namespace, gflop_per_mp: float) -> dict:
             runs.append({"height": height, "width": width, "mp": height * width / 1e6} | best)
             print(json.dumps(runs[-1]), flush=True)
     start = runs[0]
-    floor_s = gflop_per_mp / floor.gflops("default")  # s per MP, the issue's floor
+    floor_s = gflop_per_mp / floor.gflops("default")  # s per MP, the floor
     floor_cpu_s = gflop_per_mp / floor.cpu_gflops("default")
     for r in runs[1:]:
         r["x_floor_wall"] = (r["seconds"] - start["seconds"]) / (floor_s * r["mp"])
@@ -356,7 +356,7 @@ def fast_flops_per_mp(threads: int) -> float:
 
 
 ABLATION = [
-    ("reference (BN folded, as issue 9)", "reference", {}),
+    ("reference (BN folded)", "reference", {}),
     ("+ channels_last (reference forward)", "reference_cl", {}),
     ("fast: halo padding, split/phase up-conv, in-place adds (plain conv2d)", "fast",
      {"fused": False}),
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             result["command"] = command.strip()
             # one row per size and path: a new measurement replaces an older one
             store["runs"] = [r for r in store["runs"]
-                             if (r["mp"], r.get("path", "issue 9")) != (mp, path)] + [result]
+                             if (r["mp"], r.get("path", "first reference")) != (mp, path)] + [result]
             print(json.dumps(result), flush=True)
             save()
     print(f"wrote {args.out} and {results_path}")
@@ -588,13 +588,13 @@ def _write_report(out: Path, store: dict) -> None:
         f"- machine: {store['machine']}",
         "- model: B (`dmenet_vgg19`, random weights), float32, `torch.inference_mode`; paths: "
         + "; ".join(f"`{name}` = {text}" for name, text in PATHS.items())
-        + "; `issue 9` rows: the reference path as first measured (1024 px tiles, idle machine)",
+        + "; `first reference` rows: the reference path as first measured (1024 px tiles, idle machine)",
         f"- B's cost: {gflop:.0f} GFLOP per megapixel (`FlopCounterMode`, reference forward)"
         + (f"; the fast path computes {store['fast_gflop_per_mp']:.0f} (phase convs for the "
            "upsampled halves of the decoder convs)" if "fast_gflop_per_mp" in store else ""),
         "- floor = B's cost / this machine's 3x3 256 -> 256 conv throughput (256 x 256 map), best of "
         "the measurements just before and after each run in the same process: `floor` with "
-        "`nn.Conv2d` in the default layout (issue 9's definition), `strict` with the same conv "
+        "`nn.Conv2d` in the default layout, `strict` with the same conv "
         "in oneDNN's fastest form (channels_last, prepacked weights)",
         "",
     ]
@@ -642,8 +642,8 @@ def _write_report(out: Path, store: dict) -> None:
         "set-up + first 64 px call (CPU s) | first photo (CPU s) | load avg | date |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {name: i for i, name in enumerate([*PATHS, "issue 9"])}
-    runs = sorted(store["runs"], key=lambda r: (r["mp"], order.get(r.get("path", "issue 9"), 3)))
+    order = {name: i for i, name in enumerate([*PATHS, "first reference"])}
+    runs = sorted(store["runs"], key=lambda r: (r["mp"], order.get(r.get("path", "first reference"), 3)))
 
     def ratio(ms: float | None, gflops: float | None) -> float | None:
         return ms / (gflop / gflops * 1000.0) if ms and gflops else None
@@ -659,7 +659,7 @@ def _write_report(out: Path, store: dict) -> None:
         per_px = None if cpu_strict is None else cpu_strict / r["overhead"]
         load = f"{r['load_avg']:.1f}" if "load_avg" in r else "~1 (idle)"
         lines.append(
-            f"| {r['mp']:g} MP | {r.get('path', 'issue 9')} | {r['height']} x {r['width']} | "
+            f"| {r['mp']:g} MP | {r.get('path', 'first reference')} | {r['height']} x {r['width']} | "
             f"{r['tile']} / {r['overlap']} | {_tiles(r)} | {r['overhead']:.2f} | "
             f"{r['seconds']:.1f} | {r['ms_per_mp']:.0f} | {fmt(wall)} | {fmt(wall_strict)} | "
             f"{fmt(cpu)} | {fmt(cpu_strict)} | {fmt(per_px)} | {r['peak_rss_mb']:.0f} | "
@@ -672,11 +672,11 @@ def _write_report(out: Path, store: dict) -> None:
         "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".",
         "",
         "Peak RSS is the whole worker process (Python, torch, B's weights, the photo, the output "
-        "and the largest tile's activations): `VmHWM` for the issue 17 rows (issue 9 rows: "
+        "and the largest tile's activations): `VmHWM` for the 2026-12 rows (2026-11-25 rows: "
         "`ru_maxrss`, which a worker inherits from its parent when the parent was bigger). "
         "Times are the best of the repeats (one run at 24 MP). 'x floor per computed px' divides "
         "out the recomputed tile overlaps. 'load avg' is the 1-minute load average at the end of "
-        "the run: the 2-core machine was shared with other jobs during the issue 17 runs, so "
+        "the run: the 2-core machine was shared with other jobs during the 2026-12-06 00:xx runs, so "
         "times vary; each run's floor is measured in the same process under the load of its "
         "own moment.",
         "",
