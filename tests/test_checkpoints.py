@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 
 from dmenet.lightning_model import DMENet
-from dmenet.modules import BlurEstimator, LightBlurEstimator
+from dmenet.modules import LightBlurEstimator
 from tests.helpers.tiny_data import TinyDataModule, cpu_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,11 +132,17 @@ trainer:
   enable_progress_bar: false
   enable_model_summary: false
 model:
+  # the light B: what --ckpt_path resumes and rebuilds does not depend on which B it is
+  blur_estimator:
+    class_path: dmenet.modules.LightBlurEstimator
+    init_args:
+      weights: null
   vgg_weights: null
   log_images_every_n_steps: 0
 data:
   class_path: tests.helpers.tiny_data.TinyDataModule
   init_args:
+    size: 64
     n_batches: 2
 """
 
@@ -172,7 +178,7 @@ def test_cli_fit_resume_validate_test_with_ckpt_path(tmp_path):
 
     # rebuilt from the checkpoint alone (LightningCLI's own hparams path)
     loaded = DMENet.load_from_checkpoint(ckpt, map_location="cpu")
-    assert isinstance(loaded.blur_estimator, BlurEstimator)
+    assert isinstance(loaded.blur_estimator, LightBlurEstimator)
     assert loaded.content_loss is not None and loaded.sharpness_calibrator is None
 
     # --ckpt_path resumes both optimisers, schedulers and counters

@@ -25,8 +25,11 @@ _trainer = cpu_trainer
 
 @pytest.fixture(scope="module")
 def bdcs_template() -> DMENet:
-    """The full model with random VGG weights, built once; tests train deep copies."""
-    return DMENet(vgg_weights=None, log_images_every_n_steps=0)
+    """B, D, C and S with random weights, built once (the light B: which parameters each step
+    changes does not depend on which B it is; the ablation configs below train the VGG19 B);
+    tests train deep copies."""
+    return DMENet(blur_estimator=LightBlurEstimator(weights=None), vgg_weights=None,
+                  log_images_every_n_steps=0)
 
 
 def _names(model: torch.nn.Module, prefix: str) -> set[str]:
@@ -59,7 +62,7 @@ def test_d_step_changes_only_d_and_g_step_only_b_and_s(bdcs_template, tmp_path):
     model = copy.deepcopy(bdcs_template)
     rec = _StepRecorder()
     trainer = _trainer(tmp_path, max_steps=2, callbacks=[rec])
-    trainer.fit(model, TinyDataModule(n_batches=1))
+    trainer.fit(model, TinyDataModule(size=64, n_batches=1))
     assert trainer.global_step == 2  # one D step + one G step for the batch
     before_d, before_g, after = rec.snapshots
     d_names = _names(model.domain_discriminator, "domain_discriminator")
