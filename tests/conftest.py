@@ -83,9 +83,9 @@ def _release_memory_after_each_file():
 
 
 def pytest_collection_modifyitems(config, items):
-    # Tests that start `dmenet` processes (about 1-2 GB each, DDP two) run first: this process
-    # grows to about 3.5 GB over the suite (models, allocator caches), and a subprocess beside it
-    # late in the run raised the summed memory of the process tree from 4.3 GB to 4.9 GB.
+    # Tests that start `dmenet` processes (about 1-2 GB each, DDP two) run first, while this
+    # process is still small: it grows over the suite (models, libraries, allocator caches; a
+    # 2.75 GB peak), and a subprocess beside it late in the run adds to the process tree's peak.
     items.sort(key=lambda item: "subprocess" not in item.keywords)  # stable: order kept within
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
     if not torch.cuda.is_available():
