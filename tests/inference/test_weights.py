@@ -17,8 +17,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import types
 import zipfile
@@ -338,19 +336,18 @@ def test_a_file_placed_by_hand_is_used_without_the_network(official, refused_url
 
 
 # ------------------------------------------------------------------ the console command
-@pytest.mark.subprocess
-def test_dmenet_infer_photo_from_a_fresh_cache(server, photo, tmp_path, repo_root):
-    """``python -m dmenet infer photo.jpg``: downloads, converts, caches, writes the maps into
-    the current folder."""
+def test_dmenet_infer_photo_from_a_fresh_cache(server, photo, tmp_path, monkeypatch, capsys):
+    """``dmenet infer photo.jpg`` with an empty cache: downloads, converts, caches, writes the
+    maps into the current folder (the console script itself: tests/test_cli.py)."""
     home = tmp_path / "home"
-    env = dict(os.environ, DMENET_HOME=str(home), DMENET_MIRROR=f"{server.url}/good",
-               OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(repo_root), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "dmenet", "infer", str(photo)], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.setenv(weights.HOME_ENV, str(home))
+    monkeypatch.setenv(weights.MIRROR_ENV, f"{server.url}/good")
+    monkeypatch.setattr(weights, "ANNOUNCED", set())  # as in a fresh process
+    monkeypatch.chdir(tmp_path)
+    assert dmenet_cli(["infer", str(photo)]) == 0
+    err = capsys.readouterr().err
     assert (tmp_path / "photo_sigma_px.npy").is_file()
     assert json.loads((tmp_path / "photo_defocus.json").read_text())["checkpoint"] == NAME
     assert set(os.listdir(home)) == CACHED
-    assert _lines(proc.stderr, "SHA-256") and _lines(proc.stderr, "licence AGPL-3.0")
+    assert _lines(err, "SHA-256") and _lines(err, "licence AGPL-3.0")
 
