@@ -6,7 +6,7 @@ batched renderer would cost on a GPU (ops, host round trips, bytes), on the CPU.
    depth edges, flat-grey deviation, label error and CPU time of each renderer on the whole
    497 x 720 image.
 2. Training windows as the DataModule draws them (:class:`~dmenet.data.synthetic.
-   WholeImageCameraCrops`: 240 px crops with a 14 px margin, reference-mode cameras drawn from
+   WholeImageCameraCrops`: 240 px crops with their margin, reference-mode cameras drawn from
    the whole image, the whole image's fill start) from the real RGB-D samples (Sintel,
    SYNTHIA, Middlebury in ../shared/data/rgbd_samples) and the embedded Middlebury motorcycle,
    in batches of 1 and 16: crops/s of the batched, tiled and loop renderers (CPU time, one
@@ -301,7 +301,7 @@ def report(oracle, rows, mp_rows, args) -> str:
         base = "old_ops" in rows[0]
         lines += [
             f"## Training windows ({rows[0]['device']})", "",
-            "240 px crops with their 14 px margin, as the DataModule cuts them: reference-mode "
+            "240 px crops with their margin (crop_margin_px), as the DataModule cuts them: reference-mode "
             "cameras drawn from the whole image, its fill start. Rates in crops/s ("
             + ("CPU time, one thread" if cpu else "wall time, synchronised") + "); ops, syncs "
             "and bytes per crop: the batched renderer's dispatched aten ops, host "

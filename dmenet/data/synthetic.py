@@ -14,7 +14,7 @@ rendered by a :class:`~dmenet.data.syndof.SyndofRenderer`:
 The renderer is used through its public API only: ``renderer(image, depth_mm, camera=...,
 fill_from_coc_px=...)`` or ``renderer(image, depth_mm, generator=...)`` (output ``.image``,
 ``.label``, ``.binary``, ``.sigma_px``), ``sample_camera``, ``fill_start_coc_px``,
-``blur_reach_px``, ``render_mode`` and :func:`~dmenet.data.syndof.pad_like_border`.
+``crop_margin_px``, ``render_mode`` and :func:`~dmenet.data.syndof.pad_like_border`.
 """
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ class WholeImageCameraCrops(Dataset):
     Per item: the source image is resized (short side, as :class:`~dmenet.data.augment.
     TrainingCrops`), its depth cleaned, the camera drawn from the WHOLE image's depth (the
     renderer's sampler) with the whole image's fill start; then a window of
-    ``crop_size + 2 * margin`` is cut around a random crop, ``margin`` = the renderer's blur
-    reach, the image extended beyond its border by the render mode's border rule; flips/rot90
-    as ``TrainingCrops`` (the renderer commutes with them). :func:`render_crops` renders the
-    window and keeps its centre, which equals the same crop of the whole-image render (tested
-    within 1/255).
+    ``crop_size + 2 * margin`` is cut around a random crop (``margin``: the renderer's
+    ``crop_margin_px()``, the reach of the blur and of the fill), the image extended beyond its
+    border by the render mode's border rule; flips/rot90 as ``TrainingCrops`` (the renderer
+    commutes with them). :func:`render_crops` renders the window and keeps its centre, which
+    equals the same crop of the whole-image render (tested within 1/255 for the exact fill).
 
     Items: ``{"image" (3,S,S), "depth_mm" (1,S,S), "margin_px", "fill_from_coc_px", camera
     fields}`` with ``S = crop_size + 2 * margin_px``. Randomness: torch's global generator
@@ -86,7 +86,7 @@ class WholeImageCameraCrops(Dataset):
         self.dataset = dataset
         self.crop_size = int(crop_size)
         self.renderer = renderer
-        self.margin = self.renderer.blur_reach_px()
+        self.margin = self.renderer.crop_margin_px()
         self.short_side_range = short_side_range
         self.vertical_flip, self.rot90 = vertical_flip, rot90
         self.length = int(length) if length else len(dataset)

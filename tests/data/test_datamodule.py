@@ -262,8 +262,9 @@ def test_shared_rgbd_samples_as_synthetic_source(rgbd_samples, kind, folder):
 @pytest.mark.parametrize("render_mode", ["paper", "reference"])
 def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode, renderer):
     """A training crop is rendered with the whole image's camera and fill start and a margin of
-    the blur reach: it equals the same crop of the whole-image render within 1/255 (the
-    batched renderer: within the fidelity bars, its fill being approximate)."""
+    the reach of the blur and of the fill: it equals the same crop of the whole-image render
+    within 1/255 (the batched renderer: within the fidelity bars, its fill being approximate).
+    On this scene, a margin of the blur reach alone missed by 9.8 levels (reference, seed 2)."""
     from dmenet.data.rgbd import EmbeddedRGBD
     from dmenet.data.syndof import SyndofRenderer, pad_like_border
     from dmenet.data.synthetic import CAMERA_KEYS, WholeImageCameraCrops
@@ -271,7 +272,7 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
 
     kwargs = {"mode": "reference" if render_mode == "reference" else "paper",
               "render_mode": render_mode, "sigma_rule": render_mode, "renderer": renderer}
-    source = EmbeddedRGBD(num_scenes=1, size=(72, 96), seed=4, include_motorcycle=False)
+    source = EmbeddedRGBD(num_scenes=1, size=(96, 128), seed=4, include_motorcycle=False)
     renderer = SyndofRenderer(**kwargs)
     crops = WholeImageCameraCrops(source, 32, renderer, short_side_range=None,
                                   vertical_flip=False, rot90=False)
@@ -279,7 +280,7 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
     whole = source[0]
     depth = clean_depth_mm(whole["depth_mm"][None])
     m = crops.margin
-    assert m == (14 if render_mode == "reference" else 21)
+    assert m == 2 * renderer.blur_reach_px() == (28 if render_mode == "reference" else 42)
     padded = pad_like_border(whole["image"][None], m, render_mode)
     for seed in range(3):
         torch.manual_seed(seed)

@@ -105,18 +105,20 @@ floor are ramps in front of the focus, where every layer needs its own fill)."""
 @pytest.mark.slow
 def test_batched_training_windows_match_the_official_generator(oracle, monkeypatch):
     """The batched renderer (the device path, run here on the CPU) on 240 px training windows
-    as the DataModule cuts them (a 14 px margin, the whole image's camera and fill start), the
+    as the DataModule cuts them (a 28 px margin, the whole image's camera and fill start), the
     a window of each camera in one batch: each window against the same crop of the
     official render, by the fidelity bars (>= 40 dB, 99th percentile <= 4 levels away from
     depth edges). (``bench/bench_syndof.py`` compares the whole image.)"""
-    from dmenet.data.syndof import batched, fill_start_coc_px, pad_like_border
+    from dmenet.data.syndof import SyndofRenderer, batched, fill_start_coc_px, pad_like_border
     from dmenet.data.thin_lens import Camera
 
     # chunks of 128 MB instead of a device's 512 MB: several chunks per batch, and a CPU peak
     # that fits the suite's memory
     monkeypatch.setattr(batched, "CHUNK_ELEMENTS", 1 << 25)
     table, image, depth = oracle
-    size, m = 240, 14
+    size, m = 240, SyndofRenderer(render_mode="reference", sigma_rule="reference",
+                                  c_max_px=29.0).crop_margin_px()
+    assert m == 28
     image_p, depth_p = pad_like_border(image, m, "reference"), pad_like_border(depth, m, "reference")
     images, depths, cams, starts, where = [], [], [], [], []
     for name, corners in WINDOWS.items():
@@ -135,7 +137,8 @@ def test_batched_training_windows_match_the_official_generator(oracle, monkeypat
                          c_max_px=29.0, fill_from_coc_px=torch.cat(starts))
     h, w = image.shape[-2:]
     inside = np.zeros((h, w), dtype=bool)
-    inside[m:-m, m:-m] = True  # the image border strip follows the border rule: not compared
+    r = m // 2  # the blur reach: the image border strip follows the border rule, not compared
+    inside[r:-r, r:-r] = True
     for i, (name, y, x) in enumerate(where):
         case = table[name]
         official = read_png16_rgb(case["official_png"])[y:y + size, x:x + size]

@@ -299,9 +299,18 @@ class SyndofRenderer(nn.Module):
         return self.sampler.sample(depth_mm, generator)
 
     def blur_reach_px(self) -> int:
-        """The margin (px) a crop needs to render like the same crop of the whole image."""
+        """How far (px) the blur of a pixel reaches at this renderer's largest sigma."""
         return blur_reach_px(sigma_max_px(self.c_max_px, self.sigma_rule), self.render_mode,
                              self.aperture)
+
+    def crop_margin_px(self) -> int:
+        """The margin (px) a crop is rendered with to equal the same crop of the whole-image
+        render: the blur's reach and the fill's. The fill region extends up to one blur reach
+        beyond the layers composited so far, and its Laplace solution there depends on the
+        region around it: with one blur reach as the margin, crops missed the whole render by up
+        to 9.8 levels at their edge (the exact fill, 1 of 32 crops); with two, by 0.34 at most
+        (the batched renderer's approximate fill: 1.9 levels, 1 of 32)."""
+        return 2 * self.blur_reach_px()
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, depth_mm: torch.Tensor,
