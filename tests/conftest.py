@@ -99,7 +99,7 @@ def pytest_collection_finish(session):
 def pytest_collection_modifyitems(config, items):
     # Tests that start `dmenet` processes (about 1-2 GB each, DDP two) run first, while this
     # process is still small: it grows over the suite (models, libraries, allocator caches; a
-    # 2.75 GB peak), and a subprocess beside it late in the run adds to the process tree's peak.
+    # 2.73 GB peak), and a subprocess beside it late in the run adds to the process tree's peak.
     items.sort(key=lambda item: "subprocess" not in item.keywords)  # stable: order kept within
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
     if not torch.cuda.is_available():
