@@ -116,9 +116,9 @@ def test_batched_training_windows_match_the_official_generator(oracle, monkeypat
     # that fits the suite's memory
     monkeypatch.setattr(batched, "CHUNK_ELEMENTS", 1 << 25)
     table, image, depth = oracle
-    size, m = 240, SyndofRenderer(render_mode="reference", sigma_rule="reference",
-                                  c_max_px=29.0).crop_margin_px()
-    assert m == 28
+    renderer = SyndofRenderer(render_mode="reference", sigma_rule="reference", c_max_px=29.0)
+    size, m, reach = 240, renderer.crop_margin_px(), renderer.blur_reach_px()
+    assert (m, reach) == (28, 14)
     image_p, depth_p = pad_like_border(image, m, "reference"), pad_like_border(depth, m, "reference")
     images, depths, cams, starts, where = [], [], [], [], []
     for name, corners in WINDOWS.items():
@@ -137,8 +137,7 @@ def test_batched_training_windows_match_the_official_generator(oracle, monkeypat
                          c_max_px=29.0, fill_from_coc_px=torch.cat(starts))
     h, w = image.shape[-2:]
     inside = np.zeros((h, w), dtype=bool)
-    r = m // 2  # the blur reach: the image border strip follows the border rule, not compared
-    inside[r:-r, r:-r] = True
+    inside[reach:-reach, reach:-reach] = True  # the image border strip follows the border rule
     for i, (name, y, x) in enumerate(where):
         case = table[name]
         official = read_png16_rgb(case["official_png"])[y:y + size, x:x + size]
