@@ -9,6 +9,7 @@ import torch
 
 from dmenet.data.syndof import render_defocus, render_from_sigma
 from dmenet.data.syndof.composite import composite_run, layer_rgba, over, unpremultiply
+from dmenet.data.syndof.fill import RELAX_SWEEPS
 from dmenet.data.thin_lens import Camera
 from dmenet.profiling import DispatchCounter
 
@@ -141,10 +142,27 @@ def ramp_scene(b: int, layers: int):
     return texture(b, h, w), depth, cam
 
 
-def dispatched(b: int, layers: int) -> tuple[DispatchCounter, int]:
+def dispatched(b: int, layers: int, fills: list | None = None) -> tuple[DispatchCounter, int]:
+    """What rendering ``b`` ramps of about ``layers`` layers dispatches; the fills' own counts are
+    appended to ``fills`` when given."""
+    import dmenet.data.syndof.batched as batched
+
     image, depth, cam = ramp_scene(b, layers)
-    with DispatchCounter() as count:
-        out = render_defocus(image, depth, cam, renderer="batched")
+    relax_fill = batched.relax_fill
+
+    def counted_fill(*args, **kwargs):
+        with DispatchCounter() as inner:
+            out = relax_fill(*args, **kwargs)
+        fills.append(inner)
+        return out
+
+    if fills is not None:
+        batched.relax_fill = counted_fill
+    try:
+        with DispatchCounter() as count:
+            out = render_defocus(image, depth, cam, renderer="batched")
+    finally:
+        batched.relax_fill = relax_fill
     return count, int(out.num_layers[0])
 
 
@@ -170,5 +188,60 @@ def test_dispatched_ops_do_not_grow_with_the_batch():
         sixteen, n = dispatched(16, layers)
         assert sixteen.ops == two.ops and one.ops <= two.ops <= one.ops + 2, layers
     # what the renderer exists for: a few ops per crop and layer at batch 16 (the tiled
-    # renderer's torch path dispatched 570-990)
-    assert sixteen.ops / (16 * n) < 10
+    # renderer's torch path dispatched 570-990), as a GPU runs it: each fill compiled, one
+    # kernel per half-sweep and one more (counted on the device by bench/gpu.sh)
+    fills = []
+    sixteen, n = dispatched(16, 120, fills)
+    assert len(fills) > 50
+    on_gpu = sixteen.ops - sum(f.ops for f in fills) + len(fills) * (2 * RELAX_SWEEPS + 1)
+    assert on_gpu / (16 * n) < 10
+    assert sixteen.ops / (16 * n) < 25  # every op dispatched, the fill uncompiled
+
+
+def test_compiled_fill_equals_the_uncompiled_one():
+    """The fill's sweeps as ``torch.compile`` makes them (the CUDA path) compute what the
+    uncompiled sweeps compute, for batches and frames of several sizes (one compilation)."""
+    from dmenet.data.syndof.fill import relax_fill
+
+    g = torch.Generator().manual_seed(3)
+    for b, h, w in ((3, 20, 24), (2, 17, 30)):
+        known = torch.rand(b, 4, h, w, generator=g)
+        known[:, 3:] = (known[:, 3:] > 0.5).float()
+        known[:, :3] *= known[:, 3:]
+        region = torch.rand(b, 1, h, w, generator=g) < 0.6
+        init = torch.rand(b, 4, h, w, generator=g)
+        compiled = relax_fill(known, region, init, sweeps=2, compiled=True)
+        eager = relax_fill(known, region, init, sweeps=2)
+        assert float((compiled - eager).abs().max()) < 1e-6
+
+
+def test_the_cuda_path_runs_on_the_cpu(monkeypatch):
+    """The renderer with its fill compiled, as on a CUDA device, renders what it renders
+    uncompiled."""
+    import dmenet.data.syndof.batched as batched
+
+    monkeypatch.setattr(batched, "RELAX_SWEEPS", 2)  # the compilation of the test above
+    image, depth, cam = dense_scene(24, 40, seed=5, occluder=(6, 16, 10, 22))
+    eager = render_defocus(image, depth, cam, renderer="batched", render_mode="reference")
+    monkeypatch.setattr(batched, "COMPILE_FILL_ON", ("cpu", "cuda"))
+    compiled = render_defocus(image, depth, cam, renderer="batched", render_mode="reference")
+    assert float((compiled.image - eager.image).abs().max()) < 1e-5
+
+
+def test_a_fill_that_cannot_compile_warns_and_runs_uncompiled(monkeypatch):
+    import dmenet.data.syndof.fill as fill
+
+    def no_compiler():
+        def fail(*args):
+            raise RuntimeError("no C++ compiler found\nsecond line")
+        return fail
+
+    monkeypatch.setattr(fill, "_compiled", no_compiler)
+    monkeypatch.setattr(fill, "_COMPILE_FAILED", [])
+    known = torch.rand(1, 4, 8, 8)
+    region = torch.rand(1, 1, 8, 8) < 0.5
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .RuntimeError: no C.. "
+                                            "compiler found.; the relaxation sweeps run"):
+        out = fill.relax_fill(known, region, sweeps=2, compiled=True)
+    assert torch.equal(out, fill.relax_fill(known, region, sweeps=2))
+    assert fill._COMPILE_FAILED  # once: later fills do not try again

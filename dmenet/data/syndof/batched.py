@@ -28,13 +28,19 @@ import numpy as np
 import torch
 
 from .composite import composite_run, layer_rgba, over, resolve, unpremultiply
-from .fill import RELAX_SWEEPS, fill_region, relax_fill, relaxation_operators
+from .fill import RELAX_SWEEPS, checkerboard, fill_region, relax_fill
 from .kernels import blur_stack, disc_kernel2d, pad_border, significant_kernel1d
 
-__all__ = ["CHUNK_ELEMENTS", "BatchPlan", "composite_batched", "plan", "read_to_host"]
+__all__ = ["CHUNK_ELEMENTS", "COMPILE_FILL_ON", "BatchPlan", "composite_batched", "plan",
+           "read_to_host"]
 
 CHUNK_ELEMENTS = 1 << 27
 """The layers blurred in one call hold at most about this many values (512 MB in float32)."""
+
+COMPILE_FILL_ON = ("cuda",)
+"""Device types on which the fill's sweeps run compiled by ``torch.compile`` (one kernel per
+half-sweep instead of seven; compiling takes seconds once per process, which the CPU, with its
+own tiled renderer, does not repay)."""
 
 
 def read_to_host(x: torch.Tensor) -> np.ndarray:
@@ -133,7 +139,8 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
                       radius_px: int | None, border: str) -> torch.Tensor:
     """Composite ``image (B,3,H,W)`` far to near by ``layer_id (B,1,H,W)`` (0 = farthest), each
     layer blurred with its ``layer_sigma (B, L)`` (px); the fill before every layer after
-    ``start (B,)`` (None: no fill), by :data:`~.fill.RELAX_SWEEPS` relaxation sweeps.
+    ``start (B,)`` (None: no fill), by :data:`~.fill.RELAX_SWEEPS` relaxation sweeps (compiled
+    on the devices of :data:`COMPILE_FILL_ON`).
     Returns ``(B,3,H,W)``."""
     b, _, h, w = image.shape
     p = plan(layer_sigma, num_layers, start, image.shape, aperture, radius_px)
@@ -167,7 +174,8 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     for idx, r in p.back:
         acc, alpha = composite_run(acc, alpha, layer_rgba(blur_chunk(idx, r, False)[:, :, :4]))
     solution = torch.zeros(b, 4, h, w, dtype=image.dtype, device=image.device)  # warm start
-    operators = relaxation_operators(h, w, 4, device=image.device, dtype=image.dtype)
+    halves = checkerboard(h, w, image.device)
+    compile_fill = image.device.type in COMPILE_FILL_ON
     for idx, r, active, fill_at in p.front:
         stack = blur_chunk(idx[:active[0]], r, any(fill_at))
         rgba = layer_rgba(stack[:, :, :4])
@@ -180,7 +188,7 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
                 region = fill_region(union, stack[:n, j, 4:])
                 u = union.to(image.dtype)
                 filled = relax_fill(torch.cat([a * u, u], dim=1), region, solution[:n],
-                                    RELAX_SWEEPS, operators=operators)
+                                    RELAX_SWEEPS, halves=halves, compiled=compile_fill)
                 a = torch.where(region, filled[:, :3], a)
                 al = torch.where(region, filled[:, 3:], al)
                 if n == b:
