@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dmenet.profiling import BYTES_PER_S, LAUNCH_S, SYNC_S
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SAMPLES = SHARED / "rgbd_samples"
@@ -123,11 +125,60 @@ def baseline_device_path(commit: str):
 
 
 def counted(fn):
+    """``fn()`` under a :class:`~dmenet.profiling.DispatchCounter`: the count, the output and
+    the fills' own counts and shapes (each call of the batched renderer's ``relax_fill``)."""
+    import dmenet.data.syndof.batched as batched
     from dmenet.profiling import DispatchCounter
 
-    with DispatchCounter() as count:
-        out = fn()
-    return count, out
+    relax_fill, fills = batched.relax_fill, []
+
+    def counted_fill(known, *args, **kwargs):
+        with DispatchCounter() as inner:
+            out = relax_fill(known, *args, **kwargs)
+        fills.append((inner, tuple(known.shape)))
+        return out
+
+    batched.relax_fill = counted_fill
+    try:
+        with DispatchCounter() as count:
+            out = fn()
+    finally:
+        batched.relax_fill = relax_fill
+    return count, out, fills
+
+
+def compiled_fill_cost(shape: tuple[int, ...], sweeps: int) -> tuple[int, int]:
+    """Kernels and bytes of one compiled fill of ``shape (N, C, H, W)`` float32 on a GPU (a
+    model; ``--device cuda`` counts the kernels): one kernel per half-sweep, which reads the
+    frame and its bool mask and writes the frame, and one that reads the known values and the
+    warm start (or fuses them into the first half-sweep)."""
+    n, c, h, w = shape
+    frame = n * c * h * w * 4
+    return 2 * sweeps + 1, 2 * sweeps * (2 * frame + n * h * w) + 3 * frame
+
+
+def gpu_path(count, fills) -> tuple[float, float]:
+    """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it: every fill
+    compiled (:func:`compiled_fill_cost`), every other op as counted."""
+    from dmenet.data.syndof.fill import RELAX_SWEEPS
+
+    ops, nbytes = count.ops, count.bytes
+    for inner, shape in fills:
+        kernels, moved = compiled_fill_cost(shape, RELAX_SWEEPS)
+        ops += kernels - inner.ops
+        nbytes += moved - inner.bytes
+    return ops, nbytes
+
+
+def cuda_kernels(fn) -> int:
+    """CUDA kernels launched by ``fn()`` (torch.profiler)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(e.count for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
 
 
 def compare(got: torch.Tensor, ref: torch.Tensor, margin: int) -> tuple[float, float]:
@@ -152,17 +203,26 @@ def window_rows(args, device, baseline) -> list[dict]:
             def run(renderer, batch=batch):
                 return lambda: render_windows(batch, renderer, device)
 
-            if device.type == "cuda":
-                run("batched")()  # warm-up (CUDA context, kernels)
-            count, out = counted(run("batched"))  # (on the CPU: the warm-up)
+            first_s = float("nan")
+            if device.type == "cuda":  # warm-up: the fill's compilation, once per process
+                t0 = time.perf_counter()
+                run("batched")()
+                torch.cuda.synchronize()
+                first_s = time.perf_counter() - t0
+            count, out, fills = counted(run("batched"))  # (on the CPU: the warm-up)
             layers = float(out.num_layers.float().mean())
             t_batched, out = timed(run("batched"), device, warm_up=False)
+            gpu_ops, gpu_bytes = gpu_path(count, fills)
             row = {"source": name, "batch": b, "layers": layers, "device": device.type,
                    "ops": count.ops / b, "syncs": count.syncs / b, "bytes": count.bytes / b,
-                   "batched": b / t_batched}
+                   "batched": b / t_batched, "fills": len(fills) / b,
+                   "gpu_ops": gpu_ops / b, "gpu_bytes": gpu_bytes / b, "first_s": first_s}
             row["ops_layer"] = row["ops"] / layers
-            row["launch_ms"] = count.launch_bound_s() / b * 1e3
-            row["bandwidth_ms"] = count.bandwidth_bound_s() / b * 1e3
+            row["gpu_ops_layer"] = row["gpu_ops"] / layers
+            row["launch_ms"] = (gpu_ops * LAUNCH_S + count.syncs * SYNC_S) / b * 1e3
+            row["bandwidth_ms"] = gpu_bytes / BYTES_PER_S / b * 1e3
+            if device.type == "cuda":
+                row["kernels"] = cuda_kernels(run("batched")) / b
             if device.type == "cpu":
                 t_tiled, ref = timed(run("tiled"), device)
                 row["tiled"] = b / t_tiled
@@ -171,7 +231,7 @@ def window_rows(args, device, baseline) -> list[dict]:
                     t_loop, _ = timed(run("loop"), device)
                     row["loop"] = b / t_loop
             if baseline is not None and device.type == "cpu":
-                old, _ = counted(lambda batch=batch: baseline(batch))
+                old, _, _ = counted(lambda batch=batch: baseline(batch))
                 row["old_ops"], row["old_syncs"] = old.ops / b, old.syncs / b
                 row["old_ops_layer"] = row["old_ops"] / layers
                 row["old_launch_ms"] = old.launch_bound_s() / b * 1e3
@@ -301,27 +361,37 @@ def report(oracle, rows, mp_rows, args) -> str:
         base = "old_ops" in rows[0]
         lines += [
             f"## Training windows ({rows[0]['device']})", "",
-            "240 px crops with their margin (crop_margin_px), as the DataModule cuts them: reference-mode "
-            "cameras drawn from the whole image, its fill start. Rates in crops/s ("
-            + ("CPU time, one thread" if cpu else "wall time, synchronised") + "); ops, syncs "
-            "and bytes per crop: the batched renderer's dispatched aten ops, host "
-            "synchronisations and the bytes their kernels read and write; GPU estimates per "
-            "crop: launch-bound (5 us per op, 20 us per sync) and bandwidth-bound (the bytes at "
-            "3 TB/s).", ""]
-        head = "| source | batch | layers per crop | batched | "
+            "240 px crops with their margin (crop_margin_px), as the DataModule cuts them: "
+            "reference-mode cameras drawn from the whole image, its fill start. Rates in crops/s ("
+            + ("CPU time, one thread" if cpu else "wall time, synchronised") + "). Ops and syncs "
+            "per crop: the batched renderer's dispatched aten ops (its fill uncompiled, as on "
+            "the CPU) and host synchronisations; \"as on a GPU\": the same with every fill "
+            "compiled (`compiled_fill_cost`: one kernel per half-sweep and one more, each "
+            "half-sweep reading and writing the frame once), also in MB per crop. GPU "
+            "estimates per crop from those: launch-bound (5 us per op, 20 us per sync) and "
+            "bandwidth-bound (the bytes at 3 TB/s, no cache reuse)."
+            + ("" if cpu else " Kernels per crop: CUDA kernels counted by torch.profiler; "
+               "first call: the first batch's wall time, the fill's compilation included."), ""]
+        head = "| source | batch | layers per crop | fills per crop | batched | "
         head += "tiled | loop | " if cpu else ""
-        head += "ops per crop | ops per crop and layer | syncs per crop | MB per crop | " \
-                "GPU, launch-bound (ms per crop) | GPU, bandwidth-bound (ms per crop) |"
+        head += "ops per crop and layer: uncompiled / as on a GPU | syncs per crop | " \
+                "MB per crop as on a GPU | GPU, launch-bound (ms per crop) | " \
+                "GPU, bandwidth-bound (ms per crop) |"
+        head += " kernels per crop | first call (s) |" if not cpu else ""
         head += " batched vs tiled: PSNR (dB), max (levels) |" if cpu else ""
         head += (" previous device path: ops per crop and layer, syncs per crop, GPU estimate "
                  "(ms per crop) |") if base else ""
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for r in rows:
-            line = f"| {r['source']} | {r['batch']} | {r['layers']:.0f} | {r['batched']:.3g} | "
+            line = (f"| {r['source']} | {r['batch']} | {r['layers']:.0f} | {r['fills']:.0f} | "
+                    f"{r['batched']:.3g} | ")
             if cpu:
                 line += f"{r['tiled']:.3g} | {r.get('loop', float('nan')):.3g} | "
-            line += (f"{r['ops']:.0f} | {r['ops_layer']:.2f} | {r['syncs']:.2f} | "
-                     f"{r['bytes'] / 1e6:.0f} | {r['launch_ms']:.2f} | {r['bandwidth_ms']:.2f} |")
+            line += (f"{r['ops_layer']:.2f} / {r['gpu_ops_layer']:.2f} | {r['syncs']:.2f} | "
+                     f"{r['gpu_bytes'] / 1e6:.0f} | {r['launch_ms']:.2f} | "
+                     f"{r['bandwidth_ms']:.2f} |")
+            if not cpu:
+                line += f" {r['kernels']:.0f} | {r['first_s']:.1f} |"
             if cpu:
                 line += f" {r['psnr']:.1f}, {r['max']:.2f} |"
             if base:
