@@ -157,17 +157,18 @@ def compiled_fill_cost(shape: tuple[int, ...], sweeps: int) -> tuple[int, int]:
     return 2 * sweeps + 1, 2 * sweeps * (2 * frame + n * h * w) + 3 * frame
 
 
-def gpu_path(count, fills) -> tuple[float, float]:
-    """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it: every fill
-    compiled (:func:`compiled_fill_cost`), every other op as counted."""
+def gpu_path(count, fills) -> tuple[int, int, int]:
+    """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it (every fill
+    compiled, :func:`compiled_fill_cost`; every other op as counted), and the fills' bytes."""
     from dmenet.data.syndof.fill import RELAX_SWEEPS
 
-    ops, nbytes = count.ops, count.bytes
+    ops, nbytes, fill_bytes = count.ops, count.bytes, 0
     for inner, shape in fills:
         kernels, moved = compiled_fill_cost(shape, RELAX_SWEEPS)
         ops += kernels - inner.ops
         nbytes += moved - inner.bytes
-    return ops, nbytes
+        fill_bytes += moved
+    return ops, nbytes, fill_bytes
 
 
 def cuda_kernels(fn) -> int:
@@ -212,11 +213,12 @@ def window_rows(args, device, baseline) -> list[dict]:
             count, out, fills = counted(run("batched"))  # (on the CPU: the warm-up)
             layers = float(out.num_layers.float().mean())
             t_batched, out = timed(run("batched"), device, warm_up=False)
-            gpu_ops, gpu_bytes = gpu_path(count, fills)
+            gpu_ops, gpu_bytes, fill_bytes = gpu_path(count, fills)
             row = {"source": name, "batch": b, "layers": layers, "device": device.type,
                    "ops": count.ops / b, "syncs": count.syncs / b, "bytes": count.bytes / b,
                    "batched": b / t_batched, "fills": len(fills) / b,
-                   "gpu_ops": gpu_ops / b, "gpu_bytes": gpu_bytes / b, "first_s": first_s}
+                   "gpu_ops": gpu_ops / b, "gpu_bytes": gpu_bytes / b, "first_s": first_s,
+                   "fill_share": fill_bytes / max(gpu_bytes, 1)}
             row["ops_layer"] = row["ops"] / layers
             row["gpu_ops_layer"] = row["gpu_ops"] / layers
             row["launch_ms"] = (gpu_ops * LAUNCH_S + count.syncs * SYNC_S) / b * 1e3
@@ -375,7 +377,7 @@ def report(oracle, rows, mp_rows, args) -> str:
         head = "| source | batch | layers per crop | fills per crop | batched | "
         head += "tiled | loop | " if cpu else ""
         head += "ops per crop and layer: uncompiled / as on a GPU | syncs per crop | " \
-                "MB per crop as on a GPU | GPU, launch-bound (ms per crop) | " \
+                "MB per crop as on a GPU (the fill's share) | GPU, launch-bound (ms per crop) | " \
                 "GPU, bandwidth-bound (ms per crop) |"
         head += " kernels per crop | first call (s) |" if not cpu else ""
         head += " batched vs tiled: PSNR (dB), max (levels) |" if cpu else ""
@@ -388,7 +390,7 @@ def report(oracle, rows, mp_rows, args) -> str:
             if cpu:
                 line += f"{r['tiled']:.3g} | {r.get('loop', float('nan')):.3g} | "
             line += (f"{r['ops_layer']:.2f} / {r['gpu_ops_layer']:.2f} | {r['syncs']:.2f} | "
-                     f"{r['gpu_bytes'] / 1e6:.0f} | {r['launch_ms']:.2f} | "
+                     f"{r['gpu_bytes'] / 1e6:.0f} ({r['fill_share']:.0%}) | {r['launch_ms']:.2f} | "
                      f"{r['bandwidth_ms']:.2f} |")
             if not cpu:
                 line += f" {r['kernels']:.0f} | {r['first_s']:.1f} |"
