@@ -364,7 +364,9 @@ def report(oracle, rows, mp_rows, args) -> str:
         lines += [
             f"## Training windows ({rows[0]['device']})", "",
             "240 px crops with their margin (crop_margin_px), as the DataModule cuts them: "
-            "reference-mode cameras drawn from the whole image, its fill start. Rates in crops/s ("
+            "reference-mode cameras drawn from the whole image, its fill start. Fill calls per "
+            "crop: the batch's fills over its crops (a call fills every crop with a layer "
+            "there). Rates in crops/s ("
             + ("CPU time, one thread" if cpu else "wall time, synchronised") + "). Ops and syncs "
             "per crop: the batched renderer's dispatched aten ops (its fill uncompiled, as on "
             "the CPU) and host synchronisations; \"as on a GPU\": the same with every fill "
@@ -374,7 +376,7 @@ def report(oracle, rows, mp_rows, args) -> str:
             "bandwidth-bound (the bytes at 3 TB/s, no cache reuse)."
             + ("" if cpu else " Kernels per crop: CUDA kernels counted by torch.profiler; "
                "first call: the first batch's wall time, the fill's compilation included."), ""]
-        head = "| source | batch | layers per crop | fills per crop | batched | "
+        head = "| source | batch | layers per crop | fill calls per crop | batched | "
         head += "tiled | loop | " if cpu else ""
         head += "ops per crop and layer: uncompiled / as on a GPU | syncs per crop | " \
                 "MB per crop as on a GPU (the fill's share) | GPU, launch-bound (ms per crop) | " \
