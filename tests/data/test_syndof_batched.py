@@ -36,7 +36,8 @@ def dense_scene(h, w, seed, slope_x=40.0, occluder=(8, 22, 20, 34)):
 
 def test_a_run_of_layers_at_once_equals_layer_by_layer():
     """:func:`composite_run` (a reverse cumulative product over the layer axis) equals
-    compositing layer by layer, from states that are empty, partly covered and opaque."""
+    compositing layer by layer (:func:`layer_rgba`, then :func:`over`), from states that are
+    empty, partly covered and opaque."""
     g = torch.Generator().manual_seed(0)
     b, k, h, w = 3, 7, 9, 11
     raw = torch.rand(b, k, 4, h, w, generator=g)
@@ -49,7 +50,7 @@ def test_a_run_of_layers_at_once_equals_layer_by_layer():
     alpha = torch.rand(b, 1, h, w, generator=g) * (torch.rand(b, 1, h, w, generator=g) > 0.3)
     alpha[0] = 1.0
     acc = torch.rand(b, 3, h, w, generator=g) * alpha
-    got_acc, got_alpha = composite_run(acc, alpha, rgba)
+    got_acc, got_alpha = composite_run(acc, alpha, raw)  # it masks as layer_rgba does
     ref_acc, ref_alpha = acc, alpha
     for j in range(k):
         ref_acc, ref_alpha = over(ref_acc, ref_alpha, rgba[:, j])

@@ -149,6 +149,8 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     big_r = p.radius
     img = pad_border(image, big_r, border)
     lid = pad_border(layer_id, big_r, border)
+    # what a layer's pixels contribute: (I, 1), and 1 to the union channel
+    source = torch.cat([img, torch.ones_like(img[:, :2])], dim=1)[:, None]  # (B, 1, 5, Hp, Wp)
 
     def blur_chunk(idx: torch.Tensor, r: int, with_union: bool) -> torch.Tensor:
         """``(N, K, C, H, W)``: the chunk's layers ``(m I, m)`` (and ``U``) blurred, for the
@@ -156,12 +158,14 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
         n, k = idx.shape
         crop = (slice(0, n), slice(None), slice(big_r - r, big_r + r + h),
                 slice(big_r - r, big_r + r + w))
-        ids = lid[crop][:, None]
-        m = (ids == idx[:, :, None, None, None]).to(image.dtype)  # (N, K, 1, Hp, Wp)
-        parts = [img[crop][:, None] * m, m]
-        if with_union:
-            parts.append((ids < idx[:, :, None, None, None]).to(image.dtype))
-        x = torch.cat(parts, dim=2).flatten(0, 1)
+        ids = lid[crop][:, None]  # (N, 1, 1, Hp, Wp)
+        layer = idx[:, :, None, None, None]
+        own = ids == layer  # (N, K, 1, Hp, Wp)
+        take = own  # (m I, m): the source where the layer is
+        if with_union:  # and U: 1 where a farther layer is
+            take = torch.cat([own.expand(-1, -1, 4, -1, -1), ids < layer], dim=2)
+        src = source[:n, :, :5 if with_union else 4, crop[2], crop[3]]
+        x = torch.where(take, src, 0.0).flatten(0, 1)
         samples = torch.arange(n, device=image.device)[:, None].expand(n, k)
         taps = p.kernels[samples, idx.clamp(min=0)].flatten(0, 1)
         taps = taps[..., big_r - r:big_r + r + 1]
@@ -172,7 +176,7 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     acc = torch.zeros_like(image)
     alpha = torch.zeros_like(image[:, :1])
     for idx, r in p.back:
-        acc, alpha = composite_run(acc, alpha, layer_rgba(blur_chunk(idx, r, False)[:, :, :4]))
+        acc, alpha = composite_run(acc, alpha, blur_chunk(idx, r, False))
     solution = torch.zeros(b, 4, h, w, dtype=image.dtype, device=image.device)  # warm start
     halves = checkerboard(h, w, image.device)
     compile_fill = image.device.type in COMPILE_FILL_ON

@@ -46,15 +46,17 @@ def unpremultiply(acc: torch.Tensor, alpha: torch.Tensor):
     return acc / alpha.clamp(min=torch.finfo(alpha.dtype).tiny), (alpha > 0).to(alpha.dtype)
 
 
-def composite_run(acc: torch.Tensor, alpha: torch.Tensor, rgba: torch.Tensor):
-    """Layers ``rgba (B, K, 4, H, W)`` (far to near, :func:`layer_rgba`) over ``(acc, alpha)``
-    at once, with no un-premultiply or fill between them: equal to :func:`over` layer by
-    layer. ``T_k = prod_{j > k} (1 - M_j)`` (a reverse cumulative product over the layers),
+def composite_run(acc: torch.Tensor, alpha: torch.Tensor, blurred: torch.Tensor):
+    """Layers ``blurred (B, K, 4, H, W)`` (far to near, blurred ``(m I, m)``; as
+    :func:`layer_rgba` makes them, which is applied here) over ``(acc, alpha)`` at once, with
+    no un-premultiply or fill between them: equal to :func:`over` layer by layer.
+    ``T_k = prod_{j > k} (1 - M_j)`` (a reverse cumulative product over the layers),
     ``Acc = Acc_0 T_{-1} + sum_k C_k T_k`` and the same for ``A``."""
-    m = rgba[:, :, 3:]
+    keep = blurred[:, :, 3:] >= MASK_EPS  # layer_rgba's mask, applied to one channel
+    m = blurred[:, :, 3:] * keep
     through = torch.cumprod((1.0 - m).flip(1), dim=1).flip(1)  # prod_{j >= k} (1 - M_j)
     after = torch.cat([through[:, 1:], torch.ones_like(through[:, :1])], dim=1)  # j > k
-    total = (rgba * after).sum(1)  # sum_k (C_k, M_k) T_k
+    total = (blurred * (after * keep)).sum(1)  # sum_k (C_k, M_k) T_k
     return acc * through[:, 0] + total[:, :3], alpha * through[:, 0] + total[:, 3:]
 
 
