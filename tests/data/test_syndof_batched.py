@@ -202,8 +202,9 @@ def test_dispatched_ops_do_not_grow_with_the_batch():
 def test_compiled_fill_equals_the_uncompiled_one():
     """The fill's sweeps as ``torch.compile`` makes them (the CUDA path) compute what the
     uncompiled sweeps compute, for batches and frames of several sizes (one compilation)."""
-    from dmenet.data.syndof.fill import relax_fill
+    from dmenet.data.syndof import fill
 
+    relax_fill = fill.relax_fill
     g = torch.Generator().manual_seed(3)
     for b, h, w in ((3, 20, 24), (2, 17, 30)):
         known = torch.rand(b, 4, h, w, generator=g)
@@ -214,12 +215,14 @@ def test_compiled_fill_equals_the_uncompiled_one():
         compiled = relax_fill(known, region, init, sweeps=2, compiled=True)
         eager = relax_fill(known, region, init, sweeps=2)
         assert float((compiled - eager).abs().max()) < 1e-6
+    assert not fill._COMPILE_FAILED  # it ran compiled, not the uncompiled fallback
 
 
 def test_the_cuda_path_runs_on_the_cpu(monkeypatch):
     """The renderer with its fill compiled, as on a CUDA device, renders what it renders
     uncompiled."""
     import dmenet.data.syndof.batched as batched
+    from dmenet.data.syndof import fill
 
     monkeypatch.setattr(batched, "RELAX_SWEEPS", 2)  # the compilation of the test above
     image, depth, cam = dense_scene(24, 40, seed=5, occluder=(6, 16, 10, 22))
@@ -227,6 +230,7 @@ def test_the_cuda_path_runs_on_the_cpu(monkeypatch):
     monkeypatch.setattr(batched, "COMPILE_FILL_ON", ("cpu", "cuda"))
     compiled = render_defocus(image, depth, cam, renderer="batched", render_mode="reference")
     assert float((compiled.image - eager.image).abs().max()) < 1e-5
+    assert not fill._COMPILE_FAILED
 
 
 def test_a_fill_that_cannot_compile_warns_and_runs_uncompiled(monkeypatch):
