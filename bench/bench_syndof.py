@@ -152,9 +152,11 @@ def compiled_fill_cost(shape: tuple[int, ...], sweeps: int) -> tuple[int, int]:
     model; ``--device cuda`` counts the kernels): one kernel per half-sweep, which reads the
     frame and its bool mask and writes the frame, and one that reads the known values and the
     warm start (or fuses them into the first half-sweep)."""
+    from dmenet.data.syndof.fill import compiled_kernels
+
     n, c, h, w = shape
     frame = n * c * h * w * 4
-    return 2 * sweeps + 1, 2 * sweeps * (2 * frame + n * h * w) + 3 * frame
+    return compiled_kernels(sweeps), 2 * sweeps * (2 * frame + n * h * w) + 3 * frame
 
 
 def gpu_path(count, fills) -> tuple[int, int, int]:

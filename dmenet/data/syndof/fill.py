@@ -32,6 +32,7 @@ __all__ = [
     "RELAX_OMEGA",
     "RELAX_SWEEPS",
     "checkerboard",
+    "compiled_kernels",
     "fill_region",
     "laplace_factor",
     "laplace_rhs",
@@ -167,6 +168,13 @@ def _compiled():
 _COMPILE_FAILED: list[str] = []
 
 
+def compiled_kernels(sweeps: int = RELAX_SWEEPS) -> int:
+    """The kernels one compiled :func:`relax_fill` launches on a GPU, as we model it: one per
+    half-sweep and one more (merging the warm start, or clamping, where not fused into a
+    half-sweep). ``bench/gpu.sh`` counts them on a CUDA device."""
+    return 2 * sweeps + 1
+
+
 def relax_fill(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | None = None,
                sweeps: int = RELAX_SWEEPS, omega: float = RELAX_OMEGA,
                halves: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -189,6 +197,8 @@ def relax_fill(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | N
     if compiled and not _COMPILE_FAILED:
         try:
             return _compiled()(*args)
+        except torch.OutOfMemoryError:
+            raise
         except Exception as error:  # a missing compiler or backend: the same sweeps, uncompiled
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
             _COMPILE_FAILED.append(reason)
