@@ -258,15 +258,12 @@ def test_shared_rgbd_samples_as_synthetic_source(rgbd_samples, kind, folder):
     assert batch["synthetic"]["label"].max() > 0  # a real scene has depth, hence defocus
 
 
-@pytest.mark.parametrize("renderer", ["tiled", "batched"])
-@pytest.mark.parametrize("render_mode", ["paper", "reference"])
-def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode, renderer):
-    """A training crop is rendered with the whole image's camera and fill start and a margin of
-    the reach of the blur and of the fill: it equals the same crop of the whole-image render
-    within 1/255 (the batched renderer: within the fidelity bars, its fill being approximate;
-    with 12 sweeps per fill, 53 of 56 reference-mode crops of 96 x 128 scenes are within 0.2
-    levels, the worst 2.0).
-    On this scene, a margin of the blur reach alone missed by 9.8 levels (reference, seed 2)."""
+def crops_against_the_whole_render(render_mode: str, renderer: str, scene_seed: int,
+                                   crop_seeds) -> list[torch.Tensor]:
+    """For each crop seed, ``|crop - the same crop of the whole-image render|`` ``(1, 3, 32,
+    32)``: training crops of a 96 x 128 procedural scene rendered as the DataModule renders
+    them (the whole image's camera and fill start, its margin), and the whole image rendered
+    with that camera."""
     from dmenet.data.rgbd import EmbeddedRGBD
     from dmenet.data.syndof import SyndofRenderer, pad_like_border
     from dmenet.data.synthetic import CAMERA_KEYS, WholeImageCameraCrops
@@ -274,7 +271,8 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
 
     kwargs = {"mode": "reference" if render_mode == "reference" else "paper",
               "render_mode": render_mode, "sigma_rule": render_mode, "renderer": renderer}
-    source = EmbeddedRGBD(num_scenes=1, size=(96, 128), seed=4, include_motorcycle=False)
+    source = EmbeddedRGBD(num_scenes=1, size=(96, 128), seed=scene_seed,
+                          include_motorcycle=False)
     renderer = SyndofRenderer(**kwargs)
     crops = WholeImageCameraCrops(source, 32, renderer, short_side_range=None,
                                   vertical_flip=False, rot90=False)
@@ -284,7 +282,8 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
     m = crops.margin
     assert m == 2 * renderer.blur_reach_px() == (28 if render_mode == "reference" else 42)
     padded = pad_like_border(whole["image"][None], m, render_mode)
-    for seed in range(3):
+    diffs = []
+    for seed in crop_seeds:
         torch.manual_seed(seed)
         item = crops[0]
         batch = {k: v[None] for k, v in item.items()}
@@ -299,7 +298,20 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
         y, x = hits[0]
         camera = Camera(*(item[k][None] for k in CAMERA_KEYS))
         ref = SyndofRenderer(**kwargs)(whole["image"][None], depth, camera=camera).image
-        diff = (rendered - ref[..., y:y + 32, x:x + 32]).abs()
+        diffs.append((rendered - ref[..., y:y + 32, x:x + 32]).abs())
+    return diffs
+
+
+@pytest.mark.parametrize("renderer", ["tiled", "batched"])
+@pytest.mark.parametrize("render_mode", ["paper", "reference"])
+def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode, renderer):
+    """A training crop is rendered with the whole image's camera and fill start and a margin of
+    the reach of the blur and of the fill: it equals the same crop of the whole-image render
+    within 1/255 (the batched renderer: within the fidelity bars, its fill being approximate;
+    with 12 sweeps per fill, 53 of 56 reference-mode crops of 96 x 128 scenes are within 0.2
+    levels, the worst 2.0, one of these).
+    On this scene, a margin of the blur reach alone missed by 9.8 levels (reference, seed 2)."""
+    for diff in crops_against_the_whole_render(render_mode, renderer, 4, range(3)):
         if renderer == "tiled":  # the exact fill: the same numbers
             assert float(diff.max()) <= 1.0 / 255
         else:  # the fill by fixed relaxation sweeps, whose error depends on the frame: within
@@ -307,6 +319,13 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
             psnr = float(10 * torch.log10(1.0 / (diff ** 2).mean()))
             p99 = float(diff.amax(1).flatten().quantile(0.99)) * 255
             assert psnr >= 50.0 and p99 <= 4.0 and float(diff.max()) <= 6.0 / 255
+
+
+def test_the_batched_fill_relaxes_enough_for_a_crop_that_eight_sweeps_missed():
+    """The crop for which 8 relaxation sweeps per fill missed the whole render by 1.45 levels
+    (the 12 of :data:`~dmenet.data.syndof.fill.RELAX_SWEEPS`: 0.35)."""
+    (diff,) = crops_against_the_whole_render("reference", "batched", 2, [3])
+    assert float(diff.max()) <= 1.0 / 255
 
 
 def _parse_data_options(args):
