@@ -250,3 +250,13 @@ def test_a_fill_that_cannot_compile_warns_and_runs_uncompiled(monkeypatch):
         out = fill.relax_fill(known, region, sweeps=2, compiled=True)
     assert torch.equal(out, fill.relax_fill(known, region, sweeps=2))
     assert fill._COMPILE_FAILED  # once: later fills do not try again
+
+    def silent_failure():
+        def fail(*args):
+            raise RuntimeError()  # an error without a message
+        return fail
+
+    monkeypatch.setattr(fill, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(fill, "_compiled", silent_failure)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: \)"):
+        fill.relax_fill(known, region, sweeps=2, compiled=True)

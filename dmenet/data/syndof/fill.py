@@ -200,7 +200,8 @@ def relax_fill(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | N
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # a missing compiler or backend: the same sweeps, uncompiled
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            reason = f"{type(error).__name__}: {first_line}"
             _COMPILE_FAILED.append(reason)
             warnings.warn(f"SYNDOF fill: torch.compile failed ({reason}); the relaxation "
                           "sweeps run uncompiled", RuntimeWarning, stacklevel=2)
