@@ -122,7 +122,7 @@ class DefocusEstimator:
 
 def _to_chw(image: Any) -> torch.Tensor:
     """A path, a NumPy array or a PIL image -> float32 ``(3, H, W)`` in ``[0, 1]``."""
-    from dmenet.data.io import _to_unit_float, read_image_tensor
+    from dmenet.data.io import read_image_tensor, to_unit_float
 
     if isinstance(image, (str, Path)):
         return read_image_tensor(image)
@@ -149,7 +149,7 @@ def _to_chw(image: Any) -> torch.Tensor:
                 f"a float image must be in [0, 1], its maximum is {top:g} (divide 8-bit values by 255)"
             )
         array = array.astype(np.float32, copy=False)
-    rgb = _to_unit_float(np.ascontiguousarray(array), Path("image array"))
+    rgb = to_unit_float(np.ascontiguousarray(array), Path("image array"))
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 

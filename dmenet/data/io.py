@@ -47,7 +47,9 @@ def read_raw(path: str | Path) -> np.ndarray:
     return array
 
 
-def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
+def to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
+    """Pixel values as float32 in ``[0, 1]``: 8-bit / 255, 16-bit / 65535, floats clipped;
+    another pixel type is a :class:`DataError` naming ``path``."""
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
@@ -77,7 +79,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: unsupported image shape {array.shape}")
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise DataError(f"{path}: the image has no pixels")
-    return _to_unit_float(array, path)
+    return to_unit_float(array, path)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def read_photo(path: str | Path) -> tuple[torch.Tensor, PhotoLayout]:
     planes = raw[:, :, None] if raw.ndim == 2 else raw
     alpha = planes[:, :, 3:].copy() if planes.shape[2] == 4 else None
     colour = planes[:, :, 2::-1] if planes.shape[2] >= 3 else planes  # BGR(A) -> RGB
-    colour = _to_unit_float(np.ascontiguousarray(colour), path)
+    colour = to_unit_float(np.ascontiguousarray(colour), path)
     return to_chw_tensor(colour), PhotoLayout(raw.dtype, raw.ndim, alpha)
 
 
