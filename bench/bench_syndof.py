@@ -128,23 +128,11 @@ def counted(fn):
     """``fn()`` under a :class:`~dmenet.profiling.DispatchCounter`: the count, the output and
     the fills' own counts and shapes (each call of the batched renderer's ``relax_fill``)."""
     import dmenet.data.syndof.batched as batched
-    from dmenet.profiling import DispatchCounter
+    from dmenet.profiling import DispatchCounter, counting_calls
 
-    relax_fill, fills = batched.relax_fill, []
-
-    def counted_fill(known, *args, **kwargs):
-        with DispatchCounter() as inner:
-            out = relax_fill(known, *args, **kwargs)
-        fills.append((inner, tuple(known.shape)))
-        return out
-
-    batched.relax_fill = counted_fill
-    try:
-        with DispatchCounter() as count:
-            out = fn()
-    finally:
-        batched.relax_fill = relax_fill
-    return count, out, fills
+    with counting_calls(batched, "relax_fill") as calls, DispatchCounter() as count:
+        out = fn()
+    return count, out, [(inner, tuple(args[0].shape)) for inner, args in calls]
 
 
 def compiled_fill_cost(shape: tuple[int, ...], sweeps: int) -> tuple[int, int]:

@@ -17,12 +17,14 @@ depends on the data (``nonzero``, ``masked_select``, ``unique``, ``bincount``,
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["BYTES_PER_S", "LAUNCH_S", "SYNC_S", "DispatchCounter"]
+__all__ = ["BYTES_PER_S", "LAUNCH_S", "SYNC_S", "DispatchCounter", "counting_calls"]
 
 LAUNCH_S = 5e-6
 """Seconds per dispatched op on a GPU when launches bound the time (eager PyTorch)."""
@@ -89,3 +91,24 @@ class DispatchCounter(TorchDispatchMode):
                 if torch.is_tensor(t):
                     self.bytes += t.numel() * t.element_size()
         return out
+
+
+@contextmanager
+def counting_calls(owner, name: str) -> Iterator[list[tuple[DispatchCounter, tuple]]]:
+    """While active, every call of ``owner.name`` (a module's function, as the code under test
+    looks it up) is counted on its own: yields a list that receives ``(count, args)`` per call.
+    An outer :class:`DispatchCounter` still counts those ops too, so the part of a whole that a
+    function dispatches is the sum of its calls' counts."""
+    function, calls = getattr(owner, name), []
+
+    def counted(*args, **kwargs):
+        with DispatchCounter() as count:
+            out = function(*args, **kwargs)
+        calls.append((count, args))
+        return out
+
+    setattr(owner, name, counted)
+    try:
+        yield calls
+    finally:
+        setattr(owner, name, function)

@@ -11,7 +11,7 @@ from dmenet.data.syndof import render_defocus, render_from_sigma
 from dmenet.data.syndof.composite import composite_run, layer_rgba, over, unpremultiply
 from dmenet.data.syndof.fill import compiled_kernels
 from dmenet.data.thin_lens import Camera
-from dmenet.profiling import DispatchCounter
+from dmenet.profiling import DispatchCounter, counting_calls
 
 
 def texture(b=1, h=40, w=56, seed=0):
@@ -143,34 +143,21 @@ def ramp_scene(b: int, layers: int):
     return texture(b, h, w), depth, cam
 
 
-def dispatched(b: int, layers: int, fills: list | None = None) -> tuple[DispatchCounter, int]:
-    """What rendering ``b`` ramps of about ``layers`` layers dispatches; the fills' own counts are
-    appended to ``fills`` when given."""
+def dispatched(b: int, layers: int) -> tuple[DispatchCounter, int, list[DispatchCounter]]:
+    """What rendering ``b`` ramps of about ``layers`` layers dispatches, and what each of its
+    fills dispatches within that."""
     import dmenet.data.syndof.batched as batched
 
     image, depth, cam = ramp_scene(b, layers)
-    relax_fill = batched.relax_fill
-
-    def counted_fill(*args, **kwargs):
-        with DispatchCounter() as inner:
-            out = relax_fill(*args, **kwargs)
-        fills.append(inner)
-        return out
-
-    if fills is not None:
-        batched.relax_fill = counted_fill
-    try:
-        with DispatchCounter() as count:
-            out = render_defocus(image, depth, cam, renderer="batched")
-    finally:
-        batched.relax_fill = relax_fill
-    return count, int(out.num_layers[0])
+    with counting_calls(batched, "relax_fill") as fills, DispatchCounter() as count:
+        out = render_defocus(image, depth, cam, renderer="batched")
+    return count, int(out.num_layers[0]), [inner for inner, _ in fills]
 
 
 def test_host_round_trips_do_not_grow_with_layers_or_batch():
     counts = {}
     for b, layers in ((1, 20), (1, 300), (16, 20), (16, 300)):
-        count, n = dispatched(b, layers)
+        count, n, _ = dispatched(b, layers)
         assert abs(n - layers) <= 0.1 * layers, n
         counts[b, layers] = count
     syncs = {key: c.syncs for key, c in counts.items()}
@@ -184,15 +171,13 @@ def test_dispatched_ops_do_not_grow_with_the_batch():
     per-sample kernels for more: two ops fewer)."""
     dispatched(1, 20)  # imports and one-time set-up outside the counts
     for layers in (20, 120):
-        one, _ = dispatched(1, layers)
-        two, _ = dispatched(2, layers)
-        sixteen, n = dispatched(16, layers)
+        one, _, _ = dispatched(1, layers)
+        two, _, _ = dispatched(2, layers)
+        sixteen, n, fills = dispatched(16, layers)
         assert sixteen.ops == two.ops and one.ops <= two.ops <= one.ops + 2, layers
     # what the renderer exists for: a few ops per crop and layer at batch 16 (the tiled
-    # renderer's torch path dispatched 570-990), as a GPU runs it: each fill compiled, one
-    # kernel per half-sweep and one more (counted on the device by bench/gpu.sh)
-    fills = []
-    sixteen, n = dispatched(16, 120, fills)
+    # renderer's torch path dispatched 570-990; here 120 layers), as a GPU runs it: each fill
+    # compiled, one kernel per half-sweep and one more (counted on the device by bench/gpu.sh)
     assert len(fills) > 50
     on_gpu = sixteen.ops - sum(f.ops for f in fills) + len(fills) * compiled_kernels()
     assert on_gpu / (16 * n) < 10
