@@ -19,7 +19,8 @@ import torch  # noqa: E402
 # The test process itself uses two cores where it has two (it waits while its subprocesses
 # run): with two threads and the collector frozen after collection (below), the suite took
 # 4 min 55 s against 6 min 24 s with one thread and the collector walking everything.
-_THREADS = int(os.environ.get("DMENET_TEST_THREADS", str(min(2, len(os.sched_getaffinity(0))))))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+_THREADS = int(os.environ.get("DMENET_TEST_THREADS", str(min(2, _CORES or 1))))
 torch.set_num_threads(_THREADS)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -308,8 +308,8 @@ class SyndofRenderer(nn.Module):
         render: the blur's reach and the fill's. The fill region extends up to one blur reach
         beyond the layers composited so far, and its Laplace solution there depends on the
         region around it: with one blur reach as the margin, crops missed the whole render by up
-        to 9.8 levels at their edge (the exact fill, 1 of 32 crops); with two, by 0.34 at most
-        (the batched renderer's approximate fill: 1.9 levels, 1 of 32)."""
+        to 9.8 levels at their edge (the exact fill, 1 of 32 crops); with two, by 0.34 at most.
+        (The batched renderer's relaxed fill adds its own error: :data:`~.fill.RELAX_SWEEPS`.)"""
         return 2 * self.blur_reach_px()
 
     @torch.no_grad()
