@@ -51,13 +51,18 @@ def read_to_host(x: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class BatchPlan:
-    """What the host decides once per batch, the samples ordered by their number of front
-    layers (most first, ``order``: the batch's indices in that order; None: as given): per chunk
-    of layers ``(B, K)`` layer indices (-1: none) and its kernel radius; per front chunk, per
-    position, how many samples (the first ones) still have a layer there and whether one of them
-    fills before it."""
+    """What the host decides once per batch. Each phase takes the samples in its own order,
+    most layers of that phase first (``back_rows``, ``front_rows``: the batch's indices in that
+    order; None: as given), so that every chunk and every front position works on a prefix of
+    the samples, those that still have a layer there. Per chunk of layers ``(N, K)`` layer
+    indices of the phase's first ``N`` samples (-1: none) and its kernel radius; per front
+    chunk, per position, how many samples (the first ones) still have a layer there and whether
+    one of them fills before it. ``back_to_front``: the back order's rows in the front order
+    (None: the same order)."""
 
-    order: torch.Tensor | None
+    back_rows: torch.Tensor | None
+    front_rows: torch.Tensor | None
+    back_to_front: torch.Tensor | None
     back: list[tuple[torch.Tensor, int]]
     front: list[tuple[torch.Tensor, int, list[int], list[bool]]]
     kernels: torch.Tensor  # (B, L, 2R + 1) or (B, L, 2R + 1, 2R + 1): centred, zero-padded
@@ -70,6 +75,12 @@ def _kernel(sigma: float, aperture: str, radius_px: int | None) -> np.ndarray:
     if aperture == "disc":
         return disc_kernel2d(sigma)
     return significant_kernel1d(sigma, radius_px)
+
+
+def _order(count: np.ndarray) -> np.ndarray | None:
+    """The samples by ``count``, most first (stable); None where that is the given order."""
+    order = np.argsort(-count, kind="stable")
+    return None if np.array_equal(order, np.arange(count.size)) else order
 
 
 def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tensor | None,
@@ -85,11 +96,6 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
                                     starts[:, None].double()], dim=1))
     sigma, n = table[:, :big_l], table[:, big_l].astype(np.int64)
     back = n if start is None else np.clip(table[:, big_l + 1].astype(np.int64) + 1, 0, n)
-    # front layers go one at a time: with the samples that have most of them first, the work of
-    # each position is done on the prefix of the batch that still has a layer there
-    order = np.argsort(-(n - back), kind="stable")
-    permuted = not np.array_equal(order, np.arange(b))
-    sigma, n, back = sigma[order], n[order], back[order]
     kernels = {s: _kernel(s, aperture, radius_px) for s in np.unique(sigma)}
     radius = np.vectorize(lambda s: kernels[s].shape[0] // 2)(sigma)  # (B, L)
     big_r = int(radius.max())
@@ -98,40 +104,60 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
     for s, k in kernels.items():
         taps[sigma == s] = np.pad(k, big_r - k.shape[0] // 2)  # centred
     h, w = shape[-2:]
-    per_layer = b * 5 * (h + 2 * big_r) * (w + 2 * big_r)
-    k_max = max(1, CHUNK_ELEMENTS // per_layer)
-    layer_index = np.arange(big_l)[None]
+    k_max = max(1, CHUNK_ELEMENTS // (b * 5 * (h + 2 * big_r) * (w + 2 * big_r)))
 
-    def chunks(first, count):
-        """Chunks of up to k_max layers ``first + j`` for ``j < count`` per sample."""
+    def chunks(order, first, count):
+        """Chunks of up to ``k_max`` layers ``first + j`` for ``j < count`` of the samples in
+        ``order`` (None: as given), each on the prefix of samples that still have one."""
+        rows = np.arange(b) if order is None else order
+        first, count = first[rows], count[rows]
         out = []
         for c0 in range(0, int(count.max(initial=0)), k_max):
+            live = int((count > c0).sum())  # a prefix: the samples are sorted by count
             j = np.arange(c0, c0 + k_max)[None]
-            idx = np.where(j < count[:, None], first[:, None] + j, -1)
-            idx = idx[:, : max(1, int((j < count[:, None]).sum(1).max()))]
-            r = int(np.where(idx >= 0, radius[np.arange(b)[:, None], idx.clip(0)], 0).max())
+            has = j < count[:live, None]
+            idx = np.where(has, first[:live, None] + j, -1)[:, :int(has.sum(1).max())]
+            r = int(np.where(idx >= 0, radius[rows[:live, None], idx.clip(0)], 0).max())
             out.append((idx, r))
         return out
 
-    back_chunks = chunks(np.zeros(b, np.int64), back)
-    front_chunks = chunks(back, n - back)
+    back_order = _order(back)
+    front_order = _order(n - back)
+    back_chunks = chunks(back_order, np.zeros(b, np.int64), back)
+    front_chunks = chunks(front_order, back, n - back)
+    layer_index = np.arange(big_l)[None]
     fills = (layer_index > (back - 1)[:, None]) & (layer_index < n[:, None]) & (radius > 0)
-    # every chunk's layer indices in one copy to the device (a copy per chunk would wait for
-    # the device once per chunk)
+    if front_order is not None:
+        fills = fills[front_order]
+    # every chunk's layer indices and the orders in one copy to the device (a copy each would
+    # wait for the device once per chunk)
     every = back_chunks + front_chunks
-    stacked = np.full((len(every), b, max((i.shape[1] for i, _ in every), default=1)), -1)
+    width_k = max((i.shape[1] for i, _ in every), default=1)
+    stacked = np.full((len(every) + 1, b, max(width_k, 3)), -1)
     for c, (idx, _) in enumerate(every):
-        stacked[c, :, :idx.shape[1]] = idx
+        stacked[c, :idx.shape[0], :idx.shape[1]] = idx
+    identity = np.arange(b)
+    back_rows = identity if back_order is None else back_order
+    front_rows = identity if front_order is None else front_order
+    position = np.empty(b, np.int64)
+    position[back_rows] = identity  # where each sample is in the back order
+    back_to_front = position[front_rows]
+    stacked[-1, :, :3] = np.stack([back_rows, front_rows, back_to_front], axis=1)
     on_device = torch.as_tensor(stacked, device=dev)
-    ids = [on_device[c, :, :idx.shape[1]] for c, (idx, _) in enumerate(every)]
+    ids = [on_device[c, :idx.shape[0], :idx.shape[1]] for c, (idx, _) in enumerate(every)]
     back_plan = [(ids[c], r) for c, (_, r) in enumerate(back_chunks)]
     front_plan = []
     for c, (idx, r) in enumerate(front_chunks, start=len(back_chunks)):
         active = [int((col >= 0).sum()) for col in idx.T]  # a prefix: the samples are sorted
-        fill_at = [bool(fills[np.arange(b), col.clip(0)][col >= 0].any()) for col in idx.T]
+        fill_at = [bool(fills[np.arange(idx.shape[0]), col.clip(0)][col >= 0].any())
+                   for col in idx.T]
         front_plan.append((ids[c], r, active, fill_at))
-    return BatchPlan(torch.as_tensor(order, device=dev) if permuted else None, back_plan,
-                     front_plan, torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
+    rows = on_device[-1, :, :3]
+    same = np.array_equal(back_to_front, identity)
+    return BatchPlan(None if back_order is None else rows[:, 0],
+                     None if front_order is None else rows[:, 1],
+                     None if same else rows[:, 2], back_plan, front_plan,
+                     torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
 
 
 def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: torch.Tensor,
@@ -144,17 +170,19 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     Returns ``(B,3,H,W)``."""
     b, _, h, w = image.shape
     p = plan(layer_sigma, num_layers, start, image.shape, aperture, radius_px)
-    if p.order is not None:
-        image, layer_id = image.index_select(0, p.order), layer_id.index_select(0, p.order)
     big_r = p.radius
     img = pad_border(image, big_r, border)
-    lid = pad_border(layer_id, big_r, border)
+    lid_padded = pad_border(layer_id, big_r, border)
     # what a layer's pixels contribute: (I, 1), and 1 to the union channel
-    source = torch.cat([img, torch.ones_like(img[:, :2])], dim=1)[:, None]  # (B, 1, 5, Hp, Wp)
+    source_padded = torch.cat([img, torch.ones_like(img[:, :2])], dim=1)[:, None]
+
+    def in_order(rows: torch.Tensor | None, *tensors: torch.Tensor):
+        return tensors if rows is None else tuple(t.index_select(0, rows) for t in tensors)
 
     def blur_chunk(idx: torch.Tensor, r: int, with_union: bool) -> torch.Tensor:
         """``(N, K, C, H, W)``: the chunk's layers ``(m I, m)`` (and ``U``) blurred, for the
-        first ``N`` samples (``idx (N, K)``)."""
+        phase's first ``N`` samples (``idx (N, K)``; ``rows``, ``lid``, ``source``: the
+        phase's order)."""
         n, k = idx.shape
         crop = (slice(0, n), slice(None), slice(big_r - r, big_r + r + h),
                 slice(big_r - r, big_r + r + w))
@@ -166,17 +194,29 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
             take = torch.cat([own.expand(-1, -1, 4, -1, -1), ids < layer], dim=2)
         src = source[:n, :, :5 if with_union else 4, crop[2], crop[3]]
         x = torch.where(take, src, 0.0).flatten(0, 1)
-        samples = torch.arange(n, device=image.device)[:, None].expand(n, k)
-        taps = p.kernels[samples, idx.clamp(min=0)].flatten(0, 1)
+        samples = (torch.arange(n, device=image.device) if rows is None else rows[:n])[:, None]
+        taps = p.kernels[samples.expand(n, k), idx.clamp(min=0)].flatten(0, 1)
         taps = taps[..., big_r - r:big_r + r + 1]
         if taps.dim() == 3:
             taps = taps[:, big_r - r:big_r + r + 1]
         return blur_stack(x, taps).view(n, k, -1, h, w)
 
+    # the back, in its order: each chunk on the samples that still have a layer there
+    rows = p.back_rows
+    lid, source = in_order(rows, lid_padded, source_padded)
     acc = torch.zeros_like(image)
     alpha = torch.zeros_like(image[:, :1])
     for idx, r in p.back:
-        acc, alpha = composite_run(acc, alpha, blur_chunk(idx, r, False))
+        n = idx.shape[0]
+        a, al = composite_run(acc[:n], alpha[:n], blur_chunk(idx, r, False))
+        if n == b:
+            acc, alpha = a, al
+        else:
+            acc[:n], alpha[:n] = a, al
+    # the front, in its order
+    acc, alpha = in_order(p.back_to_front, acc, alpha)
+    rows = p.front_rows
+    lid, source, image, layer_id = in_order(rows, lid_padded, source_padded, image, layer_id)
     solution = torch.zeros(b, 4, h, w, dtype=image.dtype, device=image.device)  # warm start
     halves = checkerboard(h, w, image.device)
     compile_fill = image.device.type in COMPILE_FILL_ON
@@ -205,6 +245,6 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
             else:
                 acc[:n], alpha[:n] = a, al
     out = resolve(acc, alpha, image)
-    if p.order is None:
+    if rows is None:
         return out
-    return torch.empty_like(out).index_copy_(0, p.order, out)  # back in the batch's order
+    return torch.empty_like(out).index_copy_(0, rows, out)  # back in the batch's order
