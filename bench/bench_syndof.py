@@ -15,7 +15,11 @@ batched renderer would cost on a GPU (ops, host round trips, bytes), on the CPU.
    and its difference from the tiled renderer (exact fill). ``--baseline COMMIT`` adds the
    device path of the renderer of that commit (e74c6f9: the tiled renderer with torch ops and a
    conjugate-gradient fill, forced on the CPU) to the op counts.
-3. About 1 MP (the motorcycle, the Middlebury sample): s/MP of the three renderers.
+3. Rendering ahead (``--data.render_ahead K``): per training step of the paper's 3 synthetic
+   crops, the batched renderer's ops, syncs and GPU estimates when each call renders the crops
+   of K steps (3 K windows), for K in ``--render-ahead`` (default 1 and 16); on CUDA also the
+   wall time per step (``--gpu``: K = 1, 4 and 16).
+4. About 1 MP (the motorcycle, the Middlebury sample): s/MP of the three renderers.
 
     python bench/bench_syndof.py --baseline e74c6f9   # all sections, writes docs/benchmarks/syndof.md
     python bench/bench_syndof.py --quick               # batch 1 and 4, no 1 MP rows, no loop
@@ -233,6 +237,41 @@ def window_rows(args, device, baseline) -> list[dict]:
     return rows
 
 
+def ahead_rows(args, device) -> list[dict]:
+    """Section 3: per training step of 3 crops, rendering ``k`` steps' crops in one call. Every
+    row covers the same 3 K_max windows (K_max / k calls of 3 k), averaged per step."""
+    rows = []
+    k_max = max(args.render_ahead)
+    for name in SOURCES:
+        if name != "motorcycle" and not SAMPLES.is_dir():
+            continue
+        every = windows(name, 3 * k_max, seed=1000)
+        for k in args.render_ahead:
+            calls = [{key: v[3 * k * g:3 * k * (g + 1)] for key, v in every.items()}
+                     for g in range(k_max // k)]
+
+            def run_all(calls=calls):
+                return [render_windows(batch, "batched", device) for batch in calls]
+
+            step_ms = float("nan")
+            if device.type == "cuda":
+                run_all()  # the fill's compilation (once per process)
+                step_ms = timed(run_all, device, repeats=3, warm_up=False)[0] / k_max * 1e3
+            count, outs, fills = counted(run_all)
+            gpu_ops, gpu_bytes, _ = gpu_path(count, fills)
+            steps = k_max  # the steps of 3 crops these calls render
+            layers = float(torch.cat([out.num_layers for out in outs]).float().mean())
+            row = {"source": name, "k": k, "layers": layers, "calls": len(calls),
+                   "ops": count.ops / steps, "gpu_ops": gpu_ops / steps,
+                   "syncs": count.syncs / steps,
+                   "launch_ms": (gpu_ops * LAUNCH_S + count.syncs * SYNC_S) / steps * 1e3,
+                   "bandwidth_ms": gpu_bytes / BYTES_PER_S / steps * 1e3, "step_ms": step_ms,
+                   "device": device.type}
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def oracle_rows(args) -> list[dict]:
     """Section 1: reference-mode renders of the whole image against the official outputs."""
     from dmenet.data.syndof import render_defocus
@@ -338,7 +377,7 @@ def fill_compilation() -> str:
     return f"The fill ran UNCOMPILED: {failed[0]}." if failed else "The fill ran compiled."
 
 
-def report(oracle, rows, mp_rows, args) -> str:
+def report(oracle, rows, ahead, mp_rows, args) -> str:
     lines = [
         "# SYNDOF renderer benchmark", "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -403,6 +442,24 @@ def report(oracle, rows, mp_rows, args) -> str:
                          f"{r['old_launch_ms']:.0f} |")
             lines.append(line)
         lines.append("")
+    if ahead:
+        cuda = ahead[0]["device"] == "cuda"
+        lines += [
+            "## Rendering ahead: per training step of 3 synthetic crops", "",
+            "Each call of the batched renderer renders the windows of K training steps (3 K "
+            "crops, `--data.render_ahead K`). Every row renders the same 3 K_max windows of its "
+            "source (K_max / K calls); the counts and estimates are per step of 3 crops. GPU estimates as above: launch-bound (5 us per op as on a GPU, 20 "
+            "us per sync) and bandwidth-bound (3 TB/s)."
+            + (" Measured: wall time per step (synchronised, best of 3)." if cuda else ""), "",
+            "| source | K | layers per crop | ops per step: uncompiled / as on a GPU | syncs per "
+            "step | GPU, launch-bound (ms per step) | GPU, bandwidth-bound (ms per step) |"
+            + (" measured (ms per step) |" if cuda else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if cuda else "")]
+        lines += [f"| {r['source']} | {r['k']} | {r['layers']:.0f} | {r['ops']:.0f} / "
+                  f"{r['gpu_ops']:.0f} | {r['syncs']:.2f} | {r['launch_ms']:.1f} | "
+                  f"{r['bandwidth_ms']:.1f} |" + (f" {r['step_ms']:.1f} |" if cuda else "")
+                  for r in ahead]
+        lines.append("")
     if mp_rows:
         lines += ["## About 1 MP (reference mode, one camera; CPU time, one thread, s/MP)", "",
                   "| source | size | layers | tiled | batched | loop |", "|---|---|---|---|---|---|"]
@@ -419,6 +476,11 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", default=None, metavar="COMMIT",
                         help="also count the device path of the renderer at this commit")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--render-ahead", type=int, nargs="*", default=None, metavar="K",
+                        help="section 3's steps per call (default 1 16; --gpu: 1 4 16; --quick: 1 4)")
+    parser.add_argument("--parts", nargs="+", default=["oracle", "windows", "ahead", "mp"],
+                        choices=["oracle", "windows", "ahead", "mp"],
+                        help="the sections to run (--gpu: windows ahead)")
     parser.add_argument("--quick", action="store_true", help="small batches, no loop, no 1 MP")
     parser.add_argument("--gpu", action="store_true", help="only the window rows, on --device")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "syndof.md"))
@@ -431,11 +493,15 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if args.batches is None:
         args.batches = [3, 16, 64] if args.gpu else [1, 4] if args.quick else [1, 16]
+    if args.render_ahead is None:
+        args.render_ahead = [1, 4, 16] if args.gpu else [1, 4] if args.quick else [1, 16]
+    parts = {"windows", "ahead"} if args.gpu else set(args.parts) - ({"mp"} if args.quick else set())
     baseline = baseline_device_path(args.baseline) if args.baseline else None
-    oracle = [] if args.gpu else oracle_rows(args)
-    rows = window_rows(args, device, baseline)
-    mp_rows = [] if args.gpu or args.quick else megapixel_rows(args)
-    text = report(oracle, rows, mp_rows, args)
+    oracle = oracle_rows(args) if "oracle" in parts else []
+    rows = window_rows(args, device, baseline) if "windows" in parts else []
+    ahead = ahead_rows(args, device) if "ahead" in parts else []
+    mp_rows = megapixel_rows(args) if "mp" in parts else []
+    text = report(oracle, rows, ahead, mp_rows, args)
     print(text)
     if not args.no_write:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,11 @@ timed separately inside a real Lightning ``fit``, after warm-up steps, on the sa
     python bench/bench_train.py                          # CPU, 240x240, 3 + 3 + 3
     python bench/bench_train.py --device cuda --precision 32-true bf16-mixed
     python bench/bench_train.py --rgbd-source embedded sintel:../shared/data/rgbd_samples/sintel
+    python bench/bench_train.py --device cuda --configs BDCS --render-ahead 1 16
+
+With ``--render-ahead K`` each loader batch holds K iterations (``--data.render_ahead``): their
+synthetic crops are rendered in one call; every time and FLOP count is per iteration (the
+batch's divided by K).
 
 Against the FLOP floor (issue 17): the FLOPs of one ``training_step`` (forward + backward of
 every part that runs: B on the 3 or 9 crops, D, C, S), counted by
@@ -82,13 +87,15 @@ class StepTimer(pl.Callback):
 
 
 def measure(config: str, device: str, precision: str, crop: int, batch: int, steps: int, warmup: int,
-            memory_format: str = "contiguous", rgbd_source: str = "embedded") -> dict:
+            memory_format: str = "contiguous", rgbd_source: str = "embedded",
+            render_ahead: int = 1) -> dict:
+    k = render_ahead
     dm = DMENetDataModule(
         rgbd_source=rgbd_source,
         batch_size_synthetic=batch, batch_size_real=batch, batch_size_blur=batch,
         crop_size=crop, short_side_range=[crop + 1, max(crop + 2, 801)],
-        samples_per_epoch=batch * (steps + warmup), embedded_size=max(256, crop + 16),
-        embedded_train_scenes=8, proxy_images=8, val_sets=[],
+        samples_per_epoch=batch * k * (steps + warmup), embedded_size=max(256, crop + 16),
+        embedded_train_scenes=8, proxy_images=8, val_sets=[], render_ahead=k,
     )
     synthesis_times: list[float] = []
     render = dm.render_synthetic
@@ -120,19 +127,20 @@ def measure(config: str, device: str, precision: str, crop: int, batch: int, ste
     trainer.fit(model, dm)
     if floor is not None:
         floor.measure()
-    train = timer.times[warmup:]
-    synth = synthesis_times[warmup : warmup + len(train)]
+    # per iteration: a timed batch holds k of them
+    train = [t / k for t in timer.times[warmup:]]
+    synth = [t / k for t in synthesis_times[warmup : warmup + len(train)]]
     step = [a + b for a, b in zip(train, synth)]
     images = batch if config == "B" else 3 * batch
     return {
         "config": config, "device": device, "precision": precision,
-        "source": rgbd_source.split(":")[0],
+        "source": rgbd_source.split(":")[0], "render_ahead": k,
         "step_s": statistics.median(step), "synthesis_s": statistics.median(synth),
         "train_step_s": statistics.median(train), "images": images, "steps": len(step),
         "samples_per_s": images / statistics.median(step),
         "synthesis_share": statistics.median(synth) / statistics.median(step),
-        "memory_format": memory_format, "gflop": timer.flops / 1e9,
-        "min_train_step_s": min(train), "min_train_step_cpu_s": min(timer.cpu_times[warmup:]),
+        "memory_format": memory_format, "gflop": timer.flops / 1e9 / k,
+        "min_train_step_s": min(train), "min_train_step_cpu_s": min(timer.cpu_times[warmup:]) / k,
         "conv_cpu_gflops": floor.cpu_gflops("default") if floor else None,
         "conv_cpu_gflops_strict": floor.cpu_gflops("strict") if floor else None,
         "conv_gflops": floor.gflops("default") if floor else None,
@@ -155,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rgbd-source", nargs="+", default=["embedded"],
                         help="RGB-D sources of the synthetic stream (KIND:PATH, as "
                         "--data.rgbd_source), e.g. embedded sintel:../shared/data/rgbd_samples/sintel")
+    parser.add_argument("--render-ahead", type=int, nargs="+", default=[1], metavar="K",
+                        help="iterations per loader batch (--data.render_ahead)")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = [
-        measure(c, args.device, p, args.crop, args.batch, args.steps, args.warmup, f, s)
+        measure(c, args.device, p, args.crop, args.batch, args.steps, args.warmup, f, s, k)
         for s in args.rgbd_source
+        for k in args.render_ahead
         for p in args.precision
         for c in args.configs
         for f in args.memory_format
@@ -168,15 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     lines = [
         f"Training step, {args.crop}x{args.crop} crops, {args.batch}+{args.batch}+{args.batch} per step "
-        f"(B alone uses only the {args.batch} synthetic crops). Median of {args.steps} steps after {args.warmup} warm-up.",
+        f"(B alone uses only the {args.batch} synthetic crops). Median of {args.steps} steps after {args.warmup} warm-up "
+        "(loader batches; with render ahead K, a batch holds K steps and every figure is per step).",
         f"Machine: {device_name}, {os.cpu_count()} CPU threads, torch {torch.__version__}; "
         f"date {datetime.now(timezone.utc):%Y-%m-%d}; command: `python bench/bench_train.py {' '.join(argv or sys.argv[1:])}`",
         "",
-        "| source | config | device | precision | layout | step (s) | synthesis (s) | "
+        "| source | render ahead | config | device | precision | layout | step (s) | synthesis (s) | "
         "training_step (s) | samples/s | synthesis share | GFLOP / step | floor (s) | "
         "best step x floor | x strict floor | CPU time: x floor | CPU time: x strict floor | "
         "load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["conv_gflops"]:
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             vs = "- | - | - | - | -"
         lines.append(
-            f"| {r['source']} | {r['config']} | {r['device']} | {r['precision']} | {r['memory_format']} | "
+            f"| {r['source']} | {r['render_ahead']} | {r['config']} | {r['device']} | {r['precision']} | {r['memory_format']} | "
             f"{r['step_s']:.3f} | {r['synthesis_s']:.3f} | {r['train_step_s']:.3f} | "
             f"{r['samples_per_s']:.2f} | {100 * r['synthesis_share']:.1f}% | {r['gflop']:.0f} | "
             f"{vs} | {r['load_avg']:.1f} |"

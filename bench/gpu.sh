@@ -3,10 +3,11 @@
 # the renderer's fill is compiled by torch.compile on its first call in each process):
 #   synthesis: the batched renderer's crops/s on 240 px training windows (Sintel, SYNTHIA,
 #     Middlebury, the motorcycle) at batches 3, 16 and 64, with its ops and syncs per crop,
-#     the CUDA kernels it launches per crop and its first call's time (the compilation);
+#     the CUDA kernels it launches per crop and its first call's time (the compilation); per
+#     training step of 3 crops when rendering 1, 4 or 16 steps ahead (ms per step);
 #   dmenet syndof export --device cuda on the embedded source (images/s);
-#   training-step samples/s for B and BDCS in fp32 and bf16-mixed with the synthesis share
-#     (embedded source, and the shared Sintel sample when ../shared is there);
+#   BDCS training-step samples/s in fp32 and bf16-mixed with the synthesis share, rendering 1
+#     or 16 steps ahead (embedded source, and the shared Sintel sample when ../shared is there);
 #   inference ms/MP in fp32, bf16 and fp16 (reference, reference channels_last, fast path).
 # Usage (from the repository root, dmenet installed):  bash bench/gpu.sh [OUTDIR]
 # A part that fails or runs past its time limit is reported and the next part still runs.
@@ -26,11 +27,11 @@ run() {  # run SECONDS NAME COMMAND...
   echo "== $name: $((SECONDS - t0)) s"
 }
 run 200 syndof python bench/bench_syndof.py --device cuda --gpu --out "$out/syndof.md"
-run 100 export bash -c "rm -rf '$out/export' && /usr/bin/time -f '%e s wall for 16 images' python -m dmenet syndof export --source embedded:16 --size 480 640 --out '$out/export' --device cuda --mode reference 2>&1 | tail -2 | tee '$out/export.txt'"
+run 70 export bash -c "rm -rf '$out/export' && /usr/bin/time -f '%e s wall for 16 images' python -m dmenet syndof export --source embedded:16 --size 480 640 --out '$out/export' --device cuda --mode reference 2>&1 | tail -2 | tee '$out/export.txt'"
 sintel=../shared/data/rgbd_samples/sintel
 source_args=(); [ -d "$sintel" ] && source_args=(--rgbd-source embedded "sintel:$sintel")
-run 200 train python bench/bench_train.py --device cuda --precision 32-true bf16-mixed --steps 6 --warmup 2 "${source_args[@]}" --out "$out/train.md"
-run 80 inference python bench/bench_gpu_inference.py --sizes 0.25 1 4 --repeats 5 --out "$out/inference_gpu.md"
+run 240 train python bench/bench_train.py --device cuda --configs BDCS --render-ahead 1 16 --precision 32-true bf16-mixed --steps 6 --warmup 2 "${source_args[@]}" --out "$out/train.md"
+run 70 inference python bench/bench_gpu_inference.py --sizes 0.25 1 4 --repeats 5 --out "$out/inference_gpu.md"
 echo; echo "==== results ===="
 for f in "$out"/syndof.md "$out"/export.txt "$out"/train.md "$out"/inference_gpu.md; do echo; [ -f "$f" ] && cat "$f"; done
 exit $status

@@ -146,7 +146,8 @@ class TrainingSummary(pl.Callback):
 
     Printed (rank 0) and written to the run's folder (:func:`dmenet.runs.run_dir`):
 
-    * training iterations (batches) done of those planned (``max_epochs`` x batches per epoch),
+    * training iterations done of those planned (``max_epochs`` x batches per epoch x the
+      DataModule's ``render_ahead``, the iterations per batch),
       and what stopped training: ``completed``, ``max_steps``, ``max_time`` or ``stopped early``;
     * the time from the start of training to its end (validation included);
     * the last validation's metrics of every held-out set, in px (``mae_px``, ``mse_px``) and
@@ -173,11 +174,16 @@ class TrainingSummary(pl.Callback):
 
     # ------------------------------------------------------------------ what happened
     @staticmethod
-    def planned_iterations(trainer: pl.Trainer) -> int | None:
+    def iterations_per_batch(trainer: pl.Trainer) -> int:
+        """Training iterations per loader batch (the DataModule's ``render_ahead``; 1 without)."""
+        return int(getattr(trainer.datamodule, "render_ahead", 1))
+
+    @classmethod
+    def planned_iterations(cls, trainer: pl.Trainer) -> int | None:
         per_epoch = trainer.num_training_batches
         if trainer.max_epochs is None or trainer.max_epochs < 0 or not math.isfinite(per_epoch):
             return None
-        return int(per_epoch) * int(trainer.max_epochs)
+        return int(per_epoch) * int(trainer.max_epochs) * cls.iterations_per_batch(trainer)
 
     @staticmethod
     def _time_cap_reached(trainer: pl.Trainer) -> bool:
@@ -211,7 +217,8 @@ class TrainingSummary(pl.Callback):
     def build(self, trainer: pl.Trainer) -> dict[str, Any]:
         from dmenet.runs import run_dir
 
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+        done = (int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+                * self.iterations_per_batch(trainer))
         planned = self.planned_iterations(trainer)
         folder = run_dir(trainer)
         checkpoint = trainer.checkpoint_callback

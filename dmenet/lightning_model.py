@@ -1,6 +1,7 @@
 """DMENet: the adversarial LightningModule of SPEC section 4.
 
-Per training batch (manual optimisation, one D step then one G step on the same batch)::
+Per training iteration (manual optimisation, one D step then one G step on the same streams;
+a loader batch holds one iteration, or ``render_ahead`` of them, see the DataModule)::
 
     L_d = lambda_D * L_D                                          (updates D)
     L_g = L_B + lambda_aux * sum_k L_aux,k + lambda_C * L_C
@@ -24,9 +25,10 @@ training; a resume (``--ckpt_path``) still restores everything from its checkpoi
 trains in the label space of those weights unless ``label_space`` says otherwise: the data's
 labels are converted once (:func:`dmenet.labels.training_label`) before L_B, L_aux and L_C.
 
-Step counting: ``trainer.global_step`` counts optimiser steps, i.e. two per batch while D is on
-(one per batch without D or during B-only pre-training). ``max_steps`` and
-``ModelCheckpoint(every_n_train_steps)`` count the same way; see docs/training.md.
+Step counting: ``trainer.global_step`` counts optimiser steps, i.e. two per iteration while D is
+on (one per iteration without D or during B-only pre-training). ``max_steps`` and
+``ModelCheckpoint(every_n_train_steps)`` count the same way and are checked at batch ends; see
+docs/training.md.
 """
 
 from __future__ import annotations
@@ -287,7 +289,15 @@ class DMENet(L.LightningModule):
             scheduler.step()
 
     # ---------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> None:
+    def training_step(self, batch: dict[str, dict[str, torch.Tensor]] | list[dict[str, Any]],
+                      batch_idx: int) -> None:
+        """One training iteration per batch dict: ``batch`` is one, or a list of them (the
+        DataModule's ``render_ahead``: several iterations rendered at once)."""
+        for iteration in batch if isinstance(batch, list) else [batch]:
+            self._training_iteration(iteration)
+
+    def _training_iteration(self, batch: dict[str, dict[str, torch.Tensor]]) -> None:
+        """The D step (L_d) and the G step (L_g) on one iteration's streams."""
         hp = self.hparams
         if "synthetic" not in batch:
             raise DMENetError("training batch has no 'synthetic' stream (needed for L_B)")
@@ -359,8 +369,8 @@ class DMENet(L.LightningModule):
         logs["train/L_g"] = l_g.detach()
 
         self.train_iteration += 1
-        # both counters in metrics.csv: its ``step`` column counts batches (Lightning's logging
-        # counter, = iteration - 1), checkpoints and max_steps count optimiser steps
+        # both counters in metrics.csv: its ``step`` column counts loader batches (Lightning's
+        # logging counter), checkpoints and max_steps count optimiser steps
         logs["progress/iteration"] = float(self.train_iteration)
         logs["progress/optimizer_steps"] = float(self.global_step)
         self.log_dict(logs, batch_size=n, prog_bar=False)

@@ -44,6 +44,7 @@ from dmenet.data.streams import (
     TrainingStream,
     UserErrorLoader,
     append_rows,
+    split_iterations,
     synthetic_streams,
 )
 from dmenet.data.syndof import SyndofRenderer
@@ -94,6 +95,14 @@ class DMENetDataModule(pl.LightningDataModule):
         proxy: how the proxy real domain is rendered (:class:`~dmenet.data.proxy.ProxyLook`;
             ``None``: its defaults), e.g. ``--data.proxy.noise false``.
         synthesis_seed: base seed of on-device synthesis (mixed with step and rank).
+        render_ahead: training iterations per loader batch (default 1). Every stream's loader
+            yields this many iterations' rows at once, the synthetic crops of all of them are
+            rendered in one call on the batch's device, and ``training_step`` receives a list
+            of that many iteration batches. On a GPU the renderer's launches and host round
+            trips are per call, not per crop, so rendering 16 iterations ahead divides them per
+            step by 16 (BENCHMARKS.md section 1); on the CPU it changes nothing but memory.
+            Training is the same for any value; ``max_steps`` and checkpoints are reached at
+            batch ends, i.e. every ``render_ahead`` iterations.
         num_workers, pin_memory, persistent_workers: DataLoader settings of every stream.
         predict_paths: files, folders or globs for ``dmenet predict`` (batch size 1).
     """
@@ -126,6 +135,7 @@ class DMENetDataModule(pl.LightningDataModule):
         renderer: SyndofRenderer | None = None,
         proxy: ProxyLook | None = None,
         synthesis_seed: int = 0,
+        render_ahead: int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -144,6 +154,7 @@ class DMENetDataModule(pl.LightningDataModule):
         self.short_side_range = list(PAPER_SHORT_SIDE_RANGE if short_side_range is None
                                      else short_side_range) or None
         self.val_sets = list(val_sets) if val_sets is not None else ["embedded"]
+        self.render_ahead = int(render_ahead)
         self.persistent_workers = bool(persistent_workers) and num_workers > 0
         self._check_arguments()
         self._train_streams: dict[str, TrainingStream] | None = None
@@ -168,6 +179,9 @@ class DMENetDataModule(pl.LightningDataModule):
                 "dataset released with DMENet (y = x / 15), 'generator' for files of the current "
                 "SYNDOF generator (y = sigma / 7), 'ours' for dmenet syndof export"
             )
+        if self.render_ahead < 1:
+            raise DataError(f"--data.render_ahead must be >= 1 (iterations per loader batch), "
+                            f"got {self.render_ahead}")
         if hp.crop_size < 16:
             raise DataError(f"--data.crop_size must be at least 16 px, got {hp.crop_size}")
         low_high = self.short_side_range
@@ -246,12 +260,15 @@ class DMENetDataModule(pl.LightningDataModule):
         if self._train_streams is None:
             self._train_streams = self.build_training_streams()
         loaders = {}
+        k = self.render_ahead
         for name, stream in self._train_streams.items():
-            if len(stream.dataset) < stream.batch_size:
+            rows = stream.batch_size * k
+            if len(stream.dataset) < rows:
+                ahead = f" x --data.render_ahead {k}" if k > 1 else ""
                 raise DataError(f"the {name} stream has {len(stream.dataset)} samples per epoch, "
-                                f"fewer than its batch size {stream.batch_size}; add images or "
-                                "raise --data.samples_per_epoch")
-            loaders[name] = self._loader(stream.dataset, stream.batch_size, train=True)
+                                f"fewer than its batch size {stream.batch_size}{ahead}; add images "
+                                "or raise --data.samples_per_epoch")
+            loaders[name] = self._loader(stream.dataset, rows, train=True)
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def _eval_loaders(self, names: Sequence[str], split: str):
@@ -291,9 +308,14 @@ class DMENetDataModule(pl.LightningDataModule):
         return render_crops(self.renderer, raw, self._synthesis_generator())
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch: its synthetic crops rendered (all of its iterations' at once),
+        then one batch dict per iteration (a list, with ``render_ahead`` > 1)."""
         if not isinstance(batch, dict) or "synthetic" not in batch:
             return batch
         synthetic = batch["synthetic"]
         if isinstance(synthetic, dict) and "depth_mm" in synthetic:
             batch["synthetic"] = self.render_synthetic(synthetic)
-        return append_rows(batch, self._train_streams or {})
+        streams = self._train_streams or {}
+        if self.render_ahead == 1:
+            return append_rows(batch, streams)
+        return [append_rows(it, streams) for it in split_iterations(batch, self.render_ahead)]

@@ -6,6 +6,8 @@ the training ``CombinedLoader``, and the DataLoader every stream and evaluation 
   batch between rendered crops and released files;
 * :class:`ReleasedTrainingView`: released SYNDOF files as the synthetic contract
   ``{"image", "label", "binary"}``;
+* :func:`split_iterations`: a batch of several training iterations (rendered ahead) as one
+  batch dict per iteration;
 * :class:`UserErrorLoader`: a DataLoader whose workers' data mistakes reach the user as one line.
 """
 
@@ -22,7 +24,7 @@ from dmenet.data.thin_lens import binary_from_coc, coc_from_sigma
 from dmenet.errors import DMENetError
 
 __all__ = ["SYNTHETIC_KEYS", "ReleasedTrainingView", "TrainingStream", "UserErrorLoader",
-           "append_rows", "synthetic_streams"]
+           "append_rows", "split_iterations", "synthetic_streams"]
 
 SYNTHETIC_KEYS: tuple[str, ...] = ("image", "label", "binary")
 """The synthetic contract: what L_B, L_aux and L_C read from the ``"synthetic"`` batch."""
@@ -64,6 +66,23 @@ def append_rows(batch: dict[str, Any], streams: dict[str, TrainingStream]) -> di
             batch[stream.append_to] = {key: torch.cat([target[key], rows[key].to(target[key])])
                                        for key in SYNTHETIC_KEYS}
     return batch
+
+
+def split_iterations(batch: dict[str, dict[str, Any]], iterations: int) -> list[dict[str, Any]]:
+    """A batch holding ``iterations`` training iterations' rows of every stream (each stream's
+    rows in iteration order, as a loader with ``iterations`` times the stream's batch size
+    yields them) -> one batch dict per iteration, each with its share of every stream's rows
+    (views, no copies)."""
+    out: list[dict[str, Any]] = [{} for _ in range(iterations)]
+    for name, stream in batch.items():
+        rows = {len(v) for v in stream.values()}
+        if len(rows) != 1 or next(iter(rows)) % iterations:
+            raise DMENetError(f"the {name} stream's batch cannot be split into {iterations} "
+                              f"iterations (rows per entry: {sorted(rows)})")
+        share = next(iter(rows)) // iterations
+        for i, part in enumerate(out):
+            part[name] = {key: value[i * share:(i + 1) * share] for key, value in stream.items()}
+    return out
 
 
 class ReleasedTrainingView(Dataset):

@@ -357,3 +357,107 @@ def test_renderer_and_proxy_are_typed_parts_with_checked_fields():
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)
     assert loaded["proxy"]["noise"] is False and "mode='reference'" in loaded["renderer"]
+
+
+def _trained_b(tmp_path, render_ahead: int, **data):
+    """B (the light one, random weights) after one epoch on TINY's synthetic stream rendered
+    ``render_ahead`` iterations at a time: its parameters, the trainer and the iterations seen."""
+    import lightning as L
+
+    from dmenet.callbacks import TrainingSummary
+    from dmenet.lightning_model import DMENet
+    from dmenet.modules import LightBlurEstimator
+    from tests.helpers.tiny_data import cpu_trainer
+
+    L.seed_everything(7, verbose=False)
+    dm = DMENetDataModule(**{**TINY, "batch_size_real": 0, "batch_size_blur": 0,
+                             "samples_per_epoch": 8, **data}, render_ahead=render_ahead)
+    model = DMENet(blur_estimator=LightBlurEstimator(weights=None), domain_discriminator=False,
+                   content_loss=False, sharpness_calibrator=False, log_images_every_n_steps=0)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    seen = []
+    step = model._training_iteration
+
+    def recording(batch):
+        seen.append(batch["synthetic"]["image"].clone())
+        step(batch)
+
+    model._training_iteration = recording
+    summary = TrainingSummary()
+    trainer = cpu_trainer(tmp_path / f"k{render_ahead}", callbacks=[summary])
+    trainer.fit(model, dm)
+    trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert any(not torch.equal(trained[n], initial[n]) for n in initial)  # it trained
+    return trained, trainer, seen, summary
+
+
+def test_rendering_ahead_trains_exactly_as_one_iteration_per_batch(tmp_path):
+    """render_ahead 2 (2 loader batches of 2 iterations, each batch's 4 crops rendered in one
+    call) trains B exactly as render_ahead 1 (4 batches): the same crops in the same order, the
+    same weights; the step counters and the summary count iterations."""
+    one, t1, seen1, _ = _trained_b(tmp_path, 1)
+    two, t2, seen2, summary = _trained_b(tmp_path, 2)
+    assert len(seen1) == len(seen2) == 4 and all(x.shape[0] == 2 for x in seen2)
+    assert all(torch.equal(a, b) for a, b in zip(seen1, seen2))
+    assert t1.global_step == t2.global_step == 4  # one optimiser step per iteration (B alone)
+    assert t2.num_training_batches == 2 and summary.summary["iterations_done"] == 4
+    assert summary.summary["iterations_planned"] == 4
+    assert all(torch.equal(one[n], two[n]) for n in one)
+
+
+def test_rendering_ahead_with_d_and_s_steps_every_iteration(tmp_path):
+    """All three streams, D and S on, 2 iterations per batch: a D and a G step per iteration."""
+    from dmenet.lightning_model import DMENet
+    from dmenet.modules import LightBlurEstimator
+    from tests.helpers.tiny_data import cpu_trainer
+
+    model = DMENet(blur_estimator=LightBlurEstimator(weights=None), content_loss=False,
+                   log_images_every_n_steps=0)
+    trainer = cpu_trainer(tmp_path)
+    trainer.fit(model, DMENetDataModule(**TINY, render_ahead=2))
+    assert trainer.num_training_batches == 1 and int(model.train_iteration) == 2
+    assert trainer.global_step == 4
+    assert {"train/L_D", "train/L_S", "train/L_adv"} <= set(trainer.callback_metrics)
+
+
+def test_rendering_ahead_splits_every_stream_into_iterations():
+    """Three streams, 2 iterations per batch: each iteration gets its own share of every
+    stream's rows, in order; the synthetic crops of both are rendered in one call."""
+    dm = DMENetDataModule(**TINY, render_ahead=2)
+    dm.setup("fit")
+    calls = []
+    render = dm.render_synthetic
+    dm.render_synthetic = lambda raw: calls.append(raw["image"].shape[0]) or render(raw)
+    batch = next(iter(dm.train_dataloader()))[0]
+    images = {name: stream["image"].clone() for name, stream in batch.items()}
+    assert {name: x.shape[0] for name, x in images.items()} == {"synthetic": 4, "real": 4,
+                                                                 "blur": 4}
+    iterations = dm.on_after_batch_transfer(batch, 0)
+    assert calls == [4] and len(iterations) == 2
+    for i, it in enumerate(iterations):
+        assert set(it) == {"synthetic", "real", "blur"}
+        assert set(it["synthetic"]) == {"image", "label", "binary"}
+        assert it["synthetic"]["image"].shape == (2, 3, 32, 32)
+        for name in ("real", "blur"):
+            assert torch.equal(it[name]["image"], images[name][2 * i:2 * i + 2])
+        assert torch.equal(it["blur"]["sharp_mask"], batch["blur"]["sharp_mask"][2 * i:2 * i + 2])
+
+
+def test_render_ahead_is_checked():
+    with pytest.raises(DataError, match="render_ahead must be >= 1"):
+        DMENetDataModule(**TINY, render_ahead=0)
+    dm = DMENetDataModule(**TINY, render_ahead=3)  # 4 samples per epoch < 2 x 3 rows
+    with pytest.raises(DataError, match="fewer than its batch size 2 x --data.render_ahead 3"):
+        dm.train_dataloader()
+
+
+def test_split_iterations_keeps_rows_in_order_and_refuses_an_uneven_batch():
+    from dmenet.data.streams import DMENetError, split_iterations
+
+    batch = {"a": {"x": torch.arange(6), "name": list("uvwxyz")}, "b": {"y": torch.arange(3)}}
+    parts = split_iterations(batch, 3)
+    assert [p["a"]["x"].tolist() for p in parts] == [[0, 1], [2, 3], [4, 5]]
+    assert [p["a"]["name"] for p in parts] == [["u", "v"], ["w", "x"], ["y", "z"]]
+    assert [p["b"]["y"].tolist() for p in parts] == [[0], [1], [2]]
+    with pytest.raises(DMENetError, match="the b stream's batch cannot be split into 2"):
+        split_iterations(batch, 2)
