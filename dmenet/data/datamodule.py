@@ -99,8 +99,9 @@ class DMENetDataModule(pl.LightningDataModule):
             yields this many iterations' rows at once, the synthetic crops of all of them are
             rendered in one call on the batch's device, and ``training_step`` receives a list
             of that many iteration batches. On a GPU the renderer's launches and host round
-            trips are per call, not per crop, so rendering 16 iterations ahead divides them per
-            step by 16 (BENCHMARKS.md section 1); on the CPU it changes nothing but memory.
+            trips are per call, not per crop: rendering 16 iterations ahead divides them per
+            step several times over (BENCHMARKS.md section 1); on the CPU it changes nothing
+            but memory.
             Training is the same for any value; ``max_steps`` and checkpoints are reached at
             batch ends, i.e. every ``render_ahead`` iterations.
         num_workers, pin_memory, persistent_workers: DataLoader settings of every stream.
