@@ -151,6 +151,13 @@ def compiled_fill_cost(shape: tuple[int, ...], sweeps: int) -> tuple[int, int]:
     return compiled_kernels(sweeps), 2 * sweeps * (2 * frame + n * h * w) + 3 * frame
 
 
+def gpu_estimates_ms(gpu_ops: float, syncs: float, gpu_bytes: float, per: float):
+    """The GPU estimates of what was counted, in ms per ``per`` (crops or steps): bound by
+    launches and synchronisations, and by memory traffic."""
+    return ((gpu_ops * LAUNCH_S + syncs * SYNC_S) / per * 1e3,
+            gpu_bytes / BYTES_PER_S / per * 1e3)
+
+
 def gpu_path(count, fills) -> tuple[int, int, int]:
     """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it (every fill
     compiled, :func:`compiled_fill_cost`; every other op as counted), and the fills' bytes."""
@@ -218,8 +225,8 @@ def window_rows(args, device, baseline) -> list[dict]:
                    "fill_share": fill_bytes / max(gpu_bytes, 1), "kernels": kernels}
             row["ops_layer"] = row["ops"] / layers
             row["gpu_ops_layer"] = row["gpu_ops"] / layers
-            row["launch_ms"] = (gpu_ops * LAUNCH_S + count.syncs * SYNC_S) / b * 1e3
-            row["bandwidth_ms"] = gpu_bytes / BYTES_PER_S / b * 1e3
+            row["launch_ms"], row["bandwidth_ms"] = gpu_estimates_ms(gpu_ops, count.syncs,
+                                                                     gpu_bytes, b)
             if device.type == "cpu":
                 t_tiled, ref = timed(run("tiled"), device)
                 row["tiled"] = b / t_tiled
@@ -257,16 +264,14 @@ def ahead_rows(args, device) -> list[dict]:
             if device.type == "cuda":
                 run_all()  # the fill's compilation (once per process)
                 step_ms = timed(run_all, device, repeats=3, warm_up=False)[0] / k_max * 1e3
-            count, outs, fills = counted(run_all)
+            count, outs, fills = counted(run_all)  # k_max steps of 3 crops in all
             gpu_ops, gpu_bytes, _ = gpu_path(count, fills)
-            steps = k_max  # the steps of 3 crops these calls render
             layers = float(torch.cat([out.num_layers for out in outs]).float().mean())
+            launch_ms, bandwidth_ms = gpu_estimates_ms(gpu_ops, count.syncs, gpu_bytes, k_max)
             row = {"source": name, "k": k, "layers": layers, "calls": len(calls),
-                   "ops": count.ops / steps, "gpu_ops": gpu_ops / steps,
-                   "syncs": count.syncs / steps,
-                   "launch_ms": (gpu_ops * LAUNCH_S + count.syncs * SYNC_S) / steps * 1e3,
-                   "bandwidth_ms": gpu_bytes / BYTES_PER_S / steps * 1e3, "step_ms": step_ms,
-                   "device": device.type}
+                   "ops": count.ops / k_max, "gpu_ops": gpu_ops / k_max,
+                   "syncs": count.syncs / k_max, "launch_ms": launch_ms,
+                   "bandwidth_ms": bandwidth_ms, "step_ms": step_ms, "device": device.type}
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -476,13 +481,14 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", default=None, metavar="COMMIT",
                         help="also count the device path of the renderer at this commit")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--render-ahead", type=int, nargs="*", default=None, metavar="K",
+    parser.add_argument("--render-ahead", type=int, nargs="+", default=None, metavar="K",
                         help="section 3's steps per call (default 1 16; --gpu: 1 4 16; --quick: 1 4)")
     parser.add_argument("--parts", nargs="+", default=["oracle", "windows", "ahead", "mp"],
                         choices=["oracle", "windows", "ahead", "mp"],
                         help="the sections to run (--gpu: windows ahead)")
     parser.add_argument("--quick", action="store_true", help="small batches, no loop, no 1 MP")
-    parser.add_argument("--gpu", action="store_true", help="only the window rows, on --device")
+    parser.add_argument("--gpu", action="store_true",
+                        help="only the window and rendering-ahead rows, on --device")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "syndof.md"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)

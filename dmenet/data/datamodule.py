@@ -102,8 +102,8 @@ class DMENetDataModule(pl.LightningDataModule):
             trips are per call, not per crop: rendering 16 iterations ahead divides them per
             step several times over (BENCHMARKS.md section 1); on the CPU it changes nothing
             but memory.
-            Training is the same for any value; ``max_steps`` and checkpoints are reached at
-            batch ends, i.e. every ``render_ahead`` iterations.
+            Training sees the same crops in the same order for any value; ``max_steps`` and
+            checkpoints are reached at batch ends, i.e. every ``render_ahead`` iterations.
         num_workers, pin_memory, persistent_workers: DataLoader settings of every stream.
         predict_paths: files, folders or globs for ``dmenet predict`` (batch size 1).
     """

@@ -77,10 +77,13 @@ def _kernel(sigma: float, aperture: str, radius_px: int | None) -> np.ndarray:
     return significant_kernel1d(sigma, radius_px)
 
 
-def _order(count: np.ndarray) -> np.ndarray | None:
-    """The samples by ``count``, most first (stable); None where that is the given order."""
-    order = np.argsort(-count, kind="stable")
-    return None if np.array_equal(order, np.arange(count.size)) else order
+def _into_prefix(whole: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """``whole`` with its first rows replaced by ``part``: ``part`` itself when it has every
+    row (no copy), else written into ``whole`` in place."""
+    if part.shape[0] == whole.shape[0]:
+        return part
+    whole[:part.shape[0]] = part
+    return whole
 
 
 def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tensor | None,
@@ -106,10 +109,9 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
     h, w = shape[-2:]
     k_max = max(1, CHUNK_ELEMENTS // (b * 5 * (h + 2 * big_r) * (w + 2 * big_r)))
 
-    def chunks(order, first, count):
+    def chunks(rows, first, count):
         """Chunks of up to ``k_max`` layers ``first + j`` for ``j < count`` of the samples in
-        ``order`` (None: as given), each on the prefix of samples that still have one."""
-        rows = np.arange(b) if order is None else order
+        the order ``rows``, each on the prefix of samples that still have one."""
         first, count = first[rows], count[rows]
         out = []
         for c0 in range(0, int(count.max(initial=0)), k_max):
@@ -121,14 +123,14 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
             out.append((idx, r))
         return out
 
-    back_order = _order(back)
-    front_order = _order(n - back)
-    back_chunks = chunks(back_order, np.zeros(b, np.int64), back)
-    front_chunks = chunks(front_order, back, n - back)
+    # each phase's samples, most of its layers first (stable)
+    back_rows = np.argsort(-back, kind="stable")
+    front_rows = np.argsort(-(n - back), kind="stable")
+    back_chunks = chunks(back_rows, np.zeros(b, np.int64), back)
+    front_chunks = chunks(front_rows, back, n - back)
     layer_index = np.arange(big_l)[None]
     fills = (layer_index > (back - 1)[:, None]) & (layer_index < n[:, None]) & (radius > 0)
-    if front_order is not None:
-        fills = fills[front_order]
+    fills = fills[front_rows]
     # every chunk's layer indices and the orders in one copy to the device (a copy each would
     # wait for the device once per chunk)
     every = back_chunks + front_chunks
@@ -137,8 +139,6 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
     for c, (idx, _) in enumerate(every):
         stacked[c, :idx.shape[0], :idx.shape[1]] = idx
     identity = np.arange(b)
-    back_rows = identity if back_order is None else back_order
-    front_rows = identity if front_order is None else front_order
     position = np.empty(b, np.int64)
     position[back_rows] = identity  # where each sample is in the back order
     back_to_front = position[front_rows]
@@ -152,11 +152,9 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
         fill_at = [bool(fills[np.arange(idx.shape[0]), col.clip(0)][col >= 0].any())
                    for col in idx.T]
         front_plan.append((ids[c], r, active, fill_at))
-    rows = on_device[-1, :, :3]
-    same = np.array_equal(back_to_front, identity)
-    return BatchPlan(None if back_order is None else rows[:, 0],
-                     None if front_order is None else rows[:, 1],
-                     None if same else rows[:, 2], back_plan, front_plan,
+    orders = [None if np.array_equal(order, identity) else on_device[-1, :, col]
+              for col, order in enumerate((back_rows, front_rows, back_to_front))]
+    return BatchPlan(*orders, back_plan, front_plan,
                      torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
 
 
@@ -179,10 +177,11 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     def in_order(rows: torch.Tensor | None, *tensors: torch.Tensor):
         return tensors if rows is None else tuple(t.index_select(0, rows) for t in tensors)
 
-    def blur_chunk(idx: torch.Tensor, r: int, with_union: bool) -> torch.Tensor:
+    def blur_chunk(idx: torch.Tensor, r: int, with_union: bool, rows: torch.Tensor | None,
+                   lid: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """``(N, K, C, H, W)``: the chunk's layers ``(m I, m)`` (and ``U``) blurred, for the
-        phase's first ``N`` samples (``idx (N, K)``; ``rows``, ``lid``, ``source``: the
-        phase's order)."""
+        phase's first ``N`` samples (``idx (N, K)``; ``rows``: the phase's order, ``lid`` and
+        ``source`` in it)."""
         n, k = idx.shape
         crop = (slice(0, n), slice(None), slice(big_r - r, big_r + r + h),
                 slice(big_r - r, big_r + r + w))
@@ -203,25 +202,23 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
 
     # the back, in its order: each chunk on the samples that still have a layer there
     rows = p.back_rows
-    lid, source = in_order(rows, lid_padded, source_padded)
+    phase = (rows, *in_order(rows, lid_padded, source_padded))
     acc = torch.zeros_like(image)
     alpha = torch.zeros_like(image[:, :1])
     for idx, r in p.back:
         n = idx.shape[0]
-        a, al = composite_run(acc[:n], alpha[:n], blur_chunk(idx, r, False))
-        if n == b:
-            acc, alpha = a, al
-        else:
-            acc[:n], alpha[:n] = a, al
+        a, al = composite_run(acc[:n], alpha[:n], blur_chunk(idx, r, False, *phase))
+        acc, alpha = _into_prefix(acc, a), _into_prefix(alpha, al)
     # the front, in its order
     acc, alpha = in_order(p.back_to_front, acc, alpha)
     rows = p.front_rows
     lid, source, image, layer_id = in_order(rows, lid_padded, source_padded, image, layer_id)
+    phase = (rows, lid, source)
     solution = torch.zeros(b, 4, h, w, dtype=image.dtype, device=image.device)  # warm start
     halves = checkerboard(h, w, image.device)
     compile_fill = image.device.type in COMPILE_FILL_ON
     for idx, r, active, fill_at in p.front:
-        stack = blur_chunk(idx[:active[0]], r, any(fill_at))
+        stack = blur_chunk(idx, r, any(fill_at), *phase)  # idx: the samples active first
         rgba = layer_rgba(stack[:, :, :4])
         for j, n in enumerate(active):
             # the first n samples still have a layer here: work on them alone
@@ -235,15 +232,9 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
                                     RELAX_SWEEPS, halves=halves, compiled=compile_fill)
                 a = torch.where(region, filled[:, :3], a)
                 al = torch.where(region, filled[:, 3:], al)
-                if n == b:
-                    solution = filled
-                else:
-                    solution[:n] = filled
+                solution = _into_prefix(solution, filled)
             a, al = over(a, al, rgba[:n, j])
-            if n == b:
-                acc, alpha = a, al
-            else:
-                acc[:n], alpha[:n] = a, al
+            acc, alpha = _into_prefix(acc, a), _into_prefix(alpha, al)
     out = resolve(acc, alpha, image)
     if rows is None:
         return out
