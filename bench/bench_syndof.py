@@ -136,18 +136,19 @@ def counted(fn):
 
     with counting_calls(batched, "relax_fill") as calls, DispatchCounter() as count:
         out = fn()
-    return count, out, [(inner, tuple(args[0].shape)) for inner, args in calls]
+    return count, out, [(inner, tuple(args[0].shape), args[0].element_size())
+                        for inner, args in calls]
 
 
-def compiled_fill_cost(shape: tuple[int, ...], sweeps: int) -> tuple[int, int]:
-    """Kernels and bytes of one compiled fill of ``shape (N, C, H, W)`` float32 on a GPU (a
-    model; ``--device cuda`` counts the kernels): one kernel per half-sweep, which reads the
-    frame and its bool mask and writes the frame, and one that reads the known values and the
-    warm start (or fuses them into the first half-sweep)."""
+def compiled_fill_cost(shape: tuple[int, ...], itemsize: int, sweeps: int) -> tuple[int, int]:
+    """Kernels and bytes of one compiled fill of ``shape (N, C, H, W)``, ``itemsize`` bytes a
+    value, on a GPU (a model; ``--device cuda`` counts the kernels): one kernel per half-sweep, which
+    reads the frame and its bool mask and writes the frame, and one that reads the known values
+    and the warm start (or fuses them into the first half-sweep)."""
     from dmenet.data.syndof.fill import compiled_kernels
 
     n, c, h, w = shape
-    frame = n * c * h * w * 4
+    frame = n * c * h * w * itemsize
     return compiled_kernels(sweeps), 2 * sweeps * (2 * frame + n * h * w) + 3 * frame
 
 
@@ -164,8 +165,8 @@ def gpu_path(count, fills) -> tuple[int, int, int]:
     from dmenet.data.syndof.fill import RELAX_SWEEPS
 
     ops, nbytes, fill_bytes = count.ops, count.bytes, 0
-    for inner, shape in fills:
-        kernels, moved = compiled_fill_cost(shape, RELAX_SWEEPS)
+    for inner, shape, itemsize in fills:
+        kernels, moved = compiled_fill_cost(shape, itemsize, RELAX_SWEEPS)
         ops += kernels - inner.ops
         nbytes += moved - inner.bytes
         fill_bytes += moved

@@ -153,8 +153,8 @@ def _relax(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | None,
     # (known values pass the guard unchanged: alpha 0 or 1, colour in [0, alpha])
     alpha = x[:, -1:]
     kept = alpha.clamp(0.0, 1.0)
-    scale = kept / alpha.clamp(min=torch.finfo(alpha.dtype).tiny)
-    return torch.cat([torch.minimum((x[:, :-1] * scale).clamp(min=0.0), kept), kept], 1)
+    shrink = alpha.clamp(min=1.0).reciprocal()  # colour with alpha where alpha overshot 1
+    return torch.cat([torch.minimum((x[:, :-1] * shrink).clamp(min=0.0), kept), kept], 1)
 
 
 @functools.cache
