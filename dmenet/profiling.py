@@ -41,9 +41,15 @@ _DATA_DEPENDENT = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_sele
                    "aten.equal", "aten.item")
 
 
+_ALLOCATIONS = ("aten.empty", "aten.new_empty")
+"""Ops that only allocate (``empty``, ``empty_like``, ``empty_strided``, ``new_empty``...): no
+kernel, no memory traffic."""
+
+
 class DispatchCounter(TorchDispatchMode):
     """Counts the aten ops dispatched while it is active (``ops``, ``by_op``), those that are
-    not views (``kernels``: each runs at least one kernel on a GPU), the host synchronisations
+    neither views nor allocations (``kernels``: each runs at least one kernel on a GPU), the
+    host synchronisations
     among them (``syncs``) and the bytes of the tensor inputs and outputs of the kernels
     (``bytes``, a bound on their memory traffic)."""
 
@@ -85,9 +91,11 @@ class DispatchCounter(TorchDispatchMode):
         self.by_op[name] += 1
         if self._is_sync(name, args, kwargs):
             self.syncs += 1
-        if not func.is_view:
+        if not func.is_view and not name.startswith(_ALLOCATIONS):
             self.kernels += 1
-            for t in tree_flatten((args, kwargs, out))[0]:
+            # an ``out=`` tensor is what the op returns: counted once, as written
+            given = {k: v for k, v in kwargs.items() if k != "out"}
+            for t in tree_flatten((args, given, out))[0]:
                 if torch.is_tensor(t):
                     self.bytes += t.numel() * t.element_size()
         return out
