@@ -31,18 +31,11 @@ from .composite import composite_run, layer_rgba, over, resolve, unpremultiply
 from .fill import RELAX_SWEEPS, checkerboard, fill_region, relax_fill
 from .kernels import blur_stack, disc_kernel2d, pad_border, significant_kernel1d
 
-__all__ = ["CHUNK_ELEMENTS", "COMPILE_FILL_ON", "FILL_DTYPE", "BatchPlan", "composite_batched",
-           "plan", "read_to_host"]
+__all__ = ["CHUNK_ELEMENTS", "COMPILE_FILL_ON", "BatchPlan", "composite_batched", "plan",
+           "read_to_host"]
 
 CHUNK_ELEMENTS = 1 << 27
 """The layers blurred in one call hold at most about this many values (512 MB in float32)."""
-
-FILL_DTYPE = torch.float16
-"""What the fill's iterate (the known values, the warm start, the solution) is stored in: half
-precision halves the memory traffic of the sweeps, the larger part of the renderer's (the sweeps'
-arithmetic runs in float32 where compiled; compositing stays in the image's precision). On the
-training windows of BENCHMARKS.md section 1: 21-27% fewer bytes per crop than float32 storage
-and within 0.7 levels of its images (tested within a level on a ramp of 150 layers)."""
 
 COMPILE_FILL_ON = ("cuda",)
 """Device types on which the fill's sweeps run compiled by ``torch.compile`` (one kernel per
@@ -221,7 +214,7 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     rows = p.front_rows
     lid, source, image, layer_id = in_order(rows, lid_padded, source_padded, image, layer_id)
     phase = (rows, lid, source)
-    solution = torch.zeros(b, 4, h, w, dtype=FILL_DTYPE, device=image.device)  # warm start
+    solution = torch.zeros(b, 4, h, w, dtype=image.dtype, device=image.device)  # warm start
     halves = checkerboard(h, w, image.device)
     compile_fill = image.device.type in COMPILE_FILL_ON
     for idx, r, active, fill_at in p.front:
@@ -234,15 +227,12 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
                 # (a layer without blur, or none, has reach = U: an empty region)
                 union = layer_id[:n] < idx[:n, j].view(n, 1, 1, 1)
                 region = fill_region(union, stack[:n, j, 4:])
-                known = torch.empty_like(solution[:n])  # (a U, U)
-                torch.mul(a, union, out=known[:, :3])
-                known[:, 3:] = union
-                filled = relax_fill(known, region, solution[:n], RELAX_SWEEPS, halves=halves,
-                                    compiled=compile_fill)
-                solution = _into_prefix(solution, filled)
-                filled = filled.to(a.dtype)
+                u = union.to(image.dtype)
+                filled = relax_fill(torch.cat([a * u, u], dim=1), region, solution[:n],
+                                    RELAX_SWEEPS, halves=halves, compiled=compile_fill)
                 a = torch.where(region, filled[:, :3], a)
                 al = torch.where(region, filled[:, 3:], al)
+                solution = _into_prefix(solution, filled)
             a, al = over(a, al, rgba[:n, j])
             acc, alpha = _into_prefix(acc, a), _into_prefix(alpha, al)
     out = resolve(acc, alpha, image)
