@@ -154,6 +154,21 @@ def test_relaxation_fill_converges_to_the_exact_one():
         assert float((ratio - GREY)[(a > 1e-6).expand_as(ratio)].abs().max()) < 1e-9
 
 
+def test_an_overshooting_relaxation_is_brought_back_to_a_colour_and_an_alpha():
+    """Hand-computed: after the sweeps, alpha is clamped to [0, 1]; where alpha overshot 1 the
+    colour shrinks with it (the same colour / alpha), colour stays in [0, alpha], and values
+    within the bounds pass unchanged."""
+    x = torch.tensor([[0.9, 1.5], [0.3, 0.6], [0.7, -0.1], [0.2, 0.25]])  # (colour, alpha)
+    known = x.T.reshape(1, 2, 1, 4).double()
+    region = torch.zeros(1, 1, 1, 4, dtype=torch.bool)  # no sweeps change anything
+    out = relax_fill(known, region, sweeps=1)[0, :, 0].T
+    expected = torch.tensor([[0.6, 1.0],  # alpha 1.5 -> 1, colour 0.9 / 1.5
+                             [0.3, 0.6],  # within the bounds
+                             [0.0, 0.0],  # alpha below 0: nothing
+                             [0.2, 0.25]]).double()
+    assert torch.allclose(out, expected, atol=1e-12)
+
+
 @pytest.mark.parametrize("renderer", ["tiled", "batched", "loop"])
 def test_a_crop_whose_fill_starts_farther_than_its_layers(renderer):
     """A training crop takes the fill start from its whole image; when that is farther than
