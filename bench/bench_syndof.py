@@ -142,9 +142,9 @@ def counted(fn):
 
 def compiled_fill_cost(shape: tuple[int, ...], itemsize: int, sweeps: int) -> tuple[int, int]:
     """Kernels and bytes of one compiled fill of ``shape (N, C, H, W)``, ``itemsize`` bytes a
-    value, on a GPU (a model; ``--device cuda`` counts the kernels): one kernel per half-sweep, which
-    reads the frame and its bool mask and writes the frame, and one that reads the known values
-    and the warm start (or fuses them into the first half-sweep)."""
+    value, on a GPU (a model; ``--device cuda`` counts the kernels): one kernel per half-sweep,
+    which reads the frame and its bool mask and writes the frame, and one that reads the known
+    values and the warm start (or fuses them into the first half-sweep)."""
     from dmenet.data.syndof.fill import compiled_kernels
 
     n, c, h, w = shape
@@ -454,8 +454,9 @@ def report(oracle, rows, ahead, mp_rows, args) -> str:
             "## Rendering ahead: per training step of 3 synthetic crops", "",
             "Each call of the batched renderer renders the windows of K training steps (3 K "
             "crops, `--data.render_ahead K`). Every row renders the same 3 K_max windows of its "
-            "source (K_max / K calls); the counts and estimates are per step of 3 crops. GPU estimates as above: launch-bound (5 us per op as on a GPU, 20 "
-            "us per sync) and bandwidth-bound (3 TB/s)."
+            "source (K_max / K calls); the counts and estimates are per step of 3 crops. GPU "
+            "estimates as above: launch-bound (5 us per op as on a GPU, 20 us per sync) and "
+            "bandwidth-bound (3 TB/s)."
             + (" Measured: wall time per step (synchronised, best of 3)." if cuda else ""), "",
             "| source | K | layers per crop | ops per step: uncompiled / as on a GPU | syncs per "
             "step | GPU, launch-bound (ms per step) | GPU, bandwidth-bound (ms per step) |"

@@ -49,9 +49,8 @@ kernel, no memory traffic."""
 class DispatchCounter(TorchDispatchMode):
     """Counts the aten ops dispatched while it is active (``ops``, ``by_op``), those that are
     neither views nor allocations (``kernels``: each runs at least one kernel on a GPU), the
-    host synchronisations
-    among them (``syncs``) and the bytes of the tensor inputs and outputs of the kernels
-    (``bytes``, a bound on their memory traffic)."""
+    host synchronisations among them (``syncs``) and the bytes of the tensor inputs and outputs
+    of the kernels (``bytes``, a bound on their memory traffic)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -452,7 +452,8 @@ def test_render_ahead_is_checked():
 
 
 def test_split_iterations_keeps_rows_in_order_and_refuses_an_uneven_batch():
-    from dmenet.data.streams import DMENetError, split_iterations
+    from dmenet.data.streams import split_iterations
+    from dmenet.errors import DMENetError
 
     batch = {"a": {"x": torch.arange(6), "name": list("uvwxyz")}, "b": {"y": torch.arange(3)}}
     parts = split_iterations(batch, 3)
