@@ -131,11 +131,12 @@ def baseline_device_path(commit: str):
 def counted(fn):
     """``fn()`` under a :class:`~dmenet.profiling.DispatchCounter`: the count, the output and
     each front layer's step on its own (each call of the batched renderer's ``front_step``: its
-    count and arguments)."""
+    count, and :func:`compiled_step_cost` of its arguments, which are not held)."""
     import dmenet.data.syndof.batched as batched
     from dmenet.profiling import DispatchCounter, counting_calls
 
-    with counting_calls(batched, "front_step") as steps, DispatchCounter() as count:
+    with counting_calls(batched, "front_step", keep=compiled_step_cost) as steps, \
+            DispatchCounter() as count:
         out = fn()
     return count, out, steps
 
@@ -175,8 +176,7 @@ def gpu_path(count, steps) -> tuple[int, int, int]:
     layer's step compiled, :func:`compiled_step_cost`; every other op as counted), and the fill
     sweeps' bytes."""
     ops, nbytes, fill_bytes = count.ops, count.bytes, 0
-    for inner, args in steps:
-        kernels, moved, sweeps = compiled_step_cost(args)
+    for inner, (kernels, moved, sweeps) in steps:
         ops += kernels - inner.ops
         nbytes += moved - inner.bytes
         fill_bytes += sweeps
@@ -232,7 +232,7 @@ def window_rows(args, device, baseline) -> list[dict]:
             row = {"source": name, "batch": b, "layers": layers, "device": device.type,
                    "ops": count.ops / b, "syncs": count.syncs / b, "bytes": count.bytes / b,
                    "batched": b / t_batched,
-                   "fills": sum(args[3] is not None for _, args in steps) / b,
+                   "fills": sum(sweeps > 0 for _, (_, _, sweeps) in steps) / b,
                    "gpu_ops": gpu_ops / b, "gpu_bytes": gpu_bytes / b, "first_s": first_s,
                    "fill_share": fill_bytes / max(gpu_bytes, 1), "kernels": kernels}
             row["ops_layer"] = row["ops"] / layers

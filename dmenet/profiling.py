@@ -17,8 +17,9 @@ depends on the data (``nonzero``, ``masked_select``, ``unique``, ``bincount``,
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -101,17 +102,20 @@ class DispatchCounter(TorchDispatchMode):
 
 
 @contextmanager
-def counting_calls(owner, name: str) -> Iterator[list[tuple[DispatchCounter, tuple]]]:
+def counting_calls(owner, name: str, keep: Callable[[tuple], Any] = lambda args: args,
+                   ) -> Iterator[list[tuple[DispatchCounter, Any]]]:
     """While active, every call of ``owner.name`` (a module's function, as the code under test
-    looks it up) is counted on its own: yields a list that receives ``(count, args)`` per call.
-    An outer :class:`DispatchCounter` still counts those ops too, so the part of a whole that a
-    function dispatches is the sum of its calls' counts."""
+    looks it up) is counted on its own: yields a list that receives ``(count, keep(args))`` per
+    call (``keep``: what to hold of its arguments; the arguments themselves by default, which
+    holds their tensors until the list goes). An outer :class:`DispatchCounter` still counts
+    those ops too, so the part of a whole that a function dispatches is the sum of its calls'
+    counts."""
     function, calls = getattr(owner, name), []
 
     def counted(*args, **kwargs):
         with DispatchCounter() as count:
             out = function(*args, **kwargs)
-        calls.append((count, args))
+        calls.append((count, keep(args)))
         return out
 
     setattr(owner, name, counted)

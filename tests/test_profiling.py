@@ -20,6 +20,10 @@ def test_a_function_is_counted_on_its_own_and_within_the_whole():
     assert [(c.ops, args[0].shape[0]) for c, args in calls] == [(2, 3), (2, 2)]
     assert whole.ops == 2 + 2 + 1 + 1  # the slice x[:2] is a view op, counted too
     assert owner.scale_and_shift is scale_and_shift  # restored
+    # keep: what is held of each call's arguments (here a length, not the tensor)
+    with counting_calls(owner, "scale_and_shift", keep=lambda args: len(args[0])) as calls:
+        owner.scale_and_shift(x)
+    assert [(c.ops, kept) for c, kept in calls] == [(2, 3)]
 
 
 def test_bytes_count_what_kernels_read_and_write_once():
