@@ -230,7 +230,7 @@ def test_dispatched_ops_do_not_grow_with_the_batch():
     # layer's step compiled (compiled_step_kernels; counted on the device by bench/gpu.sh)
     assert sum(filled for _, filled in steps) > 50
     on_gpu = sixteen.ops + sum(compiled_step_kernels(filled) - inner.ops for inner, filled in steps)
-    assert on_gpu / (16 * n) < 8
+    assert on_gpu / (16 * n) < 4  # measured 2.5
     assert sixteen.ops / (16 * n) < 25  # every op dispatched, uncompiled
 
 
