@@ -130,38 +130,28 @@ def baseline_device_path(commit: str):
 
 def counted(fn):
     """``fn()`` under a :class:`~dmenet.profiling.DispatchCounter`: the count, the output and
-    each front layer's step on its own (each call of the batched renderer's ``front_step``: its
-    count, and :func:`compiled_step_cost` of its arguments, which are not held)."""
+    the fills' own counts, shapes and element sizes (each call of the batched renderer's
+    ``relax_fill``; its tensors are not held)."""
     import dmenet.data.syndof.batched as batched
     from dmenet.profiling import DispatchCounter, counting_calls
 
-    with counting_calls(batched, "front_step", keep=compiled_step_cost) as steps, \
+    with counting_calls(batched, "relax_fill",
+                        keep=lambda args: (tuple(args[0].shape), args[0].element_size())) as calls, \
             DispatchCounter() as count:
         out = fn()
-    return count, out, steps
+    return count, out, [(inner, shape, itemsize) for inner, (shape, itemsize) in calls]
 
 
-def compiled_step_cost(args: tuple) -> tuple[int, int, int]:
-    """Kernels, bytes and the fill sweeps' bytes of one compiled ``front_step(*args)`` on a GPU
-    (a model; ``--device cuda`` counts the kernels): ``compiled_step_kernels`` kernels; every
-    tensor argument read once and every output (the accumulation, and the fill's solution)
-    written once; each half-sweep reads the fill's frame and its bool mask and writes the
-    frame."""
-    from dmenet.data.syndof.batched import compiled_step_kernels
-    from dmenet.data.syndof.fill import RELAX_SWEEPS
+def compiled_fill_cost(shape: tuple[int, ...], itemsize: int, sweeps: int) -> tuple[int, int]:
+    """Kernels and bytes of one compiled fill of ``shape (N, C, H, W)``, ``itemsize`` bytes a
+    value, on a GPU (a model; ``--device cuda`` counts the kernels): one kernel per half-sweep,
+    which reads the frame and its bool mask and writes the frame, and one that reads the known
+    values and the warm start (or fuses them into the first half-sweep)."""
+    from dmenet.data.syndof.fill import compiled_kernels
 
-    acc, alpha, rgba, fill = args
-    tensors = [acc, alpha, rgba, *(fill or ())]
-    moved = sum(t.numel() * t.element_size() for t in tensors) + sum(
-        t.numel() * t.element_size() for t in (acc, alpha))
-    sweeps = 0
-    if fill is not None:
-        init = fill[3]  # the warm start: the solution's shape and precision
-        frame = init.numel() * init.element_size()
-        n, _, h, w = init.shape
-        moved += frame
-        sweeps = 2 * RELAX_SWEEPS * (2 * frame + n * h * w)
-    return compiled_step_kernels(fill is not None, RELAX_SWEEPS), moved + sweeps, sweeps
+    n, c, h, w = shape
+    frame = n * c * h * w * itemsize
+    return compiled_kernels(sweeps), 2 * sweeps * (2 * frame + n * h * w) + 3 * frame
 
 
 def gpu_estimates_ms(gpu_ops: float, syncs: float, gpu_bytes: float, per: float):
@@ -171,15 +161,17 @@ def gpu_estimates_ms(gpu_ops: float, syncs: float, gpu_bytes: float, per: float)
             gpu_bytes / BYTES_PER_S / per * 1e3)
 
 
-def gpu_path(count, steps) -> tuple[int, int, int]:
-    """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it (every front
-    layer's step compiled, :func:`compiled_step_cost`; every other op as counted), and the fill
-    sweeps' bytes."""
+def gpu_path(count, fills) -> tuple[int, int, int]:
+    """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it (every fill
+    compiled, :func:`compiled_fill_cost`; every other op as counted), and the fills' bytes."""
+    from dmenet.data.syndof.fill import RELAX_SWEEPS
+
     ops, nbytes, fill_bytes = count.ops, count.bytes, 0
-    for inner, (kernels, moved, sweeps) in steps:
+    for inner, shape, itemsize in fills:
+        kernels, moved = compiled_fill_cost(shape, itemsize, RELAX_SWEEPS)
         ops += kernels - inner.ops
         nbytes += moved - inner.bytes
-        fill_bytes += sweeps
+        fill_bytes += moved
     return ops, nbytes, fill_bytes
 
 
@@ -219,20 +211,19 @@ def window_rows(args, device, baseline) -> list[dict]:
             first_s, kernels, t_batched = float("nan"), float("nan"), None
             if device.type == "cuda":  # timed and profiled before anything is counted
                 t0 = time.perf_counter()
-                run("batched")()  # the steps' compilation, once per process
+                run("batched")()  # the fill's compilation, once per process
                 torch.cuda.synchronize()
                 first_s = time.perf_counter() - t0
                 t_batched, _ = timed(run("batched"), device, repeats=3, warm_up=False)
                 kernels = cuda_kernels(run("batched")) / b
-            count, out, steps = counted(run("batched"))  # (on the CPU: the warm-up)
+            count, out, fills = counted(run("batched"))  # (on the CPU: the warm-up)
             layers = float(out.num_layers.float().mean())
             if t_batched is None:
                 t_batched, out = timed(run("batched"), device, warm_up=False)
-            gpu_ops, gpu_bytes, fill_bytes = gpu_path(count, steps)
+            gpu_ops, gpu_bytes, fill_bytes = gpu_path(count, fills)
             row = {"source": name, "batch": b, "layers": layers, "device": device.type,
                    "ops": count.ops / b, "syncs": count.syncs / b, "bytes": count.bytes / b,
-                   "batched": b / t_batched,
-                   "fills": sum(sweeps > 0 for _, (_, _, sweeps) in steps) / b,
+                   "batched": b / t_batched, "fills": len(fills) / b,
                    "gpu_ops": gpu_ops / b, "gpu_bytes": gpu_bytes / b, "first_s": first_s,
                    "fill_share": fill_bytes / max(gpu_bytes, 1), "kernels": kernels}
             row["ops_layer"] = row["ops"] / layers
@@ -274,10 +265,10 @@ def ahead_rows(args, device) -> list[dict]:
 
             step_ms = float("nan")
             if device.type == "cuda":
-                run_all()  # the steps' compilation (once per process)
+                run_all()  # the fill's compilation (once per process)
                 step_ms = timed(run_all, device, repeats=3, warm_up=False)[0] / k_max * 1e3
-            count, outs, steps = counted(run_all)  # k_max steps of 3 crops in all
-            gpu_ops, gpu_bytes, _ = gpu_path(count, steps)
+            count, outs, fills = counted(run_all)  # k_max steps of 3 crops in all
+            gpu_ops, gpu_bytes, _ = gpu_path(count, fills)
             layers = float(torch.cat([out.num_layers for out in outs]).float().mean())
             launch_ms, bandwidth_ms = gpu_estimates_ms(gpu_ops, count.syncs, gpu_bytes, k_max)
             row = {"source": name, "k": k, "layers": layers, "calls": len(calls),
@@ -386,14 +377,12 @@ def machine_line(args) -> str:
             f"{load:.1f}")
 
 
-def step_compilation() -> str:
-    """Whether the front layers' steps ran compiled (the renderer warns and runs them
-    uncompiled otherwise)."""
-    from dmenet.data.syndof import batched
+def fill_compilation() -> str:
+    """Whether the fill ran compiled (the renderer warns and runs it uncompiled otherwise)."""
+    from dmenet.data.syndof import fill
 
-    failed = batched._COMPILE_FAILED
-    return (f"The front steps ran UNCOMPILED: {failed[0]}." if failed
-            else "The front steps ran compiled.")
+    failed = fill._COMPILE_FAILED
+    return f"The fill ran UNCOMPILED: {failed[0]}." if failed else "The fill ran compiled."
 
 
 def report(oracle, rows, ahead, mp_rows, args) -> str:
@@ -425,17 +414,15 @@ def report(oracle, rows, ahead, mp_rows, args) -> str:
             "crop: the batch's fills over its crops (a call fills every crop with a layer "
             "there). Rates in crops/s ("
             + ("CPU time, one thread" if cpu else "wall time, synchronised") + "). Ops and syncs "
-            "per crop: the batched renderer's dispatched aten ops (uncompiled, as on the CPU) "
-            "and host synchronisations; \"as on a GPU\": the same with every front layer's "
-            "step compiled (`compiled_step_cost`: one kernel per half-sweep of the fill and 8 "
-            "around them, 2 without a fill; each half-sweep reading and writing the fill's "
-            "frame once, the step's inputs read once and its outputs written once), also in MB "
-            "per crop, with the fill sweeps' share. GPU "
+            "per crop: the batched renderer's dispatched aten ops (its fill uncompiled, as on "
+            "the CPU) and host synchronisations; \"as on a GPU\": the same with every fill "
+            "compiled (`compiled_fill_cost`: one kernel per half-sweep and one more, each "
+            "half-sweep reading and writing the frame once), also in MB per crop. GPU "
             "estimates per crop from those: launch-bound (5 us per op, 20 us per sync) and "
             "bandwidth-bound (the bytes at 3 TB/s, no cache reuse)."
             + ("" if cpu else " Kernels per crop: CUDA kernels counted by torch.profiler; "
-               "first call: the first batch's wall time, the step's compilation included. "
-               + step_compilation()), ""]
+               "first call: the first batch's wall time, the fill's compilation included. "
+               + fill_compilation()), ""]
         head = "| source | batch | layers per crop | fill calls per crop | batched | "
         head += "tiled | loop | " if cpu else ""
         head += "ops per crop and layer: uncompiled / as on a GPU | syncs per crop | " \

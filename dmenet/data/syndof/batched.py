@@ -9,11 +9,10 @@ The layers far to near fall into two phases:
   reverse cumulative product over the layer axis);
 * the front (every layer nearer than the in-focus one): chunks blurred at once the same way
   (with the union ``U`` of the farther layers as a fifth channel, whose blur gives the fill
-  region), then layer after layer (:func:`front_step`, compiled on CUDA): un-premultiply, the
-  fill by :func:`~.fill.relax_fill` (fixed sweeps, warm-started from the previous layer's
-  solution) and compositing. A ramp in front of the focus needs a fill before every layer: one
-  fill for a group of layers misses the generator by up to 6 levels there (measured,
-  BENCHMARKS.md section 1).
+  region), then layer after layer: un-premultiply, the fill by :func:`~.fill.relax_fill` (fixed
+  sweeps, warm-started from the previous layer's solution) and compositing. A ramp in front of
+  the focus needs a fill before every layer: one fill for a group of layers misses the
+  generator by up to 6 levels there (measured, BENCHMARKS.md section 1).
 
 All samples step through the same chunks and front positions (a sample with fewer layers gets
 empty ones), so the number of host round trips does not depend on the batch or the layers:
@@ -23,8 +22,6 @@ the layer count is read once (:func:`~.layers.layer_decomposition`) and the laye
 
 from __future__ import annotations
 
-import functools
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +31,8 @@ from .composite import composite_run, layer_rgba, over, resolve, unpremultiply
 from .fill import RELAX_SWEEPS, checkerboard, fill_region, relax_fill
 from .kernels import blur_stack, disc_kernel2d, pad_border, significant_kernel1d
 
-__all__ = ["CHUNK_ELEMENTS", "COMPILE_ON", "FILL_DTYPE", "BatchPlan", "composite_batched",
-           "compiled_step_kernels", "front_step", "plan", "read_to_host"]
+__all__ = ["CHUNK_ELEMENTS", "COMPILE_FILL_ON", "FILL_DTYPE", "BatchPlan", "composite_batched",
+           "plan", "read_to_host"]
 
 CHUNK_ELEMENTS = 1 << 27
 """The layers blurred in one call hold at most about this many values (512 MB in float32)."""
@@ -49,22 +46,10 @@ colour exactly 0 and stays constant whatever the rounding of alpha. Measured on 
 windows of BENCHMARKS.md section 1: 18-24% fewer bytes per crop than float32 storage, within 0.6
 levels of its images."""
 
-COMPILE_ON = ("cuda",)
-"""Device types on which each front layer's step (:func:`front_step`: un-premultiply, the fill,
-compositing) runs compiled by ``torch.compile``: one kernel per half-sweep of the fill and a few
-around it, instead of the seven ops per half-sweep and about twenty around it uncompiled.
-Compiling takes seconds once per process, which the CPU, with its own tiled renderer, does not
-repay."""
-
-_COMPILE_FAILED: list[str] = []
-
-
-def compiled_step_kernels(fill: bool, sweeps: int = RELAX_SWEEPS) -> int:
-    """The kernels of one compiled :func:`front_step`, as inductor schedules it on the CPU (loop
-    nests): with a fill, one per half-sweep and 8 around them (un-premultiply and the known
-    values, the half-sweeps' masks, the warm start, the guard, compositing); without, 2.
-    ``bench/gpu.sh`` counts the CUDA kernels."""
-    return 2 * sweeps + 8 if fill else 2
+COMPILE_FILL_ON = ("cuda",)
+"""Device types on which the fill's sweeps run compiled by ``torch.compile`` (one kernel per
+half-sweep instead of seven; compiling takes seconds once per process, which the CPU, with its
+own tiled renderer, does not repay)."""
 
 
 def read_to_host(x: torch.Tensor) -> np.ndarray:
@@ -182,67 +167,13 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
                      torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
 
 
-def front_step(acc: torch.Tensor, alpha: torch.Tensor, rgba: torch.Tensor,
-               fill: tuple | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One front layer ``rgba (N,4,H,W)`` (blurred, :func:`~.composite.layer_rgba`) over
-    ``acc (N,3,H,W)``, ``alpha (N,1,H,W)``: un-premultiply, the fill when ``fill`` is given,
-    over. ``fill``: ``(layer_id (N,1,H,W), index (N,), reach (N,1,H,W), solution (N,4,H,W),
-    darkest (N,3,1,1), red, black)``: the layer ids, this layer's id per sample, the union of
-    the farther layers blurred with this layer's kernel, the previous fill (the warm start, in
-    :data:`FILL_DTYPE`), the photo's darkest colour and :func:`~.fill.checkerboard`.
-    Returns ``(acc, alpha, solution)`` (solution: this fill; None without one)."""
-    a, al = unpremultiply(acc, alpha)
-    solution = None
-    if fill is not None:
-        layer_id, index, reach, init, darkest, red, black = fill
-        # (a layer without blur, or none, has reach = U: an empty region)
-        union = layer_id < index.view(-1, 1, 1, 1)
-        region = fill_region(union, reach)
-        # the colour filled above the darkest: a constant photo fills with colour 0, which no
-        # rounding of alpha in half precision can move
-        known = torch.cat([(a - darkest) * union, union.to(a.dtype)], dim=1).to(init.dtype)
-        solution = relax_fill(known, region, init, RELAX_SWEEPS, halves=(red, black))
-        filled = solution.to(a.dtype)
-        fill_alpha = filled[:, 3:]
-        colour = torch.minimum(torch.addcmul(filled[:, :3], darkest, fill_alpha),
-                               fill_alpha)  # within [0, alpha], as relax_fill's guard
-        a = torch.where(region, colour, a)
-        al = torch.where(region, fill_alpha, al)
-    a, al = over(a, al, rgba)
-    return a, al, solution
-
-
-@functools.cache
-def _compiled_step():
-    """:func:`front_step` compiled (shapes dynamic: one compilation, with a fill and without,
-    serves every batch prefix and frame)."""
-    return torch.compile(front_step, dynamic=True)
-
-
-def _step(compiled: bool, *args):
-    """:func:`front_step`, compiled when ``compiled`` (where compilation fails, a warning says
-    why once and the steps run uncompiled)."""
-    if compiled and not _COMPILE_FAILED:
-        try:
-            return _compiled_step()(*args)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as error:  # a missing compiler or backend: the same step, uncompiled
-            first_line = (str(error).strip().splitlines() or [""])[0][:200]
-            reason = f"{type(error).__name__}: {first_line}"
-            _COMPILE_FAILED.append(reason)
-            warnings.warn(f"SYNDOF renderer: torch.compile failed ({reason}); the front layers' "
-                          "steps run uncompiled", RuntimeWarning, stacklevel=2)
-    return front_step(*args)
-
-
 def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: torch.Tensor,
                       num_layers: torch.Tensor, start: torch.Tensor | None, aperture: str,
                       radius_px: int | None, border: str) -> torch.Tensor:
     """Composite ``image (B,3,H,W)`` far to near by ``layer_id (B,1,H,W)`` (0 = farthest), each
     layer blurred with its ``layer_sigma (B, L)`` (px); the fill before every layer after
-    ``start (B,)`` (None: no fill), by :data:`~.fill.RELAX_SWEEPS` relaxation sweeps (each front
-    layer's :func:`front_step` compiled on the devices of :data:`COMPILE_ON`).
+    ``start (B,)`` (None: no fill), by :data:`~.fill.RELAX_SWEEPS` relaxation sweeps (compiled
+    on the devices of :data:`COMPILE_FILL_ON`).
     Returns ``(B,3,H,W)``."""
     b, _, h, w = image.shape
     p = plan(layer_sigma, num_layers, start, image.shape, aperture, radius_px)
@@ -295,20 +226,31 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     solution = torch.zeros(b, 4, h, w, dtype=FILL_DTYPE, device=image.device)  # warm start
     darkest = image.amin((2, 3), keepdim=True)  # (B, 3, 1, 1): the colour is filled above it
     halves = checkerboard(h, w, image.device)
-    compiled = image.device.type in COMPILE_ON
+    compile_fill = image.device.type in COMPILE_FILL_ON
     for idx, r, active, fill_at in p.front:
         stack = blur_chunk(idx, r, any(fill_at), *phase)  # idx: the samples active first
         rgba = layer_rgba(stack[:, :, :4])
         for j, n in enumerate(active):
             # the first n samples still have a layer here: work on them alone
-            fill = None
+            a, al = unpremultiply(acc[:n], alpha[:n])
             if fill_at[j]:
-                fill = (layer_id[:n], idx[:n, j], stack[:n, j, 4:], solution[:n], darkest[:n],
-                        *halves)
-            a, al, filled = _step(compiled, acc[:n], alpha[:n], rgba[:n, j], fill)
-            acc, alpha = _into_prefix(acc, a), _into_prefix(alpha, al)
-            if filled is not None:
+                # (a layer without blur, or none, has reach = U: an empty region)
+                union = layer_id[:n] < idx[:n, j].view(n, 1, 1, 1)
+                region = fill_region(union, stack[:n, j, 4:])
+                known = torch.empty_like(solution[:n])  # ((a - darkest) U, U)
+                torch.mul(a - darkest[:n], union, out=known[:, :3])
+                known[:, 3:] = union
+                filled = relax_fill(known, region, solution[:n], RELAX_SWEEPS, halves=halves,
+                                    compiled=compile_fill)
                 solution = _into_prefix(solution, filled)
+                filled = filled.to(a.dtype)
+                fill_alpha = filled[:, 3:]
+                colour = torch.minimum(torch.addcmul(filled[:, :3], darkest[:n], fill_alpha),
+                                       fill_alpha)  # within [0, alpha], as relax_fill's guard
+                a = torch.where(region, colour, a)
+                al = torch.where(region, fill_alpha, al)
+            a, al = over(a, al, rgba[:n, j])
+            acc, alpha = _into_prefix(acc, a), _into_prefix(alpha, al)
     out = resolve(acc, alpha, image)
     if rows is None:
         return out
