@@ -43,8 +43,8 @@ sweeps move most of the renderer's bytes; half precision halves theirs (compiled
 arithmetic runs in float32; compositing stays in the image's precision). The colour is filled
 relative to the photo's darkest colour (per channel), so that a constant photo fills with
 colour exactly 0 and stays constant whatever the rounding of alpha. Measured on the training
-windows of BENCHMARKS.md section 1: 18-24% fewer bytes per crop than float32 storage, within 0.6
-levels of its images."""
+windows of BENCHMARKS.md section 1: 17-23% fewer bytes per crop than float32 storage at batch
+16, within 0.6 levels of its images."""
 
 COMPILE_FILL_ON = ("cuda",)
 """Device types on which the fill's sweeps run compiled by ``torch.compile`` (one kernel per
