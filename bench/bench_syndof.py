@@ -128,30 +128,47 @@ def baseline_device_path(commit: str):
     return render
 
 
+def step_shape(args: tuple) -> tuple:
+    """What the GPU model needs of one ``front_step(*args)`` call: the samples, the frame, the
+    element sizes of the accumulation, the fill's iterate and the layer ids, and whether it
+    fills (its tensors are not held)."""
+    acc, _, solution, _, _, _, layer_id, *_, fill = args
+    n, _, h, w = acc.shape
+    return n, h, w, acc.element_size(), solution.element_size(), layer_id.element_size(), fill
+
+
 def counted(fn):
     """``fn()`` under a :class:`~dmenet.profiling.DispatchCounter`: the count, the output and
-    the fills' own counts, shapes and element sizes (each call of the batched renderer's
-    ``relax_fill``; its tensors are not held)."""
+    each front layer's step on its own (each call of the batched renderer's ``front_step``: its
+    count and :func:`step_shape`)."""
     import dmenet.data.syndof.batched as batched
     from dmenet.profiling import DispatchCounter, counting_calls
 
-    with counting_calls(batched, "relax_fill",
-                        keep=lambda args: (tuple(args[0].shape), args[0].element_size())) as calls, \
+    with counting_calls(batched, "front_step", keep=step_shape) as steps, \
             DispatchCounter() as count:
         out = fn()
-    return count, out, [(inner, shape, itemsize) for inner, (shape, itemsize) in calls]
+    return count, out, steps
 
 
-def compiled_fill_cost(shape: tuple[int, ...], itemsize: int, sweeps: int) -> tuple[int, int]:
-    """Kernels and bytes of one compiled fill of ``shape (N, C, H, W)``, ``itemsize`` bytes a
-    value, on a GPU (a model; ``--device cuda`` counts the kernels): one kernel per half-sweep,
-    which reads the frame and its bool mask and writes the frame, and one that reads the known
-    values and the warm start (or fuses them into the first half-sweep)."""
-    from dmenet.data.syndof.fill import compiled_kernels
+def compiled_step_cost(shape: tuple) -> tuple[int, int, int]:
+    """Kernels, bytes and the fill sweeps' bytes of one compiled ``front_step`` of
+    :func:`step_shape` ``shape`` on a GPU (a model; ``--device cuda`` counts the kernels):
+    ``compiled_step_kernels`` kernels; the accumulation read and written once, the layer read
+    once (its colour and mask; with a fill also its union, the layer ids and the warm start,
+    and the fill written once); each half-sweep reads the fill's frame and its bool mask and
+    writes the frame."""
+    from dmenet.data.syndof.batched import compiled_step_kernels
+    from dmenet.data.syndof.fill import RELAX_SWEEPS
 
-    n, c, h, w = shape
-    frame = n * c * h * w * itemsize
-    return compiled_kernels(sweeps), 2 * sweeps * (2 * frame + n * h * w) + 3 * frame
+    n, h, w, acc_size, fill_size, id_size, fill = shape
+    pixels = n * h * w
+    moved = 2 * 4 * pixels * acc_size + 4 * pixels * acc_size  # (acc, alpha) twice, the layer
+    sweeps = 0
+    if fill:
+        frame = 4 * pixels * fill_size
+        moved += pixels * (acc_size + id_size) + 2 * frame  # the union, the ids; the fill
+        sweeps = 2 * RELAX_SWEEPS * (2 * frame + pixels)
+    return compiled_step_kernels(fill, RELAX_SWEEPS), moved + sweeps, sweeps
 
 
 def gpu_estimates_ms(gpu_ops: float, syncs: float, gpu_bytes: float, per: float):
@@ -161,17 +178,16 @@ def gpu_estimates_ms(gpu_ops: float, syncs: float, gpu_bytes: float, per: float)
             gpu_bytes / BYTES_PER_S / per * 1e3)
 
 
-def gpu_path(count, fills) -> tuple[int, int, int]:
-    """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it (every fill
-    compiled, :func:`compiled_fill_cost`; every other op as counted), and the fills' bytes."""
-    from dmenet.data.syndof.fill import RELAX_SWEEPS
-
+def gpu_path(count, steps) -> tuple[int, int, int]:
+    """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it (every front
+    layer's step compiled, :func:`compiled_step_cost`; every other op as counted), and the fill
+    sweeps' bytes."""
     ops, nbytes, fill_bytes = count.ops, count.bytes, 0
-    for inner, shape, itemsize in fills:
-        kernels, moved = compiled_fill_cost(shape, itemsize, RELAX_SWEEPS)
+    for inner, shape in steps:
+        kernels, moved, sweeps = compiled_step_cost(shape)
         ops += kernels - inner.ops
         nbytes += moved - inner.bytes
-        fill_bytes += moved
+        fill_bytes += sweeps
     return ops, nbytes, fill_bytes
 
 
@@ -211,19 +227,19 @@ def window_rows(args, device, baseline) -> list[dict]:
             first_s, kernels, t_batched = float("nan"), float("nan"), None
             if device.type == "cuda":  # timed and profiled before anything is counted
                 t0 = time.perf_counter()
-                run("batched")()  # the fill's compilation, once per process
+                run("batched")()  # the steps' compilation, once per process
                 torch.cuda.synchronize()
                 first_s = time.perf_counter() - t0
                 t_batched, _ = timed(run("batched"), device, repeats=3, warm_up=False)
                 kernels = cuda_kernels(run("batched")) / b
-            count, out, fills = counted(run("batched"))  # (on the CPU: the warm-up)
+            count, out, steps = counted(run("batched"))  # (on the CPU: the warm-up)
             layers = float(out.num_layers.float().mean())
             if t_batched is None:
                 t_batched, out = timed(run("batched"), device, warm_up=False)
-            gpu_ops, gpu_bytes, fill_bytes = gpu_path(count, fills)
+            gpu_ops, gpu_bytes, fill_bytes = gpu_path(count, steps)
             row = {"source": name, "batch": b, "layers": layers, "device": device.type,
                    "ops": count.ops / b, "syncs": count.syncs / b, "bytes": count.bytes / b,
-                   "batched": b / t_batched, "fills": len(fills) / b,
+                   "batched": b / t_batched, "fills": sum(shape[-1] for _, shape in steps) / b,
                    "gpu_ops": gpu_ops / b, "gpu_bytes": gpu_bytes / b, "first_s": first_s,
                    "fill_share": fill_bytes / max(gpu_bytes, 1), "kernels": kernels}
             row["ops_layer"] = row["ops"] / layers
@@ -265,10 +281,10 @@ def ahead_rows(args, device) -> list[dict]:
 
             step_ms = float("nan")
             if device.type == "cuda":
-                run_all()  # the fill's compilation (once per process)
+                run_all()  # the steps' compilation (once per process)
                 step_ms = timed(run_all, device, repeats=3, warm_up=False)[0] / k_max * 1e3
-            count, outs, fills = counted(run_all)  # k_max steps of 3 crops in all
-            gpu_ops, gpu_bytes, _ = gpu_path(count, fills)
+            count, outs, steps = counted(run_all)  # k_max steps of 3 crops in all
+            gpu_ops, gpu_bytes, _ = gpu_path(count, steps)
             layers = float(torch.cat([out.num_layers for out in outs]).float().mean())
             launch_ms, bandwidth_ms = gpu_estimates_ms(gpu_ops, count.syncs, gpu_bytes, k_max)
             row = {"source": name, "k": k, "layers": layers, "calls": len(calls),
@@ -377,12 +393,14 @@ def machine_line(args) -> str:
             f"{load:.1f}")
 
 
-def fill_compilation() -> str:
-    """Whether the fill ran compiled (the renderer warns and runs it uncompiled otherwise)."""
-    from dmenet.data.syndof import fill
+def step_compilation() -> str:
+    """Whether the front layers' steps ran compiled (the renderer warns and runs them
+    uncompiled otherwise)."""
+    from dmenet.data.syndof import batched
 
-    failed = fill._COMPILE_FAILED
-    return f"The fill ran UNCOMPILED: {failed[0]}." if failed else "The fill ran compiled."
+    failed = batched._COMPILE_FAILED
+    return (f"The front steps ran UNCOMPILED: {failed[0]}." if failed
+            else "The front steps ran compiled.")
 
 
 def report(oracle, rows, ahead, mp_rows, args) -> str:
@@ -414,15 +432,17 @@ def report(oracle, rows, ahead, mp_rows, args) -> str:
             "crop: the batch's fills over its crops (a call fills every crop with a layer "
             "there). Rates in crops/s ("
             + ("CPU time, one thread" if cpu else "wall time, synchronised") + "). Ops and syncs "
-            "per crop: the batched renderer's dispatched aten ops (its fill uncompiled, as on "
-            "the CPU) and host synchronisations; \"as on a GPU\": the same with every fill "
-            "compiled (`compiled_fill_cost`: one kernel per half-sweep and one more, each "
-            "half-sweep reading and writing the frame once), also in MB per crop. GPU "
+            "per crop: the batched renderer's dispatched aten ops (uncompiled, as on the CPU) "
+            "and host synchronisations; \"as on a GPU\": the same with every front layer's "
+            "step compiled (`compiled_step_cost`: one kernel per half-sweep of the fill and 8 "
+            "around them, 2 without a fill; each half-sweep reading and writing the fill's "
+            "frame once, the step's inputs read once and its outputs written once), also in MB "
+            "per crop, with the fill sweeps' share. GPU "
             "estimates per crop from those: launch-bound (5 us per op, 20 us per sync) and "
             "bandwidth-bound (the bytes at 3 TB/s, no cache reuse)."
             + ("" if cpu else " Kernels per crop: CUDA kernels counted by torch.profiler; "
-               "first call: the first batch's wall time, the fill's compilation included. "
-               + fill_compilation()), ""]
+               "first call: the first batch's wall time, the steps' compilation included. "
+               + step_compilation()), ""]
         head = "| source | batch | layers per crop | fill calls per crop | batched | "
         head += "tiled | loop | " if cpu else ""
         head += "ops per crop and layer: uncompiled / as on a GPU | syncs per crop | " \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of BENCHMARKS.md in one run (budget: under 10 minutes on one GPU;
-# the renderer's fill is compiled by torch.compile on its first call in each process):
+# each front layer's step of the renderer is compiled by torch.compile on its first call in each process):
 #   synthesis: the batched renderer's crops/s on 240 px training windows (Sintel, SYNTHIA,
 #     Middlebury, the motorcycle) at batches 3, 16 and 64, with its ops and syncs per crop,
 #     the CUDA kernels it launches per crop and its first call's time (the compilation); per

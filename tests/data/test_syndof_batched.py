@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import dmenet.data.syndof.batched as batched
 from dmenet.data.syndof import render_defocus, render_from_sigma
+from dmenet.data.syndof.batched import _step, compiled_step_kernels, front_step
 from dmenet.data.syndof.composite import composite_run, layer_rgba, over, unpremultiply
-from dmenet.data.syndof.fill import compiled_kernels
+from dmenet.data.syndof.fill import checkerboard
 from dmenet.data.thin_lens import Camera
 from dmenet.profiling import DispatchCounter, counting_calls
 
@@ -77,8 +79,6 @@ def test_converged_fills_render_what_the_loop_renders(render_mode, fill_dtype, l
     loop computes (the exact fill before every front layer), on a dense-layer scene: within
     0.01 levels with the fill's iterate in float32, within a level in half precision (its
     :data:`~dmenet.data.syndof.batched.FILL_DTYPE`; measured 0.3-0.5)."""
-    import dmenet.data.syndof.batched as batched
-
     monkeypatch.setattr(batched, "RELAX_SWEEPS", CONVERGED_SWEEPS)
     monkeypatch.setattr(batched, "FILL_DTYPE", fill_dtype)
     image, depth, cam = dense_scene(20, 32, seed=4, occluder=(5, 15, 10, 20))
@@ -96,8 +96,6 @@ def test_the_half_precision_fill_keeps_a_constant_photo_constant(grey):
     filled above the photo's darkest: a constant photo fills with colour 0, so rounding alpha
     cannot move it (within 0.01 levels over ~190 fills; filled as plain premultiplied colour, the
     same scene drifts 0.04-0.46 levels)."""
-    import dmenet.data.syndof.batched as batched
-
     assert batched.FILL_DTYPE == torch.float16
     image, depth, cam = dense_scene(40, 64, seed=4, occluder=(5, 25, 10, 30))
     out = render_defocus(torch.full_like(image, grey), depth, cam, render_mode="reference",
@@ -109,8 +107,6 @@ def test_the_half_precision_fill_keeps_a_constant_photo_constant(grey):
 def test_converged_fills_with_the_disc_aperture(monkeypatch):
     """The disc (a 2-D kernel per layer) through :func:`render_from_sigma` (the fill's iterate in
     float32)."""
-    import dmenet.data.syndof.batched as batched
-
     monkeypatch.setattr(batched, "RELAX_SWEEPS", CONVERGED_SWEEPS)
     monkeypatch.setattr(batched, "FILL_DTYPE", torch.float32)
     g = torch.Generator().manual_seed(6)
@@ -197,16 +193,15 @@ def ramp_scene(b: int, layers: int):
     return texture(b, h, w), depth, cam
 
 
-def dispatched(b: int, layers: int) -> tuple[DispatchCounter, int, list[DispatchCounter]]:
+def dispatched(b: int, layers: int) -> tuple[DispatchCounter, int,
+                                             list[tuple[DispatchCounter, bool]]]:
     """What rendering ``b`` ramps of about ``layers`` layers dispatches, and what each of its
-    fills dispatches within that."""
-    import dmenet.data.syndof.batched as batched
-
+    front layers' steps dispatches within that (and whether it filled)."""
     image, depth, cam = ramp_scene(b, layers)
-    with counting_calls(batched, "relax_fill", keep=lambda args: None) as fills, \
+    with counting_calls(batched, "front_step", keep=lambda args: args[-1]) as steps, \
             DispatchCounter() as count:
         out = render_defocus(image, depth, cam, renderer="batched")
-    return count, int(out.num_layers[0]), [inner for inner, _ in fills]
+    return count, int(out.num_layers[0]), steps
 
 
 def test_host_round_trips_do_not_grow_with_layers_or_batch():
@@ -228,79 +223,116 @@ def test_dispatched_ops_do_not_grow_with_the_batch():
     for layers in (20, 120):
         one, _, _ = dispatched(1, layers)
         two, _, _ = dispatched(2, layers)
-        sixteen, n, fills = dispatched(16, layers)
+        sixteen, n, steps = dispatched(16, layers)
         assert sixteen.ops == two.ops and one.ops <= two.ops <= one.ops + 2, layers
     # what the renderer exists for: a few ops per crop and layer at batch 16 (the tiled
-    # renderer's torch path dispatched 570-990; here 120 layers), as a GPU runs it: each fill
-    # compiled, one kernel per half-sweep and one more (counted on the device by bench/gpu.sh)
-    assert len(fills) > 50
-    on_gpu = sixteen.ops - sum(f.ops for f in fills) + len(fills) * compiled_kernels()
-    assert on_gpu / (16 * n) < 5  # measured 3.8
-    assert sixteen.ops / (16 * n) < 25  # every op dispatched, the fill uncompiled
+    # renderer's torch path dispatched 570-990; here 120 layers), as a GPU runs it: each front
+    # layer's step compiled (compiled_step_kernels; counted on the device by bench/gpu.sh)
+    assert sum(filled for _, filled in steps) > 50
+    on_gpu = sixteen.ops + sum(compiled_step_kernels(filled) - inner.ops
+                               for inner, filled in steps)
+    assert on_gpu / (16 * n) < 3  # measured 2.4
+    assert sixteen.ops / (16 * n) < 25  # every op dispatched, uncompiled
 
 
-def test_compiled_fill_equals_the_uncompiled_one():
-    """The fill's sweeps as ``torch.compile`` makes them (the CUDA path) compute what the
-    uncompiled sweeps compute, for batches and frames of several sizes (one compilation)."""
-    from dmenet.data.syndof import fill
+def front_state(b: int, h: int, w: int, k: int, g: torch.Generator) -> list:
+    """:func:`front_step`'s arguments but ``fill``, for ``b`` samples and a chunk of ``k``
+    layers, at random (the fill's iterate in float32)."""
+    alpha = torch.rand(b, 1, h, w, generator=g) * (torch.rand(b, 1, h, w, generator=g) > 0.2)
+    acc = torch.rand(b, 3, h, w, generator=g) * alpha
+    stack = torch.rand(b, k, 5, h, w, generator=g)
+    stack[:, :, :3] *= stack[:, :, 3:4]
+    return [acc, alpha, torch.rand(b, 4, h, w, generator=g), stack,
+            torch.randint(3, 7, (b, k), generator=g),
+            torch.randint(0, k, (1,), generator=g), torch.randint(0, 9, (b, 1, h, w), generator=g),
+            0.1 * torch.rand(b, 3, 1, 1, generator=g), *checkerboard(h, w)]
 
-    relax_fill = fill.relax_fill
+
+def test_a_compiled_front_step_equals_the_uncompiled_one(monkeypatch):
+    """Each front layer's step as ``torch.compile`` makes it (the CUDA path) computes what the
+    uncompiled step computes, in place, with a fill and without, on whole batches and on
+    prefixes of them, for frames and chunks of several sizes. The fill's iterate in float32
+    here: the half-precision rounding is the next test's."""
+    monkeypatch.setattr(batched, "RELAX_SWEEPS", 2)  # a quicker compilation, shared with the next
     g = torch.Generator().manual_seed(3)
-    for b, h, w in ((3, 20, 24), (2, 17, 30)):
-        known = torch.rand(b, 4, h, w, generator=g)
-        known[:, 3:] = (known[:, 3:] > 0.5).float()
-        known[:, :3] *= known[:, 3:]
-        region = torch.rand(b, 1, h, w, generator=g) < 0.6
-        init = torch.rand(b, 4, h, w, generator=g)
-        compiled = relax_fill(known, region, init, sweeps=2, compiled=True)
-        eager = relax_fill(known, region, init, sweeps=2)
-        assert float((compiled - eager).abs().max()) < 1e-6
-    assert not fill._COMPILE_FAILED  # it ran compiled, not the uncompiled fallback
+    for b, n, h, w, k in ((3, 3, 20, 24, 4), (4, 2, 17, 30, 3)):
+        for fill in (True, False):
+            state = front_state(b, h, w, k, g)
+            eager = [t.clone() for t in state]
+            _step(True, *(t[:n] if t.shape[0] == b else t for t in state), fill)
+            front_step(*(t[:n] if t.shape[0] == b else t for t in eager), fill)
+            for got, want in zip(state[:3], eager[:3]):  # acc, alpha, solution: in place
+                assert float((got - want).abs().max()) < 1e-5
+            assert torch.equal(state[0][n:], eager[0][n:])  # the other samples untouched
+    assert not batched._COMPILE_FAILED  # it ran compiled, not the uncompiled fallback
 
 
 @pytest.mark.parametrize("fill_dtype, tolerance", [(torch.float32, 1e-5),
                                                    (torch.float16, 1.0 / 255)])
 def test_the_cuda_path_runs_on_the_cpu(fill_dtype, tolerance, monkeypatch):
-    """The renderer with its fill compiled, as on a CUDA device, renders what it renders
-    uncompiled (in half precision within a level: uncompiled, every op rounds to half; compiled,
-    only what is stored)."""
-    import dmenet.data.syndof.batched as batched
-    from dmenet.data.syndof import fill
-
-    monkeypatch.setattr(batched, "RELAX_SWEEPS", 2)  # the compilation of the test above
+    """The renderer with each front layer's step compiled, as on a CUDA device, renders what it
+    renders uncompiled (in half precision within a level: uncompiled, every op rounds to half;
+    compiled, only what is stored)."""
+    monkeypatch.setattr(batched, "RELAX_SWEEPS", 2)  # the compilations of the test above
     monkeypatch.setattr(batched, "FILL_DTYPE", fill_dtype)
     image, depth, cam = dense_scene(24, 40, seed=5, occluder=(6, 16, 10, 22))
     eager = render_defocus(image, depth, cam, renderer="batched", render_mode="reference")
-    monkeypatch.setattr(batched, "COMPILE_FILL_ON", ("cpu", "cuda"))
+    monkeypatch.setattr(batched, "COMPILE_ON", ("cpu", "cuda"))
     compiled = render_defocus(image, depth, cam, renderer="batched", render_mode="reference")
     assert float((compiled.image - eager.image).abs().max()) < tolerance
-    assert not fill._COMPILE_FAILED
+    assert not batched._COMPILE_FAILED
 
 
-def test_a_fill_that_cannot_compile_warns_and_runs_uncompiled(monkeypatch):
-    import dmenet.data.syndof.fill as fill
+def test_the_compiled_step_compiles_a_few_graphs_for_many_batches(monkeypatch):
+    """Batches of 1 to 6 samples with their own layers (so chunks of several sizes, and every
+    prefix of samples) compile a few graphs of the step, not one per shape: dynamo stops
+    compiling a function at 8 and runs it uncompiled from then on. (Counted by a backend that
+    runs each graph as captured; inductor compiled 5 over eight batches of 1-9 training windows
+    of the four sources.)"""
+    graphs = []
 
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    compiled = torch.compile(front_step, backend=counting)
+    monkeypatch.setattr(batched, "_compiled_step", lambda: compiled)
+    monkeypatch.setattr(batched, "COMPILE_ON", ("cpu",))
+    monkeypatch.setattr(batched, "_COMPILE_FAILED", [])
+    for b in (4, 2, 3, 1, 6, 5):
+        scenes = [dense_scene(24, 40, seed=b + s, slope_x=10.0 * (b + s), occluder=(4, 12, 6, 6 + 3 * s))
+                  for s in range(b)]
+        image, depth = torch.cat([s[0] for s in scenes]), torch.cat([s[1] for s in scenes])
+        cam = Camera([3000.0 - 150.0 * s for s in range(b)], [6.0 + 4.0 * s for s in range(b)])
+        render_defocus(image, depth, cam, renderer="batched", render_mode="reference")
+    assert not batched._COMPILE_FAILED
+    assert len(graphs) <= 4, len(graphs)  # measured 3
+
+
+def test_a_step_that_cannot_compile_warns_and_runs_uncompiled(monkeypatch):
     def no_compiler():
         def fail(*args):
             raise RuntimeError("no C++ compiler found\nsecond line")
         return fail
 
-    monkeypatch.setattr(fill, "_compiled", no_compiler)
-    monkeypatch.setattr(fill, "_COMPILE_FAILED", [])
-    known = torch.rand(1, 4, 8, 8)
-    region = torch.rand(1, 1, 8, 8) < 0.5
+    monkeypatch.setattr(batched, "_compiled_step", no_compiler)
+    monkeypatch.setattr(batched, "_COMPILE_FAILED", [])
+    g = torch.Generator().manual_seed(4)
+    state = front_state(2, 8, 8, 2, g)
+    eager = [t.clone() for t in state]
     with pytest.warns(RuntimeWarning, match="torch.compile failed .RuntimeError: no C.. "
-                                            "compiler found.; the relaxation sweeps run"):
-        out = fill.relax_fill(known, region, sweeps=2, compiled=True)
-    assert torch.equal(out, fill.relax_fill(known, region, sweeps=2))
-    assert fill._COMPILE_FAILED  # once: later fills do not try again
+                                            "compiler found.; the front layers' steps run"):
+        _step(True, *state, True)
+    front_step(*eager, True)
+    assert all(torch.equal(a, b) for a, b in zip(state, eager))
+    assert batched._COMPILE_FAILED  # once: later steps do not try again
 
     def silent_failure():
         def fail(*args):
             raise RuntimeError()  # an error without a message
         return fail
 
-    monkeypatch.setattr(fill, "_COMPILE_FAILED", [])
-    monkeypatch.setattr(fill, "_compiled", silent_failure)
+    monkeypatch.setattr(batched, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(batched, "_compiled_step", silent_failure)
     with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: \)"):
-        fill.relax_fill(known, region, sweeps=2, compiled=True)
+        _step(True, *state, True)

@@ -9,10 +9,11 @@ The layers far to near fall into two phases:
   reverse cumulative product over the layer axis);
 * the front (every layer nearer than the in-focus one): chunks blurred at once the same way
   (with the union ``U`` of the farther layers as a fifth channel, whose blur gives the fill
-  region), then layer after layer: un-premultiply, the fill by :func:`~.fill.relax_fill` (fixed
-  sweeps, warm-started from the previous layer's solution) and compositing. A ramp in front of
-  the focus needs a fill before every layer: one fill for a group of layers misses the
-  generator by up to 6 levels there (measured, BENCHMARKS.md section 1).
+  region), then layer after layer (:func:`front_step`, compiled on CUDA): un-premultiply, the
+  fill by :func:`~.fill.relax_fill` (fixed sweeps, warm-started from the previous layer's
+  solution) and compositing. A ramp in front of the focus needs a fill before every layer: one
+  fill for a group of layers misses the generator by up to 6 levels there (measured,
+  BENCHMARKS.md section 1).
 
 All samples step through the same chunks and front positions (a sample with fewer layers gets
 empty ones), so the number of host round trips does not depend on the batch or the layers:
@@ -22,6 +23,8 @@ the layer count is read once (:func:`~.layers.layer_decomposition`) and the laye
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +34,8 @@ from .composite import composite_run, layer_rgba, over, resolve, unpremultiply
 from .fill import RELAX_SWEEPS, checkerboard, fill_region, relax_fill
 from .kernels import blur_stack, disc_kernel2d, pad_border, significant_kernel1d
 
-__all__ = ["CHUNK_ELEMENTS", "COMPILE_FILL_ON", "FILL_DTYPE", "BatchPlan", "composite_batched",
-           "plan", "read_to_host"]
+__all__ = ["CHUNK_ELEMENTS", "COMPILE_ON", "FILL_DTYPE", "BatchPlan", "composite_batched",
+           "compiled_step_kernels", "front_step", "plan", "read_to_host"]
 
 CHUNK_ELEMENTS = 1 << 27
 """The layers blurred in one call hold at most about this many values (512 MB in float32)."""
@@ -46,10 +49,22 @@ colour exactly 0 and stays constant whatever the rounding of alpha. Measured on 
 windows of BENCHMARKS.md section 1: 17-23% fewer bytes per crop than float32 storage at batch
 16, within 0.6 levels of its images."""
 
-COMPILE_FILL_ON = ("cuda",)
-"""Device types on which the fill's sweeps run compiled by ``torch.compile`` (one kernel per
-half-sweep instead of seven; compiling takes seconds once per process, which the CPU, with its
-own tiled renderer, does not repay)."""
+COMPILE_ON = ("cuda",)
+"""Device types on which each front layer's step (:func:`front_step`: un-premultiply, the fill,
+compositing) runs compiled by ``torch.compile``: one kernel per half-sweep of the fill and a
+few around them, each reading and writing the frame once, instead of seven ops per half-sweep
+and about twenty around them uncompiled. Compiling takes seconds once per process, which the
+CPU, with its own tiled renderer, does not repay."""
+
+_COMPILE_FAILED: list[str] = []
+
+
+def compiled_step_kernels(fill: bool, sweeps: int = RELAX_SWEEPS) -> int:
+    """The kernels of one compiled :func:`front_step`, as inductor schedules it on the CPU (loop
+    nests, counted in its generated code): with a fill, one per half-sweep and 8 around them
+    (un-premultiply and the known values, the half-sweeps' masks, the warm start, the guard,
+    compositing); without, 2. ``bench/gpu.sh`` counts the CUDA kernels."""
+    return 2 * sweeps + 8 if fill else 2
 
 
 def read_to_host(x: torch.Tensor) -> np.ndarray:
@@ -167,13 +182,84 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
                      torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
 
 
+def front_step(acc: torch.Tensor, alpha: torch.Tensor, solution: torch.Tensor,
+               stack: torch.Tensor, index: torch.Tensor, at: torch.Tensor, layer_id: torch.Tensor,
+               darkest: torch.Tensor, red: torch.Tensor, black: torch.Tensor, fill: bool) -> None:
+    """The front layer at position ``at`` (``(1,)`` long) of a chunk over the accumulation of
+    the first ``n`` samples, in place: un-premultiply, the fill (when ``fill``), over.
+
+    The accumulation ``acc (n, 3, H, W)``, ``alpha (n, 1, H, W)`` and ``solution (n, 4, H,
+    W)``, the previous fill (the warm start, in :data:`FILL_DTYPE`; replaced by this fill). The
+    chunk: ``stack (n, K, 5, H, W)``, its layers blurred (``m I``, ``m`` and the union ``U`` of
+    the farther layers), ``index (n, K)`` their layer ids. ``layer_id (n, 1, H, W)``;
+    ``darkest (n, 3, 1, 1)``: the photo's darkest colour, above which the colour is filled;
+    ``red``, ``black``: :func:`~.fill.checkerboard`. The chunk comes whole and the layer's place
+    in it as a value: compiled, every input is a prefix of a tensor, never a view whose offset
+    and strides change with the layer (on which ``torch.compile`` would recompile)."""
+    layer = stack.index_select(1, at)[:, 0]
+    a, al = unpremultiply(acc, alpha)
+    if fill:
+        # (a layer without blur, or none, has reach = U: an empty region)
+        union = layer_id < index.index_select(1, at).view(-1, 1, 1, 1)
+        region = fill_region(union, layer[:, 4:])
+        # ((a - darkest) U, U): a constant photo fills with colour 0, which no rounding of
+        # alpha can move
+        known = torch.cat([(a - darkest) * union, union.to(a.dtype)], 1).to(solution.dtype)
+        filled = relax_fill(known, region, solution, RELAX_SWEEPS, halves=(red, black))
+        solution.copy_(filled)
+        filled = filled.to(a.dtype)
+        fill_alpha = filled[:, 3:]
+        colour = torch.minimum(torch.addcmul(filled[:, :3], darkest, fill_alpha),
+                               fill_alpha)  # within [0, alpha], as relax_fill's guard
+        a = torch.where(region, colour, a)
+        al = torch.where(region, fill_alpha, al)
+    a, al = over(a, al, layer_rgba(layer[:, :4]))
+    acc.copy_(a)
+    alpha.copy_(al)
+
+
+_DYNAMIC = ",".join(f"L['{name}']:{dim}" for name, dims in (
+    ("acc", (0,)), ("alpha", (0,)), ("solution", (0,)), ("stack", (0, 1)), ("index", (0, 1)),
+    ("layer_id", (0,)), ("darkest", (0,))) for dim in dims)
+"""The sizes that vary between :func:`front_step`'s calls in a run, which ``torch.compile``
+takes as dynamic: the samples ``n`` and the chunk's layers ``K``; every other size is static (a
+frame of a new size compiles anew). Dynamo compiles a function at most 8 times, then runs it
+uncompiled: measured (inductor, on the CPU), 4 graphs over eight batches of 1-9 training
+windows of the four sources of BENCHMARKS.md section 1; with every size dynamic, 7."""
+
+
+@functools.cache
+def _compiled_step():
+    """:func:`front_step` compiled: a graph with a fill and one without serve every prefix of
+    samples and every chunk (but ``n = 1``, which has its own)."""
+    return torch.compile(front_step)
+
+
+def _step(compiled: bool, *args) -> None:
+    """:func:`front_step`, compiled when ``compiled`` (where compilation fails, a warning says
+    why once and the steps run uncompiled), with only the sizes in :data:`_DYNAMIC` dynamic."""
+    if compiled and not _COMPILE_FAILED:
+        try:
+            with torch.compiler.config.patch(dynamic_sources=_DYNAMIC):
+                return _compiled_step()(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # a missing compiler or backend: the same step, uncompiled
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            reason = f"{type(error).__name__}: {first_line}"
+            _COMPILE_FAILED.append(reason)
+            warnings.warn(f"SYNDOF renderer: torch.compile failed ({reason}); the front layers' "
+                          "steps run uncompiled", RuntimeWarning, stacklevel=2)
+    return front_step(*args)
+
+
 def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: torch.Tensor,
                       num_layers: torch.Tensor, start: torch.Tensor | None, aperture: str,
                       radius_px: int | None, border: str) -> torch.Tensor:
     """Composite ``image (B,3,H,W)`` far to near by ``layer_id (B,1,H,W)`` (0 = farthest), each
     layer blurred with its ``layer_sigma (B, L)`` (px); the fill before every layer after
-    ``start (B,)`` (None: no fill), by :data:`~.fill.RELAX_SWEEPS` relaxation sweeps (compiled
-    on the devices of :data:`COMPILE_FILL_ON`).
+    ``start (B,)`` (None: no fill), by :data:`~.fill.RELAX_SWEEPS` relaxation sweeps (each front
+    layer's :func:`front_step` compiled on the devices of :data:`COMPILE_ON`).
     Returns ``(B,3,H,W)``."""
     b, _, h, w = image.shape
     p = plan(layer_sigma, num_layers, start, image.shape, aperture, radius_px)
@@ -226,31 +312,15 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     solution = torch.zeros(b, 4, h, w, dtype=FILL_DTYPE, device=image.device)  # warm start
     darkest = image.amin((2, 3), keepdim=True)  # (B, 3, 1, 1): the colour is filled above it
     halves = checkerboard(h, w, image.device)
-    compile_fill = image.device.type in COMPILE_FILL_ON
+    compiled = image.device.type in COMPILE_ON
     for idx, r, active, fill_at in p.front:
-        stack = blur_chunk(idx, r, any(fill_at), *phase)  # idx: the samples active first
-        rgba = layer_rgba(stack[:, :, :4])
+        stack = blur_chunk(idx, r, True, *phase)  # idx: the samples active first
+        idx = idx.clone(memory_format=torch.contiguous_format)  # not a view of the plan's
         for j, n in enumerate(active):
             # the first n samples still have a layer here: work on them alone
-            a, al = unpremultiply(acc[:n], alpha[:n])
-            if fill_at[j]:
-                # (a layer without blur, or none, has reach = U: an empty region)
-                union = layer_id[:n] < idx[:n, j].view(n, 1, 1, 1)
-                region = fill_region(union, stack[:n, j, 4:])
-                known = torch.empty_like(solution[:n])  # ((a - darkest) U, U)
-                torch.mul(a - darkest[:n], union, out=known[:, :3])
-                known[:, 3:] = union
-                filled = relax_fill(known, region, solution[:n], RELAX_SWEEPS, halves=halves,
-                                    compiled=compile_fill)
-                solution = _into_prefix(solution, filled)
-                filled = filled.to(a.dtype)
-                fill_alpha = filled[:, 3:]
-                colour = torch.minimum(torch.addcmul(filled[:, :3], darkest[:n], fill_alpha),
-                                       fill_alpha)  # within [0, alpha], as relax_fill's guard
-                a = torch.where(region, colour, a)
-                al = torch.where(region, fill_alpha, al)
-            a, al = over(a, al, rgba[:n, j])
-            acc, alpha = _into_prefix(acc, a), _into_prefix(alpha, al)
+            at = torch.full((1,), j, device=image.device)
+            _step(compiled, acc[:n], alpha[:n], solution[:n], stack[:n], idx[:n], at,
+                  layer_id[:n], darkest[:n], *halves, fill_at[j])
     out = resolve(acc, alpha, image)
     if rows is None:
         return out

@@ -14,14 +14,11 @@ Solvers of the same equations:
   tiled renderer, which also has an envelope Cholesky of the same system);
 * :func:`relax_fill`: a fixed number of red-black SOR sweeps on the whole frame with a region
   mask, warm-started from the previous layer's solution: fixed work, no host round trip,
-  batched (the batched renderer, on any device; on CUDA compiled by ``torch.compile`` into one
-  kernel per half-sweep).
+  batched (the batched renderer, on any device; on CUDA compiled by ``torch.compile`` with the
+  rest of each front layer's step, one kernel per half-sweep).
 """
 
 from __future__ import annotations
-
-import functools
-import warnings
 
 import numpy as np
 import torch
@@ -32,7 +29,6 @@ __all__ = [
     "RELAX_OMEGA",
     "RELAX_SWEEPS",
     "checkerboard",
-    "compiled_kernels",
     "fill_region",
     "laplace_factor",
     "laplace_rhs",
@@ -138,13 +134,27 @@ def checkerboard(h: int, w: int, device=None) -> tuple[torch.Tensor, torch.Tenso
     return red, ~red
 
 
-def _relax(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | None,
-           red: torch.Tensor, black: torch.Tensor, sweeps: int, omega: float) -> torch.Tensor:
-    """:func:`relax_fill`'s arithmetic (uncompiled, or compiled whole by :func:`_compiled`)."""
+def relax_fill(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | None = None,
+               sweeps: int = RELAX_SWEEPS, omega: float = RELAX_OMEGA,
+               halves: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The Laplace fill of ``region (B,1,H,W)`` bool in ``known (B,C,H,W)`` (boundary values
+    outside the region) by ``sweeps`` red-black SOR sweeps over the whole frame, from ``init``
+    (the previous solution; None: the known values, 0 in the region).
+
+    Image border pixels count only their in-image neighbours (MATLAB ``regionfill``). Every
+    channel takes the same linear steps, so colour / alpha of a constant photo stays exact;
+    the result is clamped to alpha in [0, 1], colour in [0, alpha] (over-relaxation can
+    overshoot before it converges), scaling colour with alpha so that the ratio is kept.
+    ``halves``: :func:`checkerboard` of this frame (built when None). The batched renderer runs
+    it compiled on CUDA devices, with the rest of each front layer's step
+    (:func:`~.batched.front_step`).
+    Returns ``(B, C, H, W)``: the fill in the region, ``known`` elsewhere.
+    """
+    red, black = halves if halves is not None else checkerboard(*known.shape[-2:], known.device)
     x = known if init is None else torch.where(region, init, known)
-    halves = (region & red, region & black)
+    masks = (region & red, region & black)
     for _ in range(sweeps):
-        for mask in halves:
+        for mask in masks:
             # the 4 neighbours; a missing one (image border) reads as the pixel itself: the same
             # fixed point as counting only in-image neighbours, MATLAB's rule
             p = F.pad(x, (1, 1, 1, 1), mode="replicate")
@@ -155,54 +165,3 @@ def _relax(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | None,
     kept = alpha.clamp(0.0, 1.0)
     shrink = alpha.clamp(min=1.0).reciprocal()  # colour with alpha where alpha overshot 1
     return torch.cat([torch.minimum((x[:, :-1] * shrink).clamp(min=0.0), kept), kept], 1)
-
-
-@functools.cache
-def _compiled():
-    """:func:`_relax` compiled by ``torch.compile`` (shapes dynamic: one compilation serves every
-    batch prefix and frame): each half-sweep becomes one kernel that reads the frame once and
-    writes it once, instead of the seven of the uncompiled code."""
-    return torch.compile(_relax, dynamic=True)
-
-
-_COMPILE_FAILED: list[str] = []
-
-
-def compiled_kernels(sweeps: int = RELAX_SWEEPS) -> int:
-    """The kernels one compiled :func:`relax_fill` launches on a GPU, as we model it: one per
-    half-sweep and one more (merging the warm start, or clamping, where not fused into a
-    half-sweep). ``bench/gpu.sh`` counts them on a CUDA device."""
-    return 2 * sweeps + 1
-
-
-def relax_fill(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | None = None,
-               sweeps: int = RELAX_SWEEPS, omega: float = RELAX_OMEGA,
-               halves: tuple[torch.Tensor, torch.Tensor] | None = None,
-               compiled: bool = False) -> torch.Tensor:
-    """The Laplace fill of ``region (B,1,H,W)`` bool in ``known (B,C,H,W)`` (boundary values
-    outside the region) by ``sweeps`` red-black SOR sweeps over the whole frame, from ``init``
-    (the previous solution; None: the known values, 0 in the region).
-
-    Image border pixels count only their in-image neighbours (MATLAB ``regionfill``). Every
-    channel takes the same linear steps, so colour / alpha of a constant photo stays exact;
-    the result is clamped to alpha in [0, 1], colour in [0, alpha] (over-relaxation can
-    overshoot before it converges), scaling colour with alpha so that the ratio is kept.
-    ``halves``: :func:`checkerboard` of this frame (built when None). ``compiled``: run the
-    sweeps compiled by ``torch.compile`` (the batched renderer does on CUDA devices; where
-    compilation fails, a warning says why and the sweeps run uncompiled).
-    Returns ``(B, C, H, W)``: the fill in the region, ``known`` elsewhere.
-    """
-    red, black = halves if halves is not None else checkerboard(*known.shape[-2:], known.device)
-    args = (known, region, init, red, black, sweeps, omega)
-    if compiled and not _COMPILE_FAILED:
-        try:
-            return _compiled()(*args)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as error:  # a missing compiler or backend: the same sweeps, uncompiled
-            first_line = (str(error).strip().splitlines() or [""])[0][:200]
-            reason = f"{type(error).__name__}: {first_line}"
-            _COMPILE_FAILED.append(reason)
-            warnings.warn(f"SYNDOF fill: torch.compile failed ({reason}); the relaxation "
-                          "sweeps run uncompiled", RuntimeWarning, stacklevel=2)
-    return _relax(*args)
