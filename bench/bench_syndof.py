@@ -137,27 +137,35 @@ def step_shape(args: tuple) -> tuple:
     return n, h, w, acc.element_size(), solution.element_size(), layer_id.element_size(), fill
 
 
+def back_shape(args: tuple) -> tuple:
+    """What the GPU model needs of one ``back_step(*args)`` call: the samples, the chunk's
+    layers, the frame and the element size."""
+    n, k, _, h, w = args[2].shape
+    return n, k, h, w, args[2].element_size()
+
+
 def counted(fn):
     """``fn()`` under a :class:`~dmenet.profiling.DispatchCounter`: the count, the output and
-    each front layer's step on its own (each call of the batched renderer's ``front_step``: its
-    count and :func:`step_shape`)."""
+    each step on its own (each call of the batched renderer's ``front_step`` and
+    ``back_step``: its count and :func:`step_shape` or :func:`back_shape`)."""
     import dmenet.data.syndof.batched as batched
     from dmenet.profiling import DispatchCounter, counting_calls
 
     with counting_calls(batched, "front_step", keep=step_shape) as steps, \
+            counting_calls(batched, "back_step", keep=back_shape) as backs, \
             DispatchCounter() as count:
         out = fn()
-    return count, out, steps
+    return count, out, (steps, backs)
 
 
 def compiled_step_cost(shape: tuple) -> tuple[int, int, int]:
     """Kernels, bytes and the fill sweeps' bytes of one compiled ``front_step`` of
     :func:`step_shape` ``shape`` on a GPU (a model; ``--device cuda`` counts the kernels):
-    ``compiled_step_kernels`` kernels; the accumulation read and written once, the layer read
-    once (its colour and mask; with a fill also its union, the layer ids and the warm start,
-    and the fill written once); each half-sweep reads the fill's frame and its bool mask and
-    writes the frame."""
-    from dmenet.data.syndof.batched import compiled_step_kernels
+    ``compiled_kernels`` kernels; the accumulation read and written once, the layer read once
+    (its colour and mask; with a fill also its union, the layer ids and the warm start, and the
+    fill written once); each half-sweep reads the fill's frame and its bool mask and writes the
+    frame."""
+    from dmenet.data.syndof.batched import compiled_kernels, front_step
     from dmenet.data.syndof.fill import RELAX_SWEEPS
 
     n, h, w, acc_size, fill_size, id_size, fill = shape
@@ -168,7 +176,19 @@ def compiled_step_cost(shape: tuple) -> tuple[int, int, int]:
         frame = 4 * pixels * fill_size
         moved += pixels * (acc_size + id_size) + 2 * frame  # the union, the ids; the fill
         sweeps = 2 * RELAX_SWEEPS * (2 * frame + pixels)
-    return compiled_step_kernels(fill, RELAX_SWEEPS), moved + sweeps, sweeps
+    return compiled_kernels(front_step, fill, RELAX_SWEEPS), moved + sweeps, sweeps
+
+
+def compiled_back_cost(shape: tuple) -> tuple[int, int]:
+    """Kernels and bytes of one compiled ``back_step`` of :func:`back_shape` ``shape`` on a GPU
+    (a model, as inductor schedules it on the CPU): ``compiled_kernels`` kernels; the masks read
+    and ``1 - M`` written (reversed), the cumulative product read and written, then it and the
+    layers read once; the accumulation read and written once."""
+    from dmenet.data.syndof.batched import back_step, compiled_kernels
+
+    n, k, h, w, size = shape
+    pixels = n * h * w
+    return compiled_kernels(back_step), pixels * size * (k * (2 + 2 + 1 + 4) + 2 * 4)
 
 
 def gpu_estimates_ms(gpu_ops: float, syncs: float, gpu_bytes: float, per: float):
@@ -179,15 +199,20 @@ def gpu_estimates_ms(gpu_ops: float, syncs: float, gpu_bytes: float, per: float)
 
 
 def gpu_path(count, steps) -> tuple[int, int, int]:
-    """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it (every front
-    layer's step compiled, :func:`compiled_step_cost`; every other op as counted), and the fill
-    sweeps' bytes."""
+    """Ops and bytes of what ``count`` counted (uncompiled) as a CUDA device runs it (every step
+    compiled, :func:`compiled_step_cost`, :func:`compiled_back_cost`; every other op as
+    counted), and the fill sweeps' bytes. ``steps``: :func:`counted`'s."""
     ops, nbytes, fill_bytes = count.ops, count.bytes, 0
-    for inner, shape in steps:
+    fronts, backs = steps
+    for inner, shape in fronts:
         kernels, moved, sweeps = compiled_step_cost(shape)
         ops += kernels - inner.ops
         nbytes += moved - inner.bytes
         fill_bytes += sweeps
+    for inner, shape in backs:
+        kernels, moved = compiled_back_cost(shape)
+        ops += kernels - inner.ops
+        nbytes += moved - inner.bytes
     return ops, nbytes, fill_bytes
 
 
@@ -239,7 +264,7 @@ def window_rows(args, device, baseline) -> list[dict]:
             gpu_ops, gpu_bytes, fill_bytes = gpu_path(count, steps)
             row = {"source": name, "batch": b, "layers": layers, "device": device.type,
                    "ops": count.ops / b, "syncs": count.syncs / b, "bytes": count.bytes / b,
-                   "batched": b / t_batched, "fills": sum(shape[-1] for _, shape in steps) / b,
+                   "batched": b / t_batched, "fills": sum(shape[-1] for _, shape in steps[0]) / b,
                    "gpu_ops": gpu_ops / b, "gpu_bytes": gpu_bytes / b, "first_s": first_s,
                    "fill_share": fill_bytes / max(gpu_bytes, 1), "kernels": kernels}
             row["ops_layer"] = row["ops"] / layers
@@ -434,10 +459,12 @@ def report(oracle, rows, ahead, mp_rows, args) -> str:
             + ("CPU time, one thread" if cpu else "wall time, synchronised") + "). Ops and syncs "
             "per crop: the batched renderer's dispatched aten ops (uncompiled, as on the CPU) "
             "and host synchronisations; \"as on a GPU\": the same with every front layer's "
-            "step compiled (`compiled_step_cost`: one kernel per half-sweep of the fill and 8 "
-            "around them, 2 without a fill; each half-sweep reading and writing the fill's "
-            "frame once, the step's inputs read once and its outputs written once), also in MB "
-            "per crop, with the fill sweeps' share. GPU "
+            "step and each chunk's behind the focus compiled (`compiled_step_cost`: one kernel "
+            "per half-sweep of the fill and 8 around them, 2 without a fill, each half-sweep "
+            "reading and writing the fill's frame once, the step's inputs read once and its "
+            "outputs written once; `compiled_back_cost`: 7 kernels, the layers read once, the "
+            "cumulative product of their masks written and read), also in MB per crop, with "
+            "the fill sweeps' share. GPU "
             "estimates per crop from those: launch-bound (5 us per op, 20 us per sync) and "
             "bandwidth-bound (the bytes at 3 TB/s, no cache reuse)."
             + ("" if cpu else " Kernels per crop: CUDA kernels counted by torch.profiler; "

@@ -9,7 +9,7 @@ import torch
 
 import dmenet.data.syndof.batched as batched
 from dmenet.data.syndof import render_defocus, render_from_sigma
-from dmenet.data.syndof.batched import _step, compiled_step_kernels, front_step
+from dmenet.data.syndof.batched import _run, back_step, compiled_kernels, front_step
 from dmenet.data.syndof.composite import composite_run, layer_rgba, over, unpremultiply
 from dmenet.data.syndof.fill import checkerboard
 from dmenet.data.thin_lens import Camera
@@ -193,14 +193,16 @@ def ramp_scene(b: int, layers: int):
     return texture(b, h, w), depth, cam
 
 
-def dispatched(b: int, layers: int) -> tuple[DispatchCounter, int,
-                                             list[tuple[DispatchCounter, bool]]]:
+def dispatched(b: int, layers: int) -> tuple[DispatchCounter, int, list]:
     """What rendering ``b`` ramps of about ``layers`` layers dispatches, and what each of its
-    front layers' steps dispatches within that (and whether it filled)."""
+    steps dispatches within that, with what it would launch compiled."""
     image, depth, cam = ramp_scene(b, layers)
-    with counting_calls(batched, "front_step", keep=lambda args: args[-1]) as steps, \
+    with counting_calls(batched, "front_step", keep=lambda args: args[-1]) as fronts, \
+            counting_calls(batched, "back_step", keep=lambda args: None) as backs, \
             DispatchCounter() as count:
         out = render_defocus(image, depth, cam, renderer="batched")
+    steps = [(inner, compiled_kernels(front_step, fill)) for inner, fill in fronts]
+    steps += [(inner, compiled_kernels(back_step)) for inner, _ in backs]
     return count, int(out.num_layers[0]), steps
 
 
@@ -227,10 +229,10 @@ def test_dispatched_ops_do_not_grow_with_the_batch():
         assert sixteen.ops == two.ops and one.ops <= two.ops <= one.ops + 2, layers
     # what the renderer exists for: a few ops per crop and layer at batch 16 (the tiled
     # renderer's torch path dispatched 570-990; here 120 layers), as a GPU runs it: each front
-    # layer's step compiled (compiled_step_kernels; counted on the device by bench/gpu.sh)
-    assert sum(filled for _, filled in steps) > 50
-    on_gpu = sixteen.ops + sum(compiled_step_kernels(filled) - inner.ops
-                               for inner, filled in steps)
+    # layer's step and each chunk's behind it compiled (compiled_kernels; counted on the device
+    # by bench/gpu.sh)
+    assert sum(kernels == compiled_kernels(front_step, True) for _, kernels in steps) > 50
+    on_gpu = sixteen.ops + sum(kernels - inner.ops for inner, kernels in steps)
     assert on_gpu / (16 * n) < 3  # measured 2.4
     assert sixteen.ops / (16 * n) < 25  # every op dispatched, uncompiled
 
@@ -259,11 +261,18 @@ def test_a_compiled_front_step_equals_the_uncompiled_one(monkeypatch):
         for fill in (True, False):
             state = front_state(b, h, w, k, g)
             eager = [t.clone() for t in state]
-            _step(True, *(t[:n] if t.shape[0] == b else t for t in state), fill)
+            _run(front_step, True, *(t[:n] if t.shape[0] == b else t for t in state), fill)
             front_step(*(t[:n] if t.shape[0] == b else t for t in eager), fill)
             for got, want in zip(state[:3], eager[:3]):  # acc, alpha, solution: in place
                 assert float((got - want).abs().max()) < 1e-5
             assert torch.equal(state[0][n:], eager[0][n:])  # the other samples untouched
+        # and a chunk behind the focus
+        acc, alpha, stack = (t.clone() for t in state[:2] + state[3:4])
+        eager = [acc.clone(), alpha.clone()]
+        _run(back_step, True, acc[:n], alpha[:n], stack[:n, :, :4])
+        back_step(*(t[:n] for t in eager), stack[:n, :, :4])
+        for got, want in zip((acc, alpha), eager):
+            assert float((got - want).abs().max()) < 1e-5
     assert not batched._COMPILE_FAILED  # it ran compiled, not the uncompiled fallback
 
 
@@ -289,14 +298,16 @@ def test_the_compiled_step_compiles_a_few_graphs_for_many_batches(monkeypatch):
     compiling a function at 8 and runs it uncompiled from then on. (Counted by a backend that
     runs each graph as captured; inductor compiled 5 over eight batches of 1-9 training windows
     of the four sources.)"""
-    graphs = []
+    graphs = {front_step: [], back_step: []}
 
-    def counting(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
+    def counting(step):
+        def backend(graph, example_inputs):
+            graphs[step].append(graph)
+            return graph.forward
+        return torch.compile(step, backend=backend)
 
-    compiled = torch.compile(front_step, backend=counting)
-    monkeypatch.setattr(batched, "_compiled_step", lambda: compiled)
+    compiled = {step: counting(step) for step in graphs}
+    monkeypatch.setattr(batched, "_compiled", compiled.get)
     monkeypatch.setattr(batched, "COMPILE_ON", ("cpu",))
     monkeypatch.setattr(batched, "_COMPILE_FAILED", [])
     for b in (4, 2, 3, 1, 6, 5):
@@ -306,33 +317,33 @@ def test_the_compiled_step_compiles_a_few_graphs_for_many_batches(monkeypatch):
         cam = Camera([3000.0 - 150.0 * s for s in range(b)], [6.0 + 4.0 * s for s in range(b)])
         render_defocus(image, depth, cam, renderer="batched", render_mode="reference")
     assert not batched._COMPILE_FAILED
-    assert len(graphs) <= 4, len(graphs)  # measured 3
+    assert all(len(g) <= 4 for g in graphs.values()), graphs  # measured 2 and 3
 
 
 def test_a_step_that_cannot_compile_warns_and_runs_uncompiled(monkeypatch):
-    def no_compiler():
+    def no_compiler(step):
         def fail(*args):
             raise RuntimeError("no C++ compiler found\nsecond line")
         return fail
 
-    monkeypatch.setattr(batched, "_compiled_step", no_compiler)
+    monkeypatch.setattr(batched, "_compiled", no_compiler)
     monkeypatch.setattr(batched, "_COMPILE_FAILED", [])
     g = torch.Generator().manual_seed(4)
     state = front_state(2, 8, 8, 2, g)
     eager = [t.clone() for t in state]
     with pytest.warns(RuntimeWarning, match="torch.compile failed .RuntimeError: no C.. "
-                                            "compiler found.; the front layers' steps run"):
-        _step(True, *state, True)
+                                            "compiler found.; its steps run uncompiled"):
+        _run(front_step, True, *state, True)
     front_step(*eager, True)
     assert all(torch.equal(a, b) for a, b in zip(state, eager))
     assert batched._COMPILE_FAILED  # once: later steps do not try again
 
-    def silent_failure():
+    def silent_failure(step):
         def fail(*args):
             raise RuntimeError()  # an error without a message
         return fail
 
     monkeypatch.setattr(batched, "_COMPILE_FAILED", [])
-    monkeypatch.setattr(batched, "_compiled_step", silent_failure)
+    monkeypatch.setattr(batched, "_compiled", silent_failure)
     with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: \)"):
-        _step(True, *state, True)
+        _run(front_step, True, *state, True)

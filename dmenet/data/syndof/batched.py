@@ -5,8 +5,8 @@ The layers far to near fall into two phases:
 
 * the back (the in-focus layer and everything behind it, where the generator never fills):
   chunks of layers, every chunk blurred in one Kornia call (:func:`~.kernels.blur_stack`, one
-  kernel per sample and layer) and composited at once (:func:`~.composite.composite_run`, a
-  reverse cumulative product over the layer axis);
+  kernel per sample and layer) and composited at once (:func:`back_step`, compiled on CUDA:
+  :func:`~.composite.composite_run`, a reverse cumulative product over the layer axis);
 * the front (every layer nearer than the in-focus one): chunks blurred at once the same way
   (with the union ``U`` of the farther layers as a fifth channel, whose blur gives the fill
   region), then layer after layer (:func:`front_step`, compiled on CUDA): un-premultiply, the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ from .fill import RELAX_SWEEPS, checkerboard, fill_region, relax_fill
 from .kernels import blur_stack, disc_kernel2d, pad_border, significant_kernel1d
 
 __all__ = ["CHUNK_ELEMENTS", "COMPILE_ON", "FILL_DTYPE", "BatchPlan", "composite_batched",
-           "compiled_step_kernels", "front_step", "plan", "read_to_host"]
+           "back_step", "compiled_kernels", "front_step", "plan", "read_to_host"]
 
 CHUNK_ELEMENTS = 1 << 27
 """The layers blurred in one call hold at most about this many values (512 MB in float32)."""
@@ -50,20 +51,25 @@ windows of BENCHMARKS.md section 1: 17-23% fewer bytes per crop than float32 sto
 16, within 0.6 levels of its images."""
 
 COMPILE_ON = ("cuda",)
-"""Device types on which each front layer's step (:func:`front_step`: un-premultiply, the fill,
-compositing) runs compiled by ``torch.compile``: one kernel per half-sweep of the fill and a
-few around them, each reading and writing the frame once, instead of seven ops per half-sweep
-and about twenty around them uncompiled. Compiling takes seconds once per process, which the
-CPU, with its own tiled renderer, does not repay."""
+"""Device types on which the batched renderer's steps run compiled by ``torch.compile``: each
+front layer's (:func:`front_step`: un-premultiply, the fill, compositing; one kernel per
+half-sweep of the fill and a few around them, each reading and writing the frame once, instead
+of seven ops per half-sweep and about twenty around them uncompiled) and each chunk's behind
+the focus (:func:`back_step`: a few kernels instead of about twenty). Compiling takes seconds
+once per process, which the CPU, with its own tiled renderer, does not repay."""
 
 _COMPILE_FAILED: list[str] = []
 
 
-def compiled_step_kernels(fill: bool, sweeps: int = RELAX_SWEEPS) -> int:
-    """The kernels of one compiled :func:`front_step`, as inductor schedules it on the CPU (loop
-    nests, counted in its generated code): with a fill, one per half-sweep and 8 around them
-    (un-premultiply and the known values, the half-sweeps' masks, the warm start, the guard,
-    compositing); without, 2. ``bench/gpu.sh`` counts the CUDA kernels."""
+def compiled_kernels(step: Callable, fill: bool = False, sweeps: int = RELAX_SWEEPS) -> int:
+    """The kernels of one compiled :func:`front_step` or :func:`back_step`, as inductor
+    schedules them on the CPU (loop nests and extern calls, counted in its generated code). The
+    front step with a fill: one per half-sweep and 8 around them (un-premultiply and the known
+    values, the half-sweeps' masks, the warm start, the guard, compositing); without, 2. The
+    back step: 7 (the cumulative product one of them). ``bench/gpu.sh`` counts the CUDA
+    kernels."""
+    if step is back_step:
+        return 7
     return 2 * sweeps + 8 if fill else 2
 
 
@@ -99,15 +105,6 @@ def _kernel(sigma: float, aperture: str, radius_px: int | None) -> np.ndarray:
     if aperture == "disc":
         return disc_kernel2d(sigma)
     return significant_kernel1d(sigma, radius_px)
-
-
-def _into_prefix(whole: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-    """``whole`` with its first rows replaced by ``part``: ``part`` itself when it has every
-    row (no copy), else written into ``whole`` in place."""
-    if part.shape[0] == whole.shape[0]:
-        return part
-    whole[:part.shape[0]] = part
-    return whole
 
 
 def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tensor | None,
@@ -218,39 +215,54 @@ def front_step(acc: torch.Tensor, alpha: torch.Tensor, solution: torch.Tensor,
     alpha.copy_(al)
 
 
-_DYNAMIC = ",".join(f"L['{name}']:{dim}" for name, dims in (
-    ("acc", (0,)), ("alpha", (0,)), ("solution", (0,)), ("stack", (0, 1)), ("index", (0, 1)),
-    ("layer_id", (0,)), ("darkest", (0,))) for dim in dims)
-"""The sizes that vary between :func:`front_step`'s calls in a run, which ``torch.compile``
-takes as dynamic: the samples ``n`` and the chunk's layers ``K``; every other size is static (a
-frame of a new size compiles anew). Dynamo compiles a function at most 8 times, then runs it
-uncompiled: measured (inductor, on the CPU), 4 graphs over eight batches of 1-9 training
-windows of the four sources of BENCHMARKS.md section 1; with every size dynamic, 7."""
+def back_step(acc: torch.Tensor, alpha: torch.Tensor, blurred: torch.Tensor) -> None:
+    """A chunk of layers behind the in-focus one, ``blurred (n, K, 4, H, W)`` (``m I``, ``m``),
+    over the accumulation of the first ``n`` samples ``acc (n, 3, H, W)``, ``alpha (n, 1, H,
+    W)``, in place (:func:`~.composite.composite_run`)."""
+    a, al = composite_run(acc, alpha, blurred)
+    acc.copy_(a)
+    alpha.copy_(al)
+
+
+_DYNAMIC = {
+    front_step: {"acc": (0,), "alpha": (0,), "solution": (0,), "stack": (0, 1), "index": (0, 1),
+                 "layer_id": (0,), "darkest": (0,)},
+    back_step: {"acc": (0,), "alpha": (0,), "blurred": (0, 1)},
+}
+"""The sizes that vary between the calls of each compiled step in a run, which
+``torch.compile`` takes as dynamic: the samples ``n`` and the chunk's layers ``K``; every other
+size is static (a frame of a new size compiles anew). Dynamo compiles a function at most 8
+times, then runs it uncompiled: measured (inductor, on the CPU), :func:`front_step` compiled 4
+graphs over eight batches of 1-9 training windows of the four sources of BENCHMARKS.md section
+1; with every size dynamic, 7."""
 
 
 @functools.cache
-def _compiled_step():
-    """:func:`front_step` compiled: a graph with a fill and one without serve every prefix of
-    samples and every chunk (but ``n = 1``, which has its own)."""
-    return torch.compile(front_step)
+def _compiled(step: Callable) -> Callable:
+    """``step`` compiled: one graph (a :func:`front_step` with a fill and one without) serves
+    every prefix of samples and every chunk, but ``n = 1``, which has its own."""
+    return torch.compile(step)
 
 
-def _step(compiled: bool, *args) -> None:
-    """:func:`front_step`, compiled when ``compiled`` (where compilation fails, a warning says
-    why once and the steps run uncompiled), with only the sizes in :data:`_DYNAMIC` dynamic."""
+def _run(step: Callable, compiled: bool, *args) -> None:
+    """``step(*args)`` (:func:`front_step`, :func:`back_step`), compiled when ``compiled``, with
+    only the sizes of :data:`_DYNAMIC` dynamic (where compilation fails, a warning says why once
+    and the steps run uncompiled)."""
     if compiled and not _COMPILE_FAILED:
+        dynamic = ",".join(f"L['{name}']:{dim}" for name, dims in _DYNAMIC[step].items()
+                           for dim in dims)
         try:
-            with torch.compiler.config.patch(dynamic_sources=_DYNAMIC):
-                return _compiled_step()(*args)
+            with torch.compiler.config.patch(dynamic_sources=dynamic):
+                return _compiled(step)(*args)
         except torch.OutOfMemoryError:
             raise
-        except Exception as error:  # a missing compiler or backend: the same step, uncompiled
+        except Exception as error:  # a missing compiler or backend: the same steps, uncompiled
             first_line = (str(error).strip().splitlines() or [""])[0][:200]
             reason = f"{type(error).__name__}: {first_line}"
             _COMPILE_FAILED.append(reason)
-            warnings.warn(f"SYNDOF renderer: torch.compile failed ({reason}); the front layers' "
-                          "steps run uncompiled", RuntimeWarning, stacklevel=2)
-    return front_step(*args)
+            warnings.warn(f"SYNDOF renderer: torch.compile failed ({reason}); its steps run "
+                          "uncompiled", RuntimeWarning, stacklevel=2)
+    return step(*args)
 
 
 def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: torch.Tensor,
@@ -258,8 +270,8 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
                       radius_px: int | None, border: str) -> torch.Tensor:
     """Composite ``image (B,3,H,W)`` far to near by ``layer_id (B,1,H,W)`` (0 = farthest), each
     layer blurred with its ``layer_sigma (B, L)`` (px); the fill before every layer after
-    ``start (B,)`` (None: no fill), by :data:`~.fill.RELAX_SWEEPS` relaxation sweeps (each front
-    layer's :func:`front_step` compiled on the devices of :data:`COMPILE_ON`).
+    ``start (B,)`` (None: no fill), by :data:`~.fill.RELAX_SWEEPS` relaxation sweeps
+    (:func:`back_step` and :func:`front_step` compiled on the devices of :data:`COMPILE_ON`).
     Returns ``(B,3,H,W)``."""
     b, _, h, w = image.shape
     p = plan(layer_sigma, num_layers, start, image.shape, aperture, radius_px)
@@ -300,10 +312,10 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     phase = (rows, *in_order(rows, lid_padded, source_padded))
     acc = torch.zeros_like(image)
     alpha = torch.zeros_like(image[:, :1])
+    compiled = image.device.type in COMPILE_ON
     for idx, r in p.back:
         n = idx.shape[0]
-        a, al = composite_run(acc[:n], alpha[:n], blur_chunk(idx, r, False, *phase))
-        acc, alpha = _into_prefix(acc, a), _into_prefix(alpha, al)
+        _run(back_step, compiled, acc[:n], alpha[:n], blur_chunk(idx, r, False, *phase))
     # the front, in its order
     acc, alpha = in_order(p.back_to_front, acc, alpha)
     rows = p.front_rows
@@ -312,15 +324,14 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     solution = torch.zeros(b, 4, h, w, dtype=FILL_DTYPE, device=image.device)  # warm start
     darkest = image.amin((2, 3), keepdim=True)  # (B, 3, 1, 1): the colour is filled above it
     halves = checkerboard(h, w, image.device)
-    compiled = image.device.type in COMPILE_ON
     for idx, r, active, fill_at in p.front:
         stack = blur_chunk(idx, r, True, *phase)  # idx: the samples active first
         idx = idx.clone(memory_format=torch.contiguous_format)  # not a view of the plan's
         for j, n in enumerate(active):
             # the first n samples still have a layer here: work on them alone
             at = torch.full((1,), j, device=image.device)
-            _step(compiled, acc[:n], alpha[:n], solution[:n], stack[:n], idx[:n], at,
-                  layer_id[:n], darkest[:n], *halves, fill_at[j])
+            _run(front_step, compiled, acc[:n], alpha[:n], solution[:n], stack[:n], idx[:n],
+                 at, layer_id[:n], darkest[:n], *halves, fill_at[j])
     out = resolve(acc, alpha, image)
     if rows is None:
         return out
