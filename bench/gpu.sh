@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU measurement of BENCHMARKS.md in one run (budget: under 10 minutes on one GPU;
-# each front layer's step of the renderer is compiled by torch.compile on its first call in each process):
+# Every GPU measurement of BENCHMARKS.md in one run (budget: under 10 minutes on one GPU; the
+# renderer's steps are compiled by torch.compile on their first calls, about 40 s on the CPU
+# here, and cached on disk for the later parts):
 #   synthesis: the batched renderer's crops/s on 240 px training windows (Sintel, SYNTHIA,
 #     Middlebury, the motorcycle) at batches 3, 16 and 64, with its ops and syncs per crop,
 #     the CUDA kernels it launches per crop and its first call's time (the compilation); per
@@ -26,12 +27,12 @@ run() {  # run SECONDS NAME COMMAND...
   if ! timeout "$limit" "$@"; then echo "!! $name failed or timed out" | tee -a "$out/failures.txt"; status=1; fi
   echo "== $name: $((SECONDS - t0)) s"
 }
-run 200 syndof python bench/bench_syndof.py --device cuda --gpu --out "$out/syndof.md"
-run 70 export bash -c "rm -rf '$out/export' && /usr/bin/time -f '%e s wall for 16 images' python -m dmenet syndof export --source embedded:16 --size 480 640 --out '$out/export' --device cuda --mode reference 2>&1 | tail -2 | tee '$out/export.txt'"
+run 260 syndof python bench/bench_syndof.py --device cuda --gpu --out "$out/syndof.md"
+run 60 export bash -c "rm -rf '$out/export' && /usr/bin/time -f '%e s wall for 16 images' python -m dmenet syndof export --source embedded:16 --size 480 640 --out '$out/export' --device cuda --mode reference 2>&1 | tail -2 | tee '$out/export.txt'"
 sintel=../shared/data/rgbd_samples/sintel
 source_args=(); [ -d "$sintel" ] && source_args=(--rgbd-source embedded "sintel:$sintel")
-run 240 train python bench/bench_train.py --device cuda --configs BDCS --render-ahead 1 16 --precision 32-true bf16-mixed --steps 6 --warmup 2 "${source_args[@]}" --out "$out/train.md"
-run 70 inference python bench/bench_gpu_inference.py --sizes 0.25 1 4 --repeats 5 --out "$out/inference_gpu.md"
+run 200 train python bench/bench_train.py --device cuda --configs BDCS --render-ahead 1 16 --precision 32-true bf16-mixed --steps 6 --warmup 2 "${source_args[@]}" --out "$out/train.md"
+run 60 inference python bench/bench_gpu_inference.py --sizes 0.25 1 4 --repeats 5 --out "$out/inference_gpu.md"
 echo; echo "==== results ===="
 for f in "$out"/syndof.md "$out"/export.txt "$out"/train.md "$out"/inference_gpu.md; do echo; [ -f "$f" ] && cat "$f"; done
 exit $status
