@@ -5,8 +5,8 @@
 #   synthesis: the batched renderer's crops/s on 240 px training windows (Sintel, SYNTHIA,
 #     Middlebury, the motorcycle) at batches 3, 16 and 64, with its ops and syncs per crop,
 #     the CUDA kernels it launches per crop, its first call's time (the compilation) and its
-#     recompilations; per
-#     training step of 3 crops when rendering 1, 4 or 16 steps ahead (ms per step);
+#     recompilations; per training step of 3 crops when rendering 1, 4 or 16 steps ahead (ms
+#     per step);
 #   dmenet syndof export --device cuda on the embedded source (images/s);
 #   BDCS training-step samples/s in fp32 and bf16-mixed with the synthesis share, rendering 1
 #     or 16 steps ahead (embedded source, and the shared Sintel sample when ../shared is there);
