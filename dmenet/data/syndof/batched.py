@@ -43,12 +43,12 @@ CHUNK_ELEMENTS = 1 << 27
 
 FILL_DTYPE = torch.float16
 """What the fill's iterate (the known values, the warm start, the solution) is stored in. The
-sweeps move most of the renderer's bytes; half precision halves theirs (compiled, their
-arithmetic runs in float32; compositing stays in the image's precision). The colour is filled
-relative to the photo's darkest colour (per channel), so that a constant photo fills with
-colour exactly 0 and stays constant whatever the rounding of alpha. Measured on the training
-windows of BENCHMARKS.md section 1: 17-23% fewer bytes per crop than float32 storage at batch
-16, within 0.6 levels of its images."""
+sweeps move 36-52% of the renderer's bytes at batch 16; half precision halves theirs
+(compiled, their arithmetic runs in float32; compositing stays in the image's precision). The
+colour is filled relative to the photo's darkest colour (per channel), so that a constant photo
+fills with colour exactly 0 and stays constant whatever the rounding of alpha. Measured on the
+training windows of BENCHMARKS.md section 1: 17-23% fewer bytes per crop than float32 storage
+at batch 16, within 0.6 levels of its images."""
 
 COMPILE_ON = ("cuda",)
 """Device types on which the batched renderer's steps run compiled by ``torch.compile``: each
@@ -224,10 +224,15 @@ def back_step(acc: torch.Tensor, alpha: torch.Tensor, blurred: torch.Tensor) -> 
     alpha.copy_(al)
 
 
+def _sources(**dims: tuple[int, ...]) -> str:
+    """``torch.compiler.config.dynamic_sources`` for these dimensions of these arguments."""
+    return ",".join(f"L['{name}']:{dim}" for name, axes in dims.items() for dim in axes)
+
+
 _DYNAMIC = {
-    front_step: {"acc": (0,), "alpha": (0,), "solution": (0,), "stack": (0, 1), "index": (0, 1),
-                 "layer_id": (0,), "darkest": (0,)},
-    back_step: {"acc": (0,), "alpha": (0,), "blurred": (0, 1)},
+    front_step: _sources(acc=(0,), alpha=(0,), solution=(0,), stack=(0, 1), index=(0, 1),
+                         layer_id=(0,), darkest=(0,)),
+    back_step: _sources(acc=(0,), alpha=(0,), blurred=(0, 1)),
 }
 """The sizes that vary between the calls of each compiled step in a run, which
 ``torch.compile`` takes as dynamic: the samples ``n`` and the chunk's layers ``K``; every other
@@ -249,10 +254,8 @@ def _run(step: Callable, compiled: bool, *args) -> None:
     only the sizes of :data:`_DYNAMIC` dynamic (where compilation fails, a warning says why once
     and the steps run uncompiled)."""
     if compiled and not _COMPILE_FAILED:
-        dynamic = ",".join(f"L['{name}']:{dim}" for name, dims in _DYNAMIC[step].items()
-                           for dim in dims)
         try:
-            with torch.compiler.config.patch(dynamic_sources=dynamic):
+            with torch.compiler.config.patch(dynamic_sources=_DYNAMIC[step]):
                 return _compiled(step)(*args)
         except torch.OutOfMemoryError:
             raise
