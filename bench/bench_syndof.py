@@ -130,11 +130,14 @@ def baseline_device_path(commit: str):
 
 def step_shape(args: tuple) -> tuple:
     """What the GPU model needs of one ``front_step(*args)`` call: the samples, the frame, the
-    element sizes of the accumulation, the fill's iterate and the layer ids, and whether it
-    fills (its tensors are not held)."""
-    acc, _, solution, _, _, _, layer_id, *_, fill = args
+    element sizes of the accumulation, the fill's iterate and the layer ids, the reach of the
+    fill's start and whether it fills (its tensors are not held)."""
+    import dmenet.data.syndof.batched as batched
+
+    acc, *_, layer_id, _, _, _, kernel, fill = args
     n, _, h, w = acc.shape
-    return n, h, w, acc.element_size(), solution.element_size(), layer_id.element_size(), fill
+    return (n, h, w, acc.element_size(), batched.FILL_DTYPE.itemsize, layer_id.element_size(),
+            kernel.shape[0] // 2, fill)
 
 
 def back_shape(args: tuple) -> tuple:
@@ -162,19 +165,23 @@ def compiled_step_cost(shape: tuple) -> tuple[int, int, int]:
     """Kernels, bytes and the fill sweeps' bytes of one compiled ``front_step`` of
     :func:`step_shape` ``shape`` on a GPU (a model; ``--device cuda`` counts the kernels):
     ``compiled_kernels`` kernels; the accumulation read and written once, the layer read once
-    (its colour and mask; with a fill also its union, the layer ids and the warm start, and the
-    fill written once); each half-sweep reads the fill's frame and its bool mask and writes the
+    (its colour and mask; with a fill also its union and the layer ids); the fill's start (the
+    known values and their weight, 5 channels in the image's precision: the extended frame
+    written, each of the two convolutions reading its input and writing its output, the
+    result read); each half-sweep reads the fill's frame and its bool mask and writes the
     frame."""
     from dmenet.data.syndof.batched import compiled_kernels, front_step
     from dmenet.data.syndof.fill import RELAX_SWEEPS
 
-    n, h, w, acc_size, fill_size, id_size, fill = shape
+    n, h, w, acc_size, fill_size, id_size, reach, fill = shape
     pixels = n * h * w
     moved = 2 * 4 * pixels * acc_size + 4 * pixels * acc_size  # (acc, alpha) twice, the layer
     sweeps = 0
     if fill:
         frame = 4 * pixels * fill_size
-        moved += pixels * (acc_size + id_size) + 2 * frame  # the union, the ids; the fill
+        moved += pixels * (acc_size + id_size)  # the union, the ids
+        extended, once = (h + 2 * reach) * (w + 2 * reach), (h + 2 * reach) * w
+        moved += 5 * n * acc_size * 2 * (extended + once + h * w)  # the start
         sweeps = 2 * RELAX_SWEEPS * (2 * frame + pixels)
     return compiled_kernels(front_step, fill, RELAX_SWEEPS), moved + sweeps, sweeps
 

@@ -307,25 +307,25 @@ def crops_against_the_whole_render(render_mode: str, renderer: str, scene_seed: 
 def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode, renderer):
     """A training crop is rendered with the whole image's camera and fill start and a margin of
     the reach of the blur and of the fill: it equals the same crop of the whole-image render
-    within 1/255 (the batched renderer: within the fidelity bars, its fill being approximate;
-    with 12 sweeps per fill, 53 of 56 reference-mode crops of 96 x 128 scenes are within 0.2
-    levels, the worst 2.0, one of these).
+    within 1/255. The batched renderer's fill, fixed relaxation sweeps, too: each starts from
+    its own layer's known values (:func:`~dmenet.data.syndof.fill.smooth_start`); started from
+    the previous layer's fill, reference crop 1 here missed by 2.06 levels, as the whole image
+    has layers (so fills) that the crop lacks.
     On this scene, a margin of the blur reach alone missed by 9.8 levels (reference, seed 2)."""
     for diff in crops_against_the_whole_render(render_mode, renderer, 4, range(3)):
-        if renderer == "tiled":  # the exact fill: the same numbers
-            assert float(diff.max()) <= 1.0 / 255
-        else:  # the fill by fixed relaxation sweeps, whose error depends on the frame: within
-            # the fidelity bars of the official generator, and far closer
-            psnr = float(10 * torch.log10(1.0 / (diff ** 2).mean()))
-            p99 = float(diff.amax(1).flatten().quantile(0.99)) * 255
-            assert psnr >= 50.0 and p99 <= 4.0 and float(diff.max()) <= 6.0 / 255
+        assert float(diff.max()) <= 1.0 / 255
 
 
-def test_the_batched_fill_relaxes_enough_for_a_crop_that_eight_sweeps_missed():
-    """The crop for which 8 relaxation sweeps per fill missed the whole render by 1.45 levels
-    (the 12 of :data:`~dmenet.data.syndof.fill.RELAX_SWEEPS`: 0.35)."""
-    (diff,) = crops_against_the_whole_render("reference", "batched", 2, [3])
+def test_the_batched_fill_relaxes_enough_for_a_crop_that_eight_sweeps_missed(monkeypatch):
+    """The crop for which 8 relaxation sweeps per fill miss the whole render by 1.36 levels; the
+    12 of :data:`~dmenet.data.syndof.fill.RELAX_SWEEPS` do not (measured 0.3)."""
+    import dmenet.data.syndof.batched as batched
+
+    (diff,) = crops_against_the_whole_render("paper", "batched", 4, [2])
     assert float(diff.max()) <= 1.0 / 255
+    monkeypatch.setattr(batched, "RELAX_SWEEPS", 8)
+    (diff,) = crops_against_the_whole_render("paper", "batched", 4, [2])
+    assert float(diff.max()) > 1.0 / 255
 
 
 def _parse_data_options(args):

@@ -11,7 +11,7 @@ import dmenet.data.syndof.batched as batched
 from dmenet.data.syndof import render_defocus, render_from_sigma
 from dmenet.data.syndof.batched import _run, back_step, compiled_kernels, front_step
 from dmenet.data.syndof.composite import composite_run, layer_rgba, over, unpremultiply
-from dmenet.data.syndof.fill import checkerboard
+from dmenet.data.syndof.fill import checkerboard, start_kernel
 from dmenet.data.thin_lens import Camera
 from dmenet.profiling import DispatchCounter, counting_calls
 
@@ -67,8 +67,8 @@ def test_a_run_of_layers_at_once_equals_layer_by_layer():
 
 
 CONVERGED_SWEEPS = 100
-"""Sweeps per fill that converge on these scenes (warm-started: 0.001 / 255 from the exact fill on
-the dense scene below, 0.05 / 255 with 40 sweeps; the bar is 0.01 / 255)."""
+"""Sweeps per fill that converge on these scenes (0.0002 / 255 from the exact fill on the dense
+scene below, 0.02 / 255 with 40 sweeps; the bar is 0.01 / 255)."""
 
 
 @pytest.mark.parametrize("fill_dtype, levels", [(torch.float32, 0.01), (torch.float16, 1.0)])
@@ -233,21 +233,21 @@ def test_dispatched_ops_do_not_grow_with_the_batch():
     # by bench/gpu.sh)
     assert sum(kernels == compiled_kernels(front_step, True) for _, kernels in steps) > 50
     on_gpu = sixteen.ops + sum(kernels - inner.ops for inner, kernels in steps)
-    assert on_gpu / (16 * n) < 3  # measured 2.4
-    assert sixteen.ops / (16 * n) < 25  # every op dispatched, uncompiled
+    assert on_gpu / (16 * n) < 3  # measured 2.6
+    assert sixteen.ops / (16 * n) < 30  # every op dispatched, uncompiled (measured 25.4)
 
 
 def front_state(b: int, h: int, w: int, k: int, g: torch.Generator) -> list:
     """:func:`front_step`'s arguments but ``fill``, for ``b`` samples and a chunk of ``k``
-    layers, at random (the fill's iterate in float32)."""
+    layers, at random."""
     alpha = torch.rand(b, 1, h, w, generator=g) * (torch.rand(b, 1, h, w, generator=g) > 0.2)
     acc = torch.rand(b, 3, h, w, generator=g) * alpha
     stack = torch.rand(b, k, 5, h, w, generator=g)
     stack[:, :, :3] *= stack[:, :, 3:4]
-    return [acc, alpha, torch.rand(b, 4, h, w, generator=g), stack,
+    return [acc, alpha, stack,
             torch.randint(3, 7, (b, k), generator=g),
             torch.randint(0, k, (1,), generator=g), torch.randint(0, 9, (b, 1, h, w), generator=g),
-            0.1 * torch.rand(b, 3, 1, 1, generator=g), *checkerboard(h, w)]
+            0.1 * torch.rand(b, 3, 1, 1, generator=g), *checkerboard(h, w), start_kernel()]
 
 
 def test_a_compiled_front_step_equals_the_uncompiled_one(monkeypatch):
@@ -256,6 +256,7 @@ def test_a_compiled_front_step_equals_the_uncompiled_one(monkeypatch):
     prefixes of them, for frames and chunks of several sizes. The fill's iterate in float32
     here: the half-precision rounding is the next test's."""
     monkeypatch.setattr(batched, "RELAX_SWEEPS", 2)  # a quicker compilation, shared with the next
+    monkeypatch.setattr(batched, "FILL_DTYPE", torch.float32)
     g = torch.Generator().manual_seed(3)
     for b, n, h, w, k in ((3, 3, 20, 24, 4), (4, 2, 17, 30, 3)):
         for fill in (True, False):
@@ -263,11 +264,11 @@ def test_a_compiled_front_step_equals_the_uncompiled_one(monkeypatch):
             eager = [t.clone() for t in state]
             _run(front_step, True, *(t[:n] if t.shape[0] == b else t for t in state), fill)
             front_step(*(t[:n] if t.shape[0] == b else t for t in eager), fill)
-            for got, want in zip(state[:3], eager[:3]):  # acc, alpha, solution: in place
+            for got, want in zip(state[:2], eager[:2]):  # acc, alpha: in place
                 assert float((got - want).abs().max()) < 1e-5
             assert torch.equal(state[0][n:], eager[0][n:])  # the other samples untouched
         # and a chunk behind the focus
-        acc, alpha, stack = (t.clone() for t in state[:2] + state[3:4])
+        acc, alpha, stack = (t.clone() for t in state[:3])
         eager = [acc.clone(), alpha.clone()]
         _run(back_step, True, acc[:n], alpha[:n], stack[:n, :, :4])
         back_step(*(t[:n] for t in eager), stack[:n, :, :4])

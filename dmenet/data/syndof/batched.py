@@ -10,8 +10,8 @@ The layers far to near fall into two phases:
 * the front (every layer nearer than the in-focus one): chunks blurred at once the same way
   (with the union ``U`` of the farther layers as a fifth channel, whose blur gives the fill
   region), then layer after layer (:func:`front_step`, compiled on CUDA): un-premultiply, the
-  fill by :func:`~.fill.relax_fill` (fixed sweeps, warm-started from the previous layer's
-  solution) and compositing. A ramp in front of the focus needs a fill before every layer: one
+  fill by :func:`~.fill.relax_fill` (fixed sweeps from a local smoothing of the known values)
+  and compositing. A ramp in front of the focus needs a fill before every layer: one
   fill for a group of layers misses the generator by up to 6 levels there (measured,
   BENCHMARKS.md section 1).
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .composite import composite_run, layer_rgba, over, resolve, unpremultiply
-from .fill import RELAX_SWEEPS, checkerboard, fill_region, relax_fill
+from .fill import RELAX_SWEEPS, checkerboard, fill_region, relax_fill, start_kernel
 from .kernels import blur_stack, disc_kernel2d, pad_border, significant_kernel1d
 
 __all__ = ["CHUNK_ELEMENTS", "COMPILE_ON", "FILL_DTYPE", "BatchPlan", "composite_batched",
@@ -42,8 +42,8 @@ CHUNK_ELEMENTS = 1 << 27
 """The layers blurred in one call hold at most about this many values (512 MB in float32)."""
 
 FILL_DTYPE = torch.float16
-"""What the fill's iterate (the known values, the warm start, the solution) is stored in. The
-sweeps move 36-52% of the renderer's bytes at batch 16; half precision halves theirs
+"""What the fill's iterate is stored in. The sweeps move 36-52% of the renderer's bytes at
+batch 16; half precision halves theirs
 (compiled, their arithmetic runs in float32; compositing stays in the image's precision). The
 colour is filled relative to the photo's darkest colour (per channel), so that a constant photo
 fills with colour exactly 0 and stays constant whatever the rounding of alpha. Measured on the
@@ -64,13 +64,13 @@ _COMPILE_FAILED: list[str] = []
 def compiled_kernels(step: Callable, fill: bool = False, sweeps: int = RELAX_SWEEPS) -> int:
     """The kernels of one compiled :func:`front_step` or :func:`back_step`, as inductor
     schedules them on the CPU (loop nests and extern calls, counted in its generated code). The
-    front step with a fill: one per half-sweep and 8 around them (un-premultiply and the known
-    values, the half-sweeps' masks, the warm start, the guard, compositing); without, 2. The
-    back step: 7 (the cumulative product one of them). ``bench/gpu.sh`` counts the CUDA
-    kernels."""
+    front step with a fill: one per half-sweep and 12 around them (un-premultiply and the known
+    values, the half-sweeps' masks, the fill's start: its frame extended, two convolutions and
+    the quotient, the guard, compositing); without, 2. The back step: 7 (the cumulative product
+    one of them). ``bench/gpu.sh`` counts the CUDA kernels."""
     if step is back_step:
         return 7
-    return 2 * sweeps + 8 if fill else 2
+    return 2 * sweeps + 12 if fill else 2
 
 
 def read_to_host(x: torch.Tensor) -> np.ndarray:
@@ -179,18 +179,17 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
                      torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
 
 
-def front_step(acc: torch.Tensor, alpha: torch.Tensor, solution: torch.Tensor,
-               stack: torch.Tensor, index: torch.Tensor, at: torch.Tensor, layer_id: torch.Tensor,
-               darkest: torch.Tensor, red: torch.Tensor, black: torch.Tensor, fill: bool) -> None:
+def front_step(acc: torch.Tensor, alpha: torch.Tensor, stack: torch.Tensor, index: torch.Tensor, at: torch.Tensor, layer_id: torch.Tensor,
+               darkest: torch.Tensor, red: torch.Tensor, black: torch.Tensor,
+               kernel: torch.Tensor, fill: bool) -> None:
     """The front layer at position ``at`` (``(1,)`` long) of a chunk over the accumulation of
     the first ``n`` samples, in place: un-premultiply, the fill (when ``fill``), over.
 
-    The accumulation ``acc (n, 3, H, W)``, ``alpha (n, 1, H, W)`` and ``solution (n, 4, H,
-    W)``, the previous fill (the warm start, in :data:`FILL_DTYPE`; replaced by this fill). The
-    chunk: ``stack (n, K, 5, H, W)``, its layers blurred (``m I``, ``m`` and the union ``U`` of
+    The accumulation ``acc (n, 3, H, W)``, ``alpha (n, 1, H, W)``. The chunk: ``stack (n, K, 5, H, W)``, its layers blurred (``m I``, ``m`` and the union ``U`` of
     the farther layers), ``index (n, K)`` their layer ids. ``layer_id (n, 1, H, W)``;
     ``darkest (n, 3, 1, 1)``: the photo's darkest colour, above which the colour is filled;
-    ``red``, ``black``: :func:`~.fill.checkerboard`. The chunk comes whole and the layer's place
+    ``red``, ``black``: :func:`~.fill.checkerboard`; ``kernel``: :func:`~.fill.start_kernel`.
+    The chunk comes whole and the layer's place
     in it as a value: compiled, every input is a prefix of a tensor, never a view whose offset
     and strides change with the layer (on which ``torch.compile`` would recompile)."""
     layer = stack.index_select(1, at)[:, 0]
@@ -201,10 +200,9 @@ def front_step(acc: torch.Tensor, alpha: torch.Tensor, solution: torch.Tensor,
         region = fill_region(union, layer[:, 4:])
         # ((a - darkest) U, U): a constant photo fills with colour 0, which no rounding of
         # alpha can move
-        known = torch.cat([(a - darkest) * union, union.to(a.dtype)], 1).to(solution.dtype)
-        filled = relax_fill(known, region, solution, RELAX_SWEEPS, halves=(red, black))
-        solution.copy_(filled)
-        filled = filled.to(a.dtype)
+        known = torch.cat([(a - darkest) * union, union.to(a.dtype)], 1)
+        filled = relax_fill(known, region, RELAX_SWEEPS, halves=(red, black), kernel=kernel,
+                            dtype=FILL_DTYPE).to(a.dtype)
         fill_alpha = filled[:, 3:]
         colour = torch.minimum(torch.addcmul(filled[:, :3], darkest, fill_alpha),
                                fill_alpha)  # within [0, alpha], as relax_fill's guard
@@ -230,7 +228,7 @@ def _sources(**dims: tuple[int, ...]) -> str:
 
 
 _DYNAMIC = {
-    front_step: _sources(acc=(0,), alpha=(0,), solution=(0,), stack=(0, 1), index=(0, 1),
+    front_step: _sources(acc=(0,), alpha=(0,), stack=(0, 1), index=(0, 1),
                          layer_id=(0,), darkest=(0,)),
     back_step: _sources(acc=(0,), alpha=(0,), blurred=(0, 1)),
 }
@@ -324,17 +322,17 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     rows = p.front_rows
     lid, source, image, layer_id = in_order(rows, lid_padded, source_padded, image, layer_id)
     phase = (rows, lid, source)
-    solution = torch.zeros(b, 4, h, w, dtype=FILL_DTYPE, device=image.device)  # warm start
     darkest = image.amin((2, 3), keepdim=True)  # (B, 3, 1, 1): the colour is filled above it
     halves = checkerboard(h, w, image.device)
+    kernel = start_kernel(image.device)
     for idx, r, active, fill_at in p.front:
         stack = blur_chunk(idx, r, True, *phase)  # idx: the samples active first
         idx = idx.clone(memory_format=torch.contiguous_format)  # not a view of the plan's
         for j, n in enumerate(active):
             # the first n samples still have a layer here: work on them alone
             at = torch.full((1,), j, device=image.device)
-            _run(front_step, compiled, acc[:n], alpha[:n], solution[:n], stack[:n], idx[:n],
-                 at, layer_id[:n], darkest[:n], *halves, fill_at[j])
+            _run(front_step, compiled, acc[:n], alpha[:n], stack[:n], idx[:n], at,
+                 layer_id[:n], darkest[:n], *halves, kernel, fill_at[j])
     out = resolve(acc, alpha, image)
     if rows is None:
         return out

@@ -13,9 +13,10 @@ Solvers of the same equations:
 * exact, sparse LU (:func:`regionfill`, :func:`laplace_factor`; the per-layer loop and the
   tiled renderer, which also has an envelope Cholesky of the same system);
 * :func:`relax_fill`: a fixed number of red-black SOR sweeps on the whole frame with a region
-  mask, warm-started from the previous layer's solution: fixed work, no host round trip,
-  batched (the batched renderer, on any device; on CUDA compiled by ``torch.compile`` with the
-  rest of each front layer's step, one kernel per half-sweep).
+  mask, started from the normalised convolution of the known values (:func:`smooth_start`):
+  fixed work, no host round trip, batched, and each fill from its own layer alone (the batched
+  renderer, on any device; on CUDA compiled by ``torch.compile`` with the rest of each front
+  layer's step, one kernel per half-sweep).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .kernels import blur_stack, gaussian_kernel1d, pad_border
+
 __all__ = [
     "FILL_REACH",
+    "FILL_START_SIGMA_PX",
     "RELAX_OMEGA",
     "RELAX_SWEEPS",
     "checkerboard",
@@ -35,18 +39,26 @@ __all__ = [
     "laplace_system",
     "regionfill",
     "relax_fill",
+    "smooth_start",
+    "start_kernel",
 ]
 
 FILL_REACH = 1e-3
 """The fill region: outside ``U``, where ``U`` blurred with the layer's kernel is >= this."""
 
 RELAX_SWEEPS = 12
-"""Red-black SOR sweeps of :func:`relax_fill` per fill. Measured on training crops of 96 x 128
-procedural scenes against the same crop of the whole-image render: with 8 sweeps, 1 of 32
-reference-mode crops missed by more than 1/255 (1.45 levels) and paper-mode ones by up to 1.37;
-with 12, none of those (0.35 and 0.42 levels at most), but 1 of 24 crops of another scene by
-2.0 levels (40 sweeps: 0.66). BENCHMARKS.md section 1 gives the fidelity against the official
+"""Red-black SOR sweeps of :func:`relax_fill` per fill. Measured on 192 training crops of 96 x
+128 procedural scenes against the same crop of the whole-image render, started from
+:func:`smooth_start`: with 12 sweeps all within 0.46 levels (the half-precision floor: a
+converged fill gives 0.34-0.47), with 8, 1 crop in 64 missed by 1.36 levels. (Started from the
+previous layer's fill instead, 12 sweeps missed by 2.06 levels, 40 by 0.71: how much a layer's
+fill had converged depended on how many layers came before it, and the whole image has layers
+that a crop lacks.) BENCHMARKS.md section 1 gives the fidelity against the official
 generator."""
+
+FILL_START_SIGMA_PX = 4.0
+"""The Gaussian (px) of :func:`smooth_start` (4-6 measured alike on the crops of
+:data:`RELAX_SWEEPS`; 2 too local: 1.29 levels; 8: 0.50)."""
 
 RELAX_OMEGA = 1.7
 """Over-relaxation of :func:`relax_fill` (1.6-1.8 measured alike; 1.0, Gauss-Seidel, needs
@@ -134,24 +146,53 @@ def checkerboard(h: int, w: int, device=None) -> tuple[torch.Tensor, torch.Tenso
     return red, ~red
 
 
-def relax_fill(known: torch.Tensor, region: torch.Tensor, init: torch.Tensor | None = None,
-               sweeps: int = RELAX_SWEEPS, omega: float = RELAX_OMEGA,
-               halves: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def start_kernel(device=None) -> torch.Tensor:
+    """The Gaussian of :func:`smooth_start`, ``(2r + 1,)`` float32 on ``device``: build once per
+    frame, pass to every call."""
+    return torch.as_tensor(gaussian_kernel1d(FILL_START_SIGMA_PX), dtype=torch.float32,
+                           device=device)
+
+
+def smooth_start(known: torch.Tensor, region: torch.Tensor,
+                 kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """Where :func:`relax_fill` starts: in ``region (B,1,H,W)`` bool, the known values of
+    ``known (B,C,H,W)`` (those outside the region) averaged by the Gaussian ``kernel``
+    (:func:`start_kernel`, built when None; normalised convolution: ``blur(known (1 - region)) /
+    blur(1 - region)``, by :func:`~.kernels.blur_stack`, the image border replicated as the
+    fill's rule has it; 0 where no known pixel is within its reach); ``known`` elsewhere. Local
+    and the same at every position, and from this layer's fill alone: what the sweeps make of it
+    does not depend on the frame (a crop or the whole image) or on the layers before."""
+    kernel = start_kernel(known.device) if kernel is None else kernel
+    outside = (~region).to(known.dtype)
+    both = blur_stack(pad_border(torch.cat([known * outside, outside], 1), kernel.shape[0] // 2,
+                                 "replicate"), kernel.expand(known.shape[0], -1))
+    weight = both[:, -1:]
+    mean = both[:, :-1] / torch.where(weight > 0, weight, 1.0)
+    return torch.where(region, mean, known)
+
+
+def relax_fill(known: torch.Tensor, region: torch.Tensor, sweeps: int = RELAX_SWEEPS,
+               omega: float = RELAX_OMEGA,
+               halves: tuple[torch.Tensor, torch.Tensor] | None = None,
+               kernel: torch.Tensor | None = None,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
     """The Laplace fill of ``region (B,1,H,W)`` bool in ``known (B,C,H,W)`` (boundary values
-    outside the region) by ``sweeps`` red-black SOR sweeps over the whole frame, from ``init``
-    (the previous solution; None: the known values, 0 in the region).
+    outside the region) by ``sweeps`` red-black SOR sweeps over the whole frame, from
+    :func:`smooth_start`.
 
     Image border pixels count only their in-image neighbours (MATLAB ``regionfill``). Every
     channel takes the same linear steps, so colour / alpha of a constant photo stays exact;
     the result is clamped to alpha in [0, 1], colour in [0, alpha] (over-relaxation can
     overshoot before it converges), scaling colour with alpha so that the ratio is kept.
-    ``halves``: :func:`checkerboard` of this frame (built when None). The batched renderer runs
-    it compiled on CUDA devices, with the rest of each front layer's step
-    (:func:`~.batched.front_step`).
-    Returns ``(B, C, H, W)``: the fill in the region, ``known`` elsewhere.
+    ``halves``: :func:`checkerboard` of this frame, ``kernel``: :func:`start_kernel` (built
+    when None). ``dtype``: what the iterate is stored in (None: ``known``'s; the start is
+    computed in ``known``'s: Kornia's depthwise convolutions in half precision are slow on the
+    CPU). The batched renderer runs it compiled on CUDA devices, with the rest of each front
+    layer's step (:func:`~.batched.front_step`).
+    Returns ``(B, C, H, W)`` in ``dtype``: the fill in the region, ``known`` elsewhere.
     """
     red, black = halves if halves is not None else checkerboard(*known.shape[-2:], known.device)
-    x = known if init is None else torch.where(region, init, known)
+    x = smooth_start(known, region, kernel).to(dtype or known.dtype)
     masks = (region & red, region & black)
     for _ in range(sweeps):
         for mask in masks:
