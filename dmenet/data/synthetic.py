@@ -70,7 +70,7 @@ class WholeImageCameraCrops(Dataset):
     ``crop_margin_px()``, the reach of the blur and of the fill), the image extended beyond its
     border by the render mode's border rule; flips/rot90 as ``TrainingCrops`` (the renderer
     commutes with them). :func:`render_crops` renders the window and keeps its centre, which
-    equals the same crop of the whole-image render (tested within 1/255 for the exact fill).
+    equals the same crop of the whole-image render (tested within 1/255 for every renderer).
 
     Items: ``{"image" (3,S,S), "depth_mm" (1,S,S), "margin_px", "fill_from_coc_px", camera
     fields}`` with ``S = crop_size + 2 * margin_px``. Randomness: torch's global generator

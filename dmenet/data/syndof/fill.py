@@ -47,14 +47,14 @@ FILL_REACH = 1e-3
 """The fill region: outside ``U``, where ``U`` blurred with the layer's kernel is >= this."""
 
 RELAX_SWEEPS = 12
-"""Red-black SOR sweeps of :func:`relax_fill` per fill. Measured on 192 training crops of 96 x
-128 procedural scenes against the same crop of the whole-image render, started from
-:func:`smooth_start`: with 12 sweeps all within 0.46 levels (the half-precision floor: a
-converged fill gives 0.34-0.47), with 8, 1 crop in 64 missed by 1.36 levels. (Started from the
-previous layer's fill instead, 12 sweeps missed by 2.06 levels, 40 by 0.71: how much a layer's
-fill had converged depended on how many layers came before it, and the whole image has layers
-that a crop lacks.) BENCHMARKS.md section 1 gives the fidelity against the official
-generator."""
+"""Red-black SOR sweeps of :func:`relax_fill` per fill. Measured on 384 training crops of 48
+procedural 96 x 128 scenes (reference and paper mode) against the same crop of the whole-image
+render, started from :func:`smooth_start`: with 12 sweeps all within 0.50 levels (the fill's
+half-precision rounding: in float32 the worst three are within 0.44); with 8, 1 of 64 crops
+missed by 1.36 levels. (Started from the previous layer's fill instead, 12 sweeps missed by 2.06
+levels, 40 by 0.71: how far a layer's fill had converged depended on how many layers came
+before it, and a whole image has layers that a crop lacks.) BENCHMARKS.md section 1 gives the
+fidelity against the official generator."""
 
 FILL_START_SIGMA_PX = 4.0
 """The Gaussian (px) of :func:`smooth_start` (4-6 measured alike on the crops of
@@ -149,8 +149,8 @@ def checkerboard(h: int, w: int, device=None) -> tuple[torch.Tensor, torch.Tenso
 def start_kernel(device=None) -> torch.Tensor:
     """The Gaussian of :func:`smooth_start`, ``(2r + 1,)`` float32 on ``device``: build once per
     frame, pass to every call."""
-    return torch.as_tensor(gaussian_kernel1d(FILL_START_SIGMA_PX), dtype=torch.float32,
-                           device=device)
+    # (made float32 on the host: a conversion on the way would count as a host round trip)
+    return torch.from_numpy(gaussian_kernel1d(FILL_START_SIGMA_PX).astype(np.float32)).to(device)
 
 
 def smooth_start(known: torch.Tensor, region: torch.Tensor,
