@@ -58,19 +58,19 @@ class _LaplaceSolve(torch.autograd.Function):
 
 def _blur_near(x: torch.Tensor, taps: torch.Tensor | None, box: tuple[int, int, int, int]):
     """``x (1, C, H, W)`` blurred by the renderer's blur (:func:`dmenet.data.syndof.blur_stack`,
-    paper mode: replicate border) with the 1-D ``taps``, on the output pixels within the kernel
+    paper mode: its border rule) with the 1-D ``taps``, on the output pixels within the kernel
     radius of ``box`` ``(y0, y1, x0, x1)`` (outside it a layer's blur is 0). Returns ``(crop,
     output box)``."""
     from dmenet.data.syndof import blur_stack
-    from dmenet.data.syndof.kernels import border_index
+    from dmenet.data.syndof.kernels import BORDERS, border_index
 
     h, w = x.shape[-2:]
     if taps is None:
         return x[..., box[0]:box[1], box[2]:box[3]], box
     r = len(taps) // 2
     y0, y1, x0, x1 = max(0, box[0] - r), min(h, box[1] + r), max(0, box[2] - r), min(w, box[3] + r)
-    rows = border_index(torch.arange(y0 - r, y1 + r), h, "replicate")
-    cols = border_index(torch.arange(x0 - r, x1 + r), w, "replicate")
+    rows = border_index(torch.arange(y0 - r, y1 + r), h, BORDERS["paper"])
+    cols = border_index(torch.arange(x0 - r, x1 + r), w, BORDERS["paper"])
     return blur_stack(x.index_select(2, rows).index_select(3, cols), taps[None]), (y0, y1, x0, x1)
 
 
@@ -92,7 +92,7 @@ class RenderOperator:
         from dmenet.data.syndof import gaussian_blur, gaussian_kernel1d
         from dmenet.data.syndof.composite import MASK_EPS, over, unpremultiply
         from dmenet.data.syndof.fill import fill_region, laplace_factor, laplace_system
-        from dmenet.data.syndof.kernels import kernel_radius
+        from dmenet.data.syndof.kernels import BORDERS, kernel_radius
 
         self.h, self.w = h, w = layer_id.shape
         lid = layer_id[None, None]
@@ -106,7 +106,8 @@ class RenderOperator:
                 step["unpremultiply"] = alpha
                 alpha = unpremultiply(torch.zeros_like(alpha), alpha)[1]
                 union = lid < i
-                region = fill_region(union, gaussian_blur(union.float(), sigma))[0, 0]
+                region = fill_region(union, gaussian_blur(union.float(), sigma,
+                                                          border=BORDERS["paper"]))[0, 0]
                 if blurs and bool(region.any()):
                     ys, xs = torch.nonzero(region, as_tuple=True)
                     deg, nb, known, ny, nx = laplace_system(ys, xs, h, w)

@@ -316,6 +316,15 @@ def test_whole_image_camera_crop_equals_the_crop_of_the_whole_render(render_mode
         assert float(diff.max()) <= 1.0 / 255
 
 
+@pytest.mark.parametrize("renderer", ["tiled", "batched"])
+def test_a_crop_at_the_image_edge_equals_the_crop_of_the_whole_render(renderer):
+    """A paper-mode crop whose top row is the image's: its window extends 42 px beyond the image,
+    mirrored (:data:`~dmenet.data.syndof.kernels.BORDERS`), where the whole render's fill stops
+    at the edge. With the edge replicated instead, it missed by 1.32 levels, the exact fill too."""
+    (diff,) = crops_against_the_whole_render("paper", renderer, 40, [3])
+    assert float(diff.max()) <= 1.0 / 255
+
+
 def test_the_batched_fill_relaxes_enough_for_a_crop_that_eight_sweeps_missed(monkeypatch):
     """The crop for which 8 relaxation sweeps per fill miss the whole render by 1.36 levels; the
     12 of :data:`~dmenet.data.syndof.fill.RELAX_SWEEPS` do not (measured 0.3)."""

@@ -297,8 +297,9 @@ def test_the_compiled_step_compiles_a_few_graphs_for_many_batches(monkeypatch):
     """Batches of 1 to 5 samples with their own layers (so chunks of several sizes, and every
     prefix of samples) compile a few graphs of each step, not one per shape: dynamo stops
     compiling a function at 8 and runs it uncompiled from then on. (Counted by a backend that
-    runs each graph as captured; inductor compiled 4 of the front step over eight batches of 1-9
-    training windows of the four sources.)"""
+    runs each graph as captured; inductor compiled 5 of the front step over eight batches of 1-9
+    training windows of the four sources. A backend that runs the graph as captured does not see
+    what inductor specialises: the next test.)"""
     graphs = {front_step: [], back_step: []}
 
     def counting(step):
@@ -319,6 +320,22 @@ def test_the_compiled_step_compiles_a_few_graphs_for_many_batches(monkeypatch):
         render_defocus(image, depth, cam, renderer="batched", render_mode="reference")
     assert not batched._COMPILE_FAILED
     assert all(1 <= len(g) <= 4 for g in graphs.values()), graphs  # measured 2 and 3
+
+
+def test_one_compiled_front_step_serves_every_number_of_samples(monkeypatch):
+    """Compiled by inductor for 3 samples, the front step with a fill runs on 2, 4 and 5 without
+    compiling again (``torch.compiler.set_stance("fail_on_recompile")``). With the fill's start
+    blurred by its kernel expanded to the samples, inductor specialised on their number: a graph
+    for each, up to dynamo's limit of 8."""
+    monkeypatch.setattr(batched, "RELAX_SWEEPS", 2)  # the compilation of the tests above
+    monkeypatch.setattr(batched, "FILL_DTYPE", torch.float32)
+    monkeypatch.setattr(batched, "_COMPILE_FAILED", [])
+    g = torch.Generator().manual_seed(3)
+    _run(front_step, True, *front_state(3, 20, 24, 4, g), True)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for b in (2, 4, 5):
+            _run(front_step, True, *front_state(b, 20, 24, 4, g), True)
+    assert not batched._COMPILE_FAILED, batched._COMPILE_FAILED
 
 
 def test_a_step_that_cannot_compile_warns_and_runs_uncompiled(monkeypatch):

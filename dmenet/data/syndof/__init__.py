@@ -15,7 +15,7 @@ Files, in the order of the algorithm:
 * :mod:`.batched`, :mod:`.tiled`, :mod:`.loop`: the three executions of the algorithm;
 * :mod:`.render`: :func:`render_defocus` / :class:`SyndofRenderer`, :func:`render_from_sigma`.
 
-Render modes: ``"paper"`` (Gaussian of radius ``ceil(3 sigma)``, border ``replicate``) and
+Render modes: ``"paper"`` (Gaussian of radius ``ceil(3 sigma)``, border ``symmetric``) and
 ``"reference"`` (the official generator's 29 x 29 kernel for every sigma, border ``symmetric``,
 layers from the CoC rounded half away from zero in float64, equal CoCs on both sides of the
 focus merged when adjacent in depth). Known, deliberate differences from the generator: a

@@ -42,7 +42,7 @@ CHUNK_ELEMENTS = 1 << 27
 """The layers blurred in one call hold at most about this many values (512 MB in float32)."""
 
 FILL_DTYPE = torch.float16
-"""What the fill's iterate is stored in. The sweeps move 36-52% of the renderer's bytes at
+"""What the fill's iterate is stored in. The sweeps move 33-46% of the renderer's bytes at
 batch 16; half precision halves theirs
 (compiled, their arithmetic runs in float32; compositing stays in the image's precision). The
 colour is filled relative to the photo's darkest colour (per channel), so that a constant photo
@@ -235,9 +235,10 @@ _DYNAMIC = {
 """The sizes that vary between the calls of each compiled step in a run, which
 ``torch.compile`` takes as dynamic: the samples ``n`` and the chunk's layers ``K``; every other
 size is static (a frame of a new size compiles anew). Dynamo compiles a function at most 8
-times, then runs it uncompiled: measured (inductor, on the CPU), :func:`front_step` compiled 4
+times, then runs it uncompiled: measured (inductor, on the CPU), :func:`front_step` compiled 5
 graphs over eight batches of 1-9 training windows of the four sources of BENCHMARKS.md section
-1; with every size dynamic, 7."""
+1 (with a fill and without, one sample and more); with every size dynamic, 7 (with the
+warm-started fill of an earlier version)."""
 
 
 @functools.cache

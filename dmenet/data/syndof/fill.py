@@ -164,8 +164,9 @@ def smooth_start(known: torch.Tensor, region: torch.Tensor,
     does not depend on the frame (a crop or the whole image) or on the layers before."""
     kernel = start_kernel(known.device) if kernel is None else kernel
     outside = (~region).to(known.dtype)
+    # one kernel for every sample: expanded to them, inductor specialised on their number
     both = blur_stack(pad_border(torch.cat([known * outside, outside], 1), kernel.shape[0] // 2,
-                                 "replicate"), kernel.expand(known.shape[0], -1))
+                                 "replicate"), kernel[None])
     weight = both[:, -1:]
     mean = both[:, :-1] / torch.where(weight > 0, weight, 1.0)
     return torch.where(region, mean, known)

@@ -178,7 +178,7 @@ def render_defocus(image: torch.Tensor, depth_mm: torch.Tensor, camera: Camera, 
     ``camera``: one focus distance and CoC scale per sample (:class:`CameraSampler`).
     CoCs are clipped to ``c_max_px`` (so ``sigma <= sigma_max``), quantised to ``coc_step_px``
     into at most ``max_layers`` layers. ``render_mode``: ``"paper"`` (Gaussian of radius
-    ``ceil(3 sigma)``, border ``replicate``) or ``"reference"`` (the official generator's
+    ``ceil(3 sigma)``, border ``symmetric``) or ``"reference"`` (the official generator's
     29 x 29 kernel, ``symmetric`` border and layering). ``renderer``: ``"auto"``,
     ``"batched"``, ``"tiled"`` or ``"loop"`` (module docstring). ``aperture="disc"`` uses a
     pillbox of diameter = CoC. ``gamma``: blur in linear intensity ``image ** gamma`` (None: on
@@ -308,8 +308,9 @@ class SyndofRenderer(nn.Module):
         render: the blur's reach and the fill's. The fill region extends up to one blur reach
         beyond the layers composited so far, and its Laplace solution there depends on the
         region around it: with one blur reach as the margin, crops missed the whole render by up
-        to 9.8 levels at their edge (the exact fill, 1 of 32 crops); with two, by 0.34 at most.
-        (The batched renderer's relaxed fill adds its own error: :data:`~.fill.RELAX_SWEEPS`.)"""
+        to 9.8 levels at their edge (the exact fill, 1 of 32 crops); with two, by 0.34 at most
+        (the batched renderer's relaxed fill: 0.50, :data:`~.fill.RELAX_SWEEPS`; at the image's
+        edge, :data:`~.kernels.BORDERS`)."""
         return 2 * self.blur_reach_px()
 
     @torch.no_grad()
