@@ -179,19 +179,20 @@ def plan(layer_sigma: torch.Tensor, num_layers: torch.Tensor, start: torch.Tenso
                      torch.as_tensor(taps, dtype=torch.float32, device=dev), big_r)
 
 
-def front_step(acc: torch.Tensor, alpha: torch.Tensor, stack: torch.Tensor, index: torch.Tensor, at: torch.Tensor, layer_id: torch.Tensor,
-               darkest: torch.Tensor, red: torch.Tensor, black: torch.Tensor,
-               kernel: torch.Tensor, fill: bool) -> None:
+def front_step(acc: torch.Tensor, alpha: torch.Tensor, stack: torch.Tensor, index: torch.Tensor,
+               at: torch.Tensor, layer_id: torch.Tensor, darkest: torch.Tensor, red: torch.Tensor,
+               black: torch.Tensor, kernel: torch.Tensor, fill: bool) -> None:
     """The front layer at position ``at`` (``(1,)`` long) of a chunk over the accumulation of
     the first ``n`` samples, in place: un-premultiply, the fill (when ``fill``), over.
 
-    The accumulation ``acc (n, 3, H, W)``, ``alpha (n, 1, H, W)``. The chunk: ``stack (n, K, 5, H, W)``, its layers blurred (``m I``, ``m`` and the union ``U`` of
-    the farther layers), ``index (n, K)`` their layer ids. ``layer_id (n, 1, H, W)``;
-    ``darkest (n, 3, 1, 1)``: the photo's darkest colour, above which the colour is filled;
-    ``red``, ``black``: :func:`~.fill.checkerboard`; ``kernel``: :func:`~.fill.start_kernel`.
-    The chunk comes whole and the layer's place
-    in it as a value: compiled, every input is a prefix of a tensor, never a view whose offset
-    and strides change with the layer (on which ``torch.compile`` would recompile)."""
+    The accumulation ``acc (n, 3, H, W)``, ``alpha (n, 1, H, W)``. The chunk: ``stack (n, K,
+    5, H, W)``, its layers blurred (``m I``, ``m`` and the union ``U`` of the farther layers),
+    ``index (n, K)`` their layer ids. ``layer_id (n, 1, H, W)``; ``darkest (n, 3, 1, 1)``: the
+    photo's darkest colour, above which the colour is filled; ``red``, ``black``:
+    :func:`~.fill.checkerboard`; ``kernel``: :func:`~.fill.start_kernel`. The chunk comes whole
+    and the layer's place in it as a value: compiled, every input is a prefix of a tensor, never
+    a view whose offset and strides change with the layer (on which ``torch.compile`` would
+    recompile)."""
     layer = stack.index_select(1, at)[:, 0]
     a, al = unpremultiply(acc, alpha)
     if fill:
