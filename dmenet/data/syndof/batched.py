@@ -43,12 +43,12 @@ CHUNK_ELEMENTS = 1 << 27
 
 FILL_DTYPE = torch.float16
 """What the fill's iterate is stored in. The sweeps move 33-46% of the renderer's bytes at
-batch 16; half precision halves theirs
-(compiled, their arithmetic runs in float32; compositing stays in the image's precision). The
-colour is filled relative to the photo's darkest colour (per channel), so that a constant photo
-fills with colour exactly 0 and stays constant whatever the rounding of alpha. Measured on the
-training windows of BENCHMARKS.md section 1: 17-23% fewer bytes per crop than float32 storage
-at batch 16, within 0.6 levels of its images."""
+batch 16; half precision halves theirs (compiled, their arithmetic runs in float32; the fill's
+start and compositing stay in the image's precision). The colour is filled relative to the
+photo's darkest colour (per channel), so that a constant photo fills with colour exactly 0 and
+stays constant whatever the rounding of alpha. Measured on the training windows of
+BENCHMARKS.md section 1 at batch 16: 24-30% fewer bytes per crop than float32 storage, within
+0.76 levels of its images."""
 
 COMPILE_ON = ("cuda",)
 """Device types on which the batched renderer's steps run compiled by ``torch.compile``: each
