@@ -297,7 +297,7 @@ def test_the_compiled_step_compiles_a_few_graphs_for_many_batches(monkeypatch):
     """Batches of 1 to 5 samples with their own layers (so chunks of several sizes, and every
     prefix of samples) compile a few graphs of each step, not one per shape: dynamo stops
     compiling a function at 8 and runs it uncompiled from then on. (Counted by a backend that
-    runs each graph as captured; inductor compiled 5 of the front step over eight batches of 1-9
+    runs each graph as captured; inductor compiled 4 of the front step over eight batches of 1-9
     training windows of the four sources. A backend that runs the graph as captured does not see
     what inductor specialises: the next test.)"""
     graphs = {front_step: [], back_step: []}

@@ -236,10 +236,10 @@ _DYNAMIC = {
 """The sizes that vary between the calls of each compiled step in a run, which
 ``torch.compile`` takes as dynamic: the samples ``n`` and the chunk's layers ``K``; every other
 size is static (a frame of a new size compiles anew). Dynamo compiles a function at most 8
-times, then runs it uncompiled: measured (inductor, on the CPU), :func:`front_step` compiled 5
+times, then runs it uncompiled: measured (inductor, on the CPU), :func:`front_step` compiled 4
 graphs over eight batches of 1-9 training windows of the four sources of BENCHMARKS.md section
-1 (with a fill and without, one sample and more); with every size dynamic, 7 (with the
-warm-started fill of an earlier version)."""
+1 (with a fill and without, one sample and more), :func:`back_step` 2; with every size dynamic,
+7 (with the warm-started fill of an earlier version)."""
 
 
 @functools.cache
@@ -314,7 +314,9 @@ def composite_batched(image: torch.Tensor, layer_id: torch.Tensor, layer_sigma: 
     rows = p.back_rows
     phase = (rows, *in_order(rows, lid_padded, source_padded))
     acc = torch.zeros_like(image)
-    alpha = torch.zeros_like(image[:, :1])
+    # (contiguous: zeros_like of a one-sample batch's channel view keeps its stride, 3 H W,
+    # and the compiled steps would compile again for it)
+    alpha = image.new_zeros(b, 1, h, w)
     compiled = image.device.type in COMPILE_ON
     for idx, r in p.back:
         n = idx.shape[0]
